@@ -1,0 +1,3 @@
+"""medseg_kernels: sequence-operator kernels (selective scan, mLSTM) with a pure-PyTorch reference
+beside every fast path and one dispatcher per op. Installed as ``medseg_kernels`` so that it never
+collides with the PyPI package called ``kernels``."""

@@ -1,0 +1,230 @@
+"""Validate a raw dataset and report every problem at once, each naming its file.
+
+Errors make a dataset unusable for training (unreadable or missing files, geometry mismatches,
+undeclared label values, NaN/Inf, duplicate cases); warnings are legal but suspicious (a training
+label with no foreground).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medseg.data.classification import read_labels_table
+from medseg.data.layout import Case, DatasetDescription, list_cases, parse_dataset_json
+from medseg.errors import MedsegError
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: str  # "error" or "warning"
+    message: str  # starts with the file it concerns
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.message}"
+
+
+@dataclass
+class CheckReport:
+    folder: Path
+    num_cases: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    def ok(self, strict: bool = False) -> bool:
+        return not self.errors and not (strict and self.warnings)
+
+
+@dataclass
+class _CaseResult:
+    problems: list[Problem]
+    image_digest: str | None
+
+
+def _error(message: str) -> Problem:
+    return Problem("error", message)
+
+
+def _read(path: Path, problems: list[Problem]):
+    from medseg.io import read_image
+
+    if not path.is_file():
+        problems.append(_error(f"{path}: missing file"))
+        return None
+    try:
+        return read_image(path)
+    except MedsegError as error:
+        problems.append(_error(str(error)))
+    except Exception as error:  # a reader library failing in an unexpected way is still a bad file
+        problems.append(_error(f"{path}: unreadable ({type(error).__name__}: {error})"))
+    return None
+
+
+def _check_finite(path: Path, array: np.ndarray, problems: list[Problem]) -> None:
+    if array.dtype.kind in "fc":
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            problems.append(_error(f"{path}: {bad} NaN/Inf voxel(s)"))
+
+
+def check_case(case: Case, description: DatasetDescription) -> _CaseResult:
+    """Read every file of one case and check channels, values and geometry."""
+    problems: list[Problem] = []
+    images = [(path, _read(path, problems)) for path in case.images]
+    reference = None
+    digest = hashlib.sha1()
+    for path, image in images:
+        if image is None:
+            continue
+        expected_channels = description.num_channels if len(case.images) == 1 else 1
+        if image.num_channels != expected_channels:
+            problems.append(_error(f"{path}: holds {image.num_channels} channel(s), expected {expected_channels}"))
+        _check_finite(path, image.array, problems)
+        if reference is None:
+            reference = (path, image)
+        else:
+            differences = reference[1].geometry_differences(image)
+            if differences:
+                problems.append(_error(f"{path}: geometry differs from {reference[0].name}: {'; '.join(differences)}"))
+        digest.update(np.ascontiguousarray(image.array).tobytes())
+    if case.label is not None:
+        label = _read(case.label, problems)
+        if label is not None:
+            _check_label(case.label, label, description, problems)
+            if reference is not None:
+                differences = reference[1].geometry_differences(label)
+                if differences:
+                    problems.append(
+                        _error(f"{case.label}: geometry differs from image {reference[0].name}: {'; '.join(differences)}")
+                    )
+    return _CaseResult(problems, digest.hexdigest() if reference is not None else None)
+
+
+def _check_label(path: Path, label, description: DatasetDescription, problems: list[Problem]) -> None:
+    if label.num_channels != 1:
+        problems.append(_error(f"{path}: label map must have one channel, has {label.num_channels}"))
+        return
+    values = label.array
+    if values.dtype.kind == "f":
+        if not np.all(np.isfinite(values)):
+            problems.append(_error(f"{path}: NaN/Inf in label map"))
+            return
+        if not np.all(values == np.round(values)):
+            problems.append(_error(f"{path}: label map holds non-integer values"))
+            return
+    present = {int(v) for v in np.unique(values)}
+    undeclared = sorted(present - description.label_values)
+    if undeclared:
+        problems.append(
+            _error(f"{path}: label value(s) {undeclared} not declared in dataset.json labels {sorted(description.label_values)}")
+        )
+    if present <= {0}:
+        problems.append(Problem("warning", f"{path}: empty label map (background only)"))
+
+
+def _check_case_job(job: tuple[Case, DatasetDescription]) -> _CaseResult:
+    return check_case(*job)
+
+
+def _map_cases(jobs: list, workers: int, progress: Callable[[int, int], None] | None) -> list[_CaseResult]:
+    results = []
+    if workers <= 1 or len(jobs) < 8:
+        for job in jobs:
+            results.append(_check_case_job(job))
+            if progress:
+                progress(len(results), len(jobs))
+        return results
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for result in pool.map(_check_case_job, jobs, chunksize=4):
+            results.append(result)
+            if progress:
+                progress(len(results), len(jobs))
+    return results
+
+
+def check_dataset(
+    folder: str | Path, workers: int | None = None, progress: Callable[[int, int], None] | None = None
+) -> CheckReport:
+    """Validate everything in a raw dataset folder; never stops at the first problem."""
+    folder = Path(folder)
+    report = CheckReport(folder)
+    if not folder.is_dir():
+        report.problems.append(_error(f"{folder}: no such dataset folder"))
+        return report
+    description, json_problems = parse_dataset_json(folder)
+    report.problems += [_error(p) for p in json_problems]
+    if description is None:
+        return report
+    jobs: list[tuple[Case, DatasetDescription]] = []
+    for split in ("Tr", "Ts"):
+        cases, naming_problems = list_cases(description, split)
+        report.problems += [_error(p) for p in naming_problems]
+        jobs += [(case, description) for case in cases]
+        if split == "Tr":
+            report.num_cases = len(cases)
+            report.problems += [_error(p) for p in _split_level_problems(description, cases)]
+    results = _map_cases(jobs, workers if workers is not None else (os.cpu_count() or 1), progress)
+    seen: dict[str, str] = {}
+    for (case, _), result in zip(jobs, results):
+        report.problems += result.problems
+        if result.image_digest is None:
+            continue
+        if result.image_digest in seen:
+            report.problems.append(
+                _error(f"{case.images[0]}: duplicate case: same image content as case {seen[result.image_digest]!r}")
+            )
+        else:
+            seen[result.image_digest] = case.case_id
+    return report
+
+
+def _split_level_problems(description: DatasetDescription, cases: list[Case]) -> list[str]:
+    """Problems visible from the file listing alone: orphans, counts, classification table rows."""
+    problems = []
+    folder = description.folder
+    case_ids = {case.case_id for case in cases}
+    lowered: dict[str, str] = {}
+    for case_id in sorted(case_ids):
+        if case_id.lower() in lowered:
+            problems.append(f"{folder / 'imagesTr'}: duplicate case ids differing only in case: {lowered[case_id.lower()]!r}, {case_id!r}")
+        lowered[case_id.lower()] = case_id
+    if description.num_training is not None and description.num_training != len(cases):
+        problems.append(f"{folder / 'dataset.json'}: numTraining is {description.num_training} but imagesTr holds {len(cases)} cases")
+    if description.task_type == "segmentation":
+        labels_folder = folder / "labelsTr"
+        if not labels_folder.is_dir():
+            problems.append(f"{labels_folder}: missing folder")
+        else:
+            for path in sorted(labels_folder.iterdir()):
+                if path.name.startswith("."):
+                    continue
+                if not path.name.endswith(description.file_ending):
+                    problems.append(f"{path}: does not end with the dataset's file_ending {description.file_ending!r}")
+                elif path.name[: -len(description.file_ending)] not in case_ids:
+                    problems.append(f"{path}: label without images in imagesTr")
+    else:
+        for split, split_cases in (("Tr", case_ids), ("Ts", None)):
+            table, table_problems = read_labels_table(description, split)
+            problems += table_problems
+            if table is None:
+                continue
+            if split_cases is None:
+                split_cases = {case.case_id for case in list_cases(description, "Ts")[0]}
+            for case_id in sorted(set(table.targets) - split_cases):
+                problems.append(f"{table.path}: case {case_id!r} has no images in images{split}")
+            for case_id in sorted(split_cases - set(table.targets)):
+                problems.append(f"{table.path}: case {case_id!r} in images{split} has no row")
+    return problems

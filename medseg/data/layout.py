@@ -1,0 +1,187 @@
+"""The raw dataset layout: nnU-Net v2's, so existing nnU-Net datasets work unchanged.
+
+Segmentation (nnU-Net v2)::
+
+    DatasetXXX_Name/
+      dataset.json            channel_names, labels, numTraining, file_ending
+      imagesTr/{case}_{XXXX}{file_ending}    one file per channel XXXX (or one RGB file for 3 channels)
+      labelsTr/{case}{file_ending}
+      imagesTs/{case}_{XXXX}{file_ending}    optional, no labels
+
+Classification (medseg's own, same image naming)::
+
+    DatasetXXX_Name/
+      dataset.json            "task": "classification", "classes": [...], "multi_label": true|false,
+                              channel_names, file_ending
+      imagesTr/{case}_{XXXX}{file_ending}
+      labelsTr.csv            multi-label: columns case,<class>,<class>,...  with 0/1 values
+                              multi-class: columns case,label               with a class name per row
+                              extra columns (split, group, size_mm, ...) are kept as metadata
+      imagesTs/, labelsTs.csv optional
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medseg.errors import DatasetError
+
+CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+@dataclass
+class DatasetDescription:
+    """Parsed dataset.json."""
+
+    folder: Path
+    name: str
+    task_type: str  # "segmentation" or "classification"
+    channel_names: dict[int, str]
+    file_ending: str
+    labels: dict[str, int] = field(default_factory=dict)  # segmentation: name -> value
+    classes: list[str] = field(default_factory=list)  # classification
+    multi_label: bool = False
+    num_training: int | None = None
+    raw: dict = field(default_factory=dict)
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def label_values(self) -> set[int]:
+        return set(self.labels.values())
+
+
+@dataclass
+class Case:
+    case_id: str
+    images: list[Path]  # channel files in channel order (may hold one multi-channel file)
+    label: Path | None = None
+
+
+def _flatten_label_value(value) -> list[int]:
+    # region-based datasets declare regions as lists of label values
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def parse_dataset_json(folder: Path) -> tuple[DatasetDescription | None, list[str]]:
+    """Parse folder/dataset.json; return the description (None if unusable) and every problem found."""
+    path = folder / "dataset.json"
+    if not path.is_file():
+        return None, [f"{path}: missing (every raw dataset needs a dataset.json)"]
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return None, [f"{path}: not valid JSON ({error})"]
+    if not isinstance(raw, dict):
+        return None, [f"{path}: must hold a JSON object"]
+    problems = []
+    task_type = raw.get("task", "segmentation")
+    if task_type not in ("segmentation", "classification"):
+        problems.append(f"{path}: 'task' must be 'segmentation' or 'classification', got {task_type!r}")
+    channel_names = raw.get("channel_names", raw.get("modality"))
+    if not isinstance(channel_names, dict) or not channel_names:
+        problems.append(f"{path}: 'channel_names' must map channel indices to names, e.g. {{\"0\": \"T2\"}}")
+        channel_names = {}
+    try:
+        channels = {int(k): str(v) for k, v in channel_names.items()}
+        if sorted(channels) != list(range(len(channels))):
+            problems.append(f"{path}: channel indices must be 0..{len(channels) - 1}, got {sorted(channels)}")
+    except ValueError:
+        problems.append(f"{path}: channel indices must be integers, got {list(channel_names)}")
+        channels = {}
+    file_ending = raw.get("file_ending")
+    if not isinstance(file_ending, str) or not file_ending.startswith("."):
+        problems.append(f"{path}: 'file_ending' must be given, e.g. \".nii.gz\"")
+        file_ending = ""
+    description = DatasetDescription(folder, str(raw.get("name", folder.name)), task_type, channels, file_ending, raw=raw)
+    if task_type == "segmentation":
+        labels = raw.get("labels")
+        if not isinstance(labels, dict) or not labels:
+            problems.append(f"{path}: 'labels' must map names to values, e.g. {{\"background\": 0, \"liver\": 1}}")
+        else:
+            try:
+                flat = {name: _flatten_label_value(value) for name, value in labels.items()}
+                description.labels = {name: max(values) for name, values in flat.items()}
+                if 0 not in {v for values in flat.values() for v in values}:
+                    problems.append(f"{path}: 'labels' must declare background as 0")
+                plain = [values[0] for values in flat.values() if len(values) == 1]
+                if len(plain) != len(set(plain)):
+                    problems.append(f"{path}: two label names share one value: {labels}")
+            except (TypeError, ValueError):
+                problems.append(f"{path}: label values must be integers, got {labels}")
+    else:
+        classes = raw.get("classes")
+        if not isinstance(classes, list) or not classes or len(set(map(str, classes))) != len(classes):
+            problems.append(f"{path}: 'classes' must be a list of distinct class names")
+        else:
+            description.classes = [str(c) for c in classes]
+        description.multi_label = bool(raw.get("multi_label", False))
+    if "numTraining" in raw:
+        try:
+            description.num_training = int(raw["numTraining"])
+        except (TypeError, ValueError):
+            problems.append(f"{path}: 'numTraining' must be an integer")
+    return (description if not problems else None), problems
+
+
+def load_dataset_description(folder: str | Path) -> DatasetDescription:
+    """Parse dataset.json or raise DatasetError listing every problem."""
+    description, problems = parse_dataset_json(Path(folder))
+    if description is None:
+        raise DatasetError("; ".join(problems))
+    return description
+
+
+def list_cases(description: DatasetDescription, split: str = "Tr") -> tuple[list[Case], list[str]]:
+    """Cases of imagesTr (split='Tr') or imagesTs ('Ts'), sorted by id, and naming problems found."""
+    images_folder = description.folder / f"images{split}"
+    problems: list[str] = []
+    if not images_folder.is_dir():
+        if split == "Tr":
+            problems.append(f"{images_folder}: missing folder")
+        return [], problems
+    ending = description.file_ending
+    channels_by_case: dict[str, dict[int, Path]] = {}
+    for path in sorted(images_folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if not path.name.endswith(ending):
+            problems.append(f"{path}: does not end with the dataset's file_ending {ending!r}")
+            continue
+        match = CHANNEL_SUFFIX.match(path.name[: -len(ending)])
+        if not match:
+            problems.append(f"{path}: name must be {{case}}_{{XXXX}}{ending} with a 4-digit channel index")
+            continue
+        channels_by_case.setdefault(match["case"], {})[int(match["channel"])] = path
+    cases = []
+    for case_id, channel_files in sorted(channels_by_case.items()):
+        label_path = None
+        if description.task_type == "segmentation" and split == "Tr":
+            label_path = description.folder / "labelsTr" / f"{case_id}{ending}"
+        cases.append(Case(case_id, [channel_files[k] for k in sorted(channel_files)], label_path))
+        expected = set(range(description.num_channels))
+        present = set(channel_files)
+        single_multichannel = present == {0} and description.num_channels > 1  # e.g. one RGB PNG
+        if present != expected and not single_multichannel:
+            missing = sorted(expected - present)
+            extra = sorted(present - expected)
+            detail = []
+            if missing:
+                detail.append("missing channel(s) " + ", ".join(f"_{m:04d}" for m in missing))
+            if extra:
+                detail.append("undeclared channel(s) " + ", ".join(f"_{e:04d}" for e in extra))
+            problems.append(f"{images_folder / case_id}: {'; '.join(detail)} (dataset.json declares {description.num_channels})")
+    return cases, problems
+
+
+def write_dataset_json(folder: Path, content: dict) -> None:
+    """Write dataset.json atomically (temp file + rename)."""
+    target = folder / "dataset.json"
+    temporary = folder / ".dataset.json.tmp"
+    temporary.write_text(json.dumps(content, indent=2) + "\n")
+    temporary.replace(target)

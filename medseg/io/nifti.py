@@ -1,0 +1,67 @@
+"""NIfTI read/write with nibabel. NIfTI stores RAS world coordinates and (i, j, k) = (x, y, z) index order;
+medseg images use LPS world and (Z, Y, X) array order, so both are converted here and nowhere else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import ImageReadError
+from medseg.io.image import MedicalImage
+
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def read_nifti(path: Path) -> MedicalImage:
+    import nibabel as nib
+
+    try:
+        nifti = nib.load(str(path))
+        data = np.asanyarray(nifti.dataobj)
+    except Exception as error:  # nibabel raises many types for corrupt files
+        raise ImageReadError(path, f"not a readable NIfTI file ({error})") from error
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim == 5 and data.shape[3] == 1:  # (x, y, z, t=1, c): vector images written by ITK
+        data = data[:, :, :, 0, :]
+    if data.ndim == 3:
+        data = data[..., None]
+    if data.ndim != 4:
+        raise ImageReadError(path, f"expected a 3D image (optionally with channels), got shape {data.shape}")
+    # (x, y, z, c) -> (c, z, y, x)
+    array = np.ascontiguousarray(np.transpose(data, (3, 2, 1, 0)))
+    affine_lps = _RAS_TO_LPS @ nifti.affine
+    reversed_axes = np.eye(4)
+    reversed_axes[:3, :3] = np.eye(3)[::-1]
+    image = MedicalImage.from_affine(array, affine_lps @ reversed_axes, {"source_format": "nifti"})
+    if not np.all(np.isfinite(image.affine)):
+        raise ImageReadError(path, "NIfTI header has a non-finite affine")
+    return image
+
+
+def write_nifti(image: MedicalImage, path: Path) -> None:
+    import nibabel as nib
+
+    array = image.array
+    if image.ndim == 2:
+        array = array[:, None]  # a 2D image becomes a one-slice volume along world z
+        plane = image.affine  # (row, col, 1) -> (x, y, 1)
+        affine = np.eye(4)
+        affine[:2, 1:3] = plane[:2, :2]
+        affine[:2, 3] = plane[:2, 2]
+        affine[2, :] = (1.0, 0.0, 0.0, 0.0)
+    else:
+        affine = image.affine
+    data = np.transpose(array, (3, 2, 1, 0))  # (c, z, y, x) -> (x, y, z, c)
+    if data.shape[3] == 1:
+        data = data[..., 0]
+    if data.dtype == np.bool_:
+        data = data.astype(np.uint8)
+    reversed_axes = np.eye(4)
+    reversed_axes[:3, :3] = np.eye(3)[::-1]
+    affine_ras = _RAS_TO_LPS @ affine @ reversed_axes
+    nifti = nib.Nifti1Image(np.ascontiguousarray(data), affine_ras)
+    nifti.header.set_qform(affine_ras, code=1)
+    nifti.header.set_sform(affine_ras, code=1)
+    nib.save(nifti, str(path))
