@@ -89,7 +89,7 @@ def check_case(case: Case, description: DatasetDescription) -> _CaseResult:
     for path, image in images:
         if image is None:
             continue
-        expected_channels = description.num_channels if len(case.images) == 1 else 1
+        expected_channels = description.num_channels if case.multichannel_file else 1
         if image.num_channels != expected_channels:
             problems.append(_error(f"{path}: holds {image.num_channels} channel(s), expected {expected_channels}"))
         _check_finite(path, image.array, problems)

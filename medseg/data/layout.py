@@ -29,6 +29,8 @@ from pathlib import Path
 
 from medseg.errors import DatasetError
 
+# 2D formats in which one file may carry several channels (RGB), as nnU-Net allows for natural images
+NATURAL_IMAGE_ENDINGS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
@@ -61,6 +63,7 @@ class Case:
     case_id: str
     images: list[Path]  # channel files in channel order (may hold one multi-channel file)
     label: Path | None = None
+    multichannel_file: bool = False  # one file holds all channels (RGB PNG/JPEG, nnU-Net's natural images)
 
 
 def _flatten_label_value(value) -> list[int]:
@@ -163,10 +166,10 @@ def list_cases(description: DatasetDescription, split: str = "Tr") -> tuple[list
         label_path = None
         if description.task_type == "segmentation" and split == "Tr":
             label_path = description.folder / "labelsTr" / f"{case_id}{ending}"
-        cases.append(Case(case_id, [channel_files[k] for k in sorted(channel_files)], label_path))
         expected = set(range(description.num_channels))
         present = set(channel_files)
-        single_multichannel = present == {0} and description.num_channels > 1  # e.g. one RGB PNG
+        single_multichannel = present == {0} and description.num_channels > 1 and ending in NATURAL_IMAGE_ENDINGS
+        cases.append(Case(case_id, [channel_files[k] for k in sorted(channel_files)], label_path, single_multichannel))
         if present != expected and not single_multichannel:
             missing = sorted(expected - present)
             extra = sorted(present - expected)

@@ -1,0 +1,44 @@
+"""Shared fixtures: the real data beside the project, an isolated MEDSEG_ROOT, the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("MEDSEG_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    folder = shared_data_dir()
+    if not folder.is_dir():
+        pytest.skip(f"real test data not found at {folder} (set MEDSEG_SHARED_DATA)")
+    return folder
+
+
+@pytest.fixture
+def medseg_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "medseg_root"
+    monkeypatch.setenv("MEDSEG_ROOT", str(root))
+    return root
+
+
+def run_cli(*args: str, root: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """Run the real `medseg` command line in a subprocess."""
+    env = dict(os.environ, COLUMNS="200")
+    if root is not None:
+        env["MEDSEG_ROOT"] = str(root)
+    result = subprocess.run(
+        [sys.executable, "-m", "medseg.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=600
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"medseg {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
