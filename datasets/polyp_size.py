@@ -110,7 +110,7 @@ def convert(src: Path, out: Path, overwrite: bool = False, progress=None) -> Con
         def add(frame: Path, size_mm: float, box, group: str, histology: str = "") -> None:
             image = read_image(frame)
             image, box = _downscale(image, box)
-            case_id = f"{group}_{frame.stem}"
+            case_id = frame.stem if frame.stem.startswith(group) else f"{group}_{frame.stem}"
             builder.add_image(case_id, image)
             rows.append([case_id, size_class(size_mm), size_mm, group, " ".join(map(str, box)), histology])
 
