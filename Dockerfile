@@ -1,0 +1,19 @@
+# CPU image by default. For a GPU image:
+#   docker build --build-arg BASE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 \
+#                --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 -t medseg:cuda .
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG EXTRAS=dicom,serve
+ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 MEDSEG_ROOT=/data
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/medseg
+COPY . .
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install "torch==2.13.0" --index-url "${TORCH_INDEX}" \
+    && /opt/venv/bin/pip install -c constraints.txt ".[${EXTRAS}]"
+ENV PATH=/opt/venv/bin:$PATH
+VOLUME /data
+ENTRYPOINT ["medseg"]
+CMD ["--help"]

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install medseg into ./.venv: torch's CPU build first (pinned), then medseg with its extras under
+# the same pin. Extras via MEDSEG_EXTRAS (default "dev"; e.g. "dev,dicom,serve").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python_bin=${PYTHON:-python3}
+extras=${MEDSEG_EXTRAS:-dev}
+if ! "$python_bin" -m venv --help >/dev/null 2>&1 || ! "$python_bin" -c "import ensurepip" >/dev/null 2>&1; then
+  echo "installing python3-venv (Debian)" >&2
+  apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+fi
+[ -x .venv/bin/python ] || "$python_bin" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[${extras}]"
+.venv/bin/python -c "import torch, medseg; print(f'medseg {medseg.__version__} installed (torch {torch.__version__})')"
