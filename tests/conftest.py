@@ -20,6 +20,8 @@ def shared_data_dir() -> Path:
 def shared_data() -> Path:
     folder = shared_data_dir()
     if not folder.is_dir():
+        if os.environ.get("CI"):  # CI always has ../shared beside the checkout: absence is a failure
+            pytest.fail(f"real test data not found at {folder} in CI")
         pytest.skip(f"real test data not found at {folder} (set MEDSEG_SHARED_DATA)")
     return folder
 
