@@ -205,6 +205,25 @@ def datasets_check(
         raise typer.Exit(1)
 
 
+@app.command()
+def kernels() -> None:
+    """List the kernel ops and backends, and why a backend cannot run on this machine."""
+    import torch
+
+    from medseg_kernels import load_all_ops
+    from medseg_kernels.registry import all_ops, backends
+
+    load_all_ops()
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    for op in all_ops():
+        console.print(f"[bold]{op}[/bold] (auto picks the first available on {device.type})")
+        for backend in backends(op):
+            reason = backend.unavailable_reason(device, torch.float32)
+            state = "available" if reason is None else f"unavailable: {reason}"
+            console.print(f"  {backend.name:8s} {state} - {backend.summary}", highlight=False)
+    console.print("not implemented yet: selective_scan triton/cuda backends, mLSTM kernels", highlight=False)
+
+
 # ---------------------------------------------------------------------------------------- pipeline
 @app.command("plan-and-train")
 def plan_and_train(

@@ -35,3 +35,8 @@ def test_plan_and_train_demo_builds_and_checks(tmp_path):
     assert (tmp_path / "raw" / "Dataset901_AbdomenMRI-demo" / "dataset.json").is_file()
     missing = run_cli("plan-and-train", "--task", "AbdomenMRI", root=tmp_path)
     assert missing.returncode == 1 and "--demo" in missing.stderr
+
+
+def test_kernels_command_lists_backends():
+    listing = run_cli("kernels", check=True).stdout
+    assert "selective_scan" in listing and "cpu      available" in listing and "ref      available" in listing

@@ -1,0 +1,62 @@
+"""Selective scan (Mamba S6), sequential pure-PyTorch reference: the executable specification.
+
+Semantics follow mamba_ssm's ``selective_scan_fn``:
+    delta <- softplus(delta + delta_bias) (when asked)
+    h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t          (per channel d and state n)
+    y_t = <C_t, h_t> + D * u_t ;  out = y * silu(z) (when z is given)
+Shapes: u, delta, z: (batch, D, L); A: (D, N); B, C: (D, N) (time-invariant), (batch, N, L), or
+grouped (batch, G, N, L) with D divisible by G; D, delta_bias: (D,). Computes in float32 and returns
+u's dtype (the last state in float32).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def expand_input_matrix(matrix: torch.Tensor, batch: int, channels: int, length: int) -> torch.Tensor:
+    """B or C in any accepted layout -> (batch, channels, length, N) view or tensor (reference only)."""
+    if matrix.dim() == 2:  # (D, N), time-invariant
+        return matrix[None, :, None, :].expand(batch, channels, length, matrix.shape[1])
+    if matrix.dim() == 3:  # (batch, N, L), shared by all channels
+        return matrix.transpose(1, 2)[:, None].expand(batch, channels, length, matrix.shape[1])
+    groups = matrix.shape[1]  # (batch, G, N, L)
+    per_group = matrix.permute(0, 1, 3, 2)  # (batch, G, L, N)
+    return per_group.repeat_interleave(channels // groups, dim=1)
+
+
+def selective_scan_ref(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+):
+    dtype_out = u.dtype
+    u, delta, A = u.float(), delta.float(), A.float()
+    batch, channels, length = u.shape
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[None, :, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    B_full = expand_input_matrix(B.float(), batch, channels, length)
+    C_full = expand_input_matrix(C.float(), batch, channels, length)
+    state = u.new_zeros(batch, channels, A.shape[1])
+    outputs = []
+    for t in range(length):
+        decay = torch.exp(delta[:, :, t, None] * A)
+        state = decay * state + (delta[:, :, t] * u[:, :, t])[..., None] * B_full[:, :, t]
+        outputs.append((state * C_full[:, :, t]).sum(-1))
+    y = torch.stack(outputs, dim=-1)
+    if D is not None:
+        y = y + u * D.float()[None, :, None]
+    if z is not None:
+        y = y * F.silu(z.float())
+    y = y.to(dtype_out)
+    return (y, state) if return_last_state else y
