@@ -12,7 +12,8 @@ Semantics: medseg_kernels.selective_scan.ref (mamba_ssm's selective_scan_fn).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from medseg_kernels.selective_scan.ref import effective_delta, skip_and_gate
 
 CHUNK = 64  # measured best of 64..512 at B=2, D=192, N=16 on 2 cores
 
@@ -149,15 +150,8 @@ def selective_scan_cpu(
 ):
     """Same signature and results as selective_scan_ref; computes in float32 (bf16/fp16 inputs too)."""
     dtype_out = u.dtype
-    u32, delta32 = u.float().contiguous(), delta.float()
-    if delta_bias is not None:
-        delta32 = delta32 + delta_bias.float()[None, :, None]
-    if delta_softplus:
-        delta32 = F.softplus(delta32)
-    y, last_state = _SelectiveScanCPU.apply(u32, delta32.contiguous(), A.float(), B.float(), C.float(), chunk)
-    if D is not None:
-        y = y + u32 * D.float()[None, :, None]
-    if z is not None:
-        y = y * F.silu(z.float())
-    y = y.to(dtype_out)
+    u32 = u.float().contiguous()
+    delta32 = effective_delta(delta, delta_bias, delta_softplus).contiguous()
+    y, last_state = _SelectiveScanCPU.apply(u32, delta32, A.float(), B.float(), C.float(), chunk)
+    y = skip_and_gate(y, u32, D, z).to(dtype_out)
     return (y, last_state) if return_last_state else y

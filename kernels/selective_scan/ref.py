@@ -26,6 +26,23 @@ def expand_input_matrix(matrix: torch.Tensor, batch: int, channels: int, length:
     return per_group.repeat_interleave(channels // groups, dim=1)
 
 
+def effective_delta(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool) -> torch.Tensor:
+    """delta (batch, D, L) in float32 after the optional bias and softplus (shared by every backend)."""
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[None, :, None]
+    return F.softplus(delta) if delta_softplus else delta
+
+
+def skip_and_gate(y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None) -> torch.Tensor:
+    """y + D * u, then times silu(z); all (batch, D, L) float32 (shared by every backend)."""
+    if D is not None:
+        y = y + u * D.float()[None, :, None]
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y
+
+
 def selective_scan_ref(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -39,12 +56,9 @@ def selective_scan_ref(
     return_last_state: bool = False,
 ):
     dtype_out = u.dtype
-    u, delta, A = u.float(), delta.float(), A.float()
+    u, A = u.float(), A.float()
+    delta = effective_delta(delta, delta_bias, delta_softplus)
     batch, channels, length = u.shape
-    if delta_bias is not None:
-        delta = delta + delta_bias.float()[None, :, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
     B_full = expand_input_matrix(B.float(), batch, channels, length)
     C_full = expand_input_matrix(C.float(), batch, channels, length)
     state = u.new_zeros(batch, channels, A.shape[1])
@@ -53,10 +67,5 @@ def selective_scan_ref(
         decay = torch.exp(delta[:, :, t, None] * A)
         state = decay * state + (delta[:, :, t] * u[:, :, t])[..., None] * B_full[:, :, t]
         outputs.append((state * C_full[:, :, t]).sum(-1))
-    y = torch.stack(outputs, dim=-1)
-    if D is not None:
-        y = y + u * D.float()[None, :, None]
-    if z is not None:
-        y = y * F.silu(z.float())
-    y = y.to(dtype_out)
+    y = skip_and_gate(torch.stack(outputs, dim=-1), u, D, z).to(dtype_out)
     return (y, state) if return_last_state else y

@@ -168,14 +168,13 @@ def check_dataset(
     report.problems += [_error(p) for p in json_problems]
     if description is None:
         return report
-    jobs: list[tuple[Case, DatasetDescription]] = []
+    cases_by_split: dict[str, list[Case]] = {}
     for split in ("Tr", "Ts"):
-        cases, naming_problems = list_cases(description, split)
+        cases_by_split[split], naming_problems = list_cases(description, split)
         report.problems += [_error(p) for p in naming_problems]
-        jobs += [(case, description) for case in cases]
-        if split == "Tr":
-            report.num_cases = len(cases)
-            report.problems += [_error(p) for p in _split_level_problems(description, cases)]
+    report.num_cases = len(cases_by_split["Tr"])
+    report.problems += [_error(p) for p in _split_level_problems(description, cases_by_split)]
+    jobs = [(case, description) for cases in cases_by_split.values() for case in cases]
     results = _map_cases(jobs, workers if workers is not None else (os.cpu_count() or 1), progress)
     seen: dict[str, str] = {}
     for (case, _), result in zip(jobs, results):
@@ -191,10 +190,11 @@ def check_dataset(
     return report
 
 
-def _split_level_problems(description: DatasetDescription, cases: list[Case]) -> list[str]:
+def _split_level_problems(description: DatasetDescription, cases_by_split: dict[str, list[Case]]) -> list[str]:
     """Problems visible from the file listing alone: orphans, counts, classification table rows."""
     problems = []
     folder = description.folder
+    cases = cases_by_split["Tr"]
     case_ids = {case.case_id for case in cases}
     lowered: dict[str, str] = {}
     for case_id in sorted(case_ids):
@@ -216,13 +216,12 @@ def _split_level_problems(description: DatasetDescription, cases: list[Case]) ->
                 elif path.name[: -len(description.file_ending)] not in case_ids:
                     problems.append(f"{path}: label without images in imagesTr")
     else:
-        for split, split_cases in (("Tr", case_ids), ("Ts", None)):
+        for split, split_list in cases_by_split.items():
             table, table_problems = read_labels_table(description, split)
             problems += table_problems
             if table is None:
                 continue
-            if split_cases is None:
-                split_cases = {case.case_id for case in list_cases(description, "Ts")[0]}
+            split_cases = {case.case_id for case in split_list}
             for case_id in sorted(set(table.targets) - split_cases):
                 problems.append(f"{table.path}: case {case_id!r} has no images in images{split}")
             for case_id in sorted(split_cases - set(table.targets)):
