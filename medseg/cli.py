@@ -225,25 +225,247 @@ def kernels() -> None:
 
 
 # ---------------------------------------------------------------------------------------- pipeline
+def _progress(label: str):
+    """A progress callback printing to stderr at most ~20 times."""
+    def report(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 20) == 0:
+            err_console.print(f"  {label}: {done}/{total}", highlight=False)
+    return report
+
+
+def _raw_folder(task: str) -> Path:
+    from medseg.pipeline import prepare_task
+
+    return prepare_task(task)
+
+
+@app.command()
+def models() -> None:
+    """List the registered model families: task type, dimensions, kernels, self-configurable."""
+    from rich.table import Table
+
+    from medseg.models import list_models
+
+    table = Table("model", "task", "dims", "kernels", "planner", "summary")
+    for family in list_models():
+        table.add_row(
+            family.name, family.task_type, "/".join(f"{d}D" for d in family.dims), ", ".join(family.kernels) or "-",
+            "yes" if family.architecture_for_patch else "presets", family.summary,
+        )
+    console.print(table)
+
+
+@app.command()
+def fingerprint(
+    task: str = typer.Argument(..., help="Raw dataset: name, id or folder."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes [default: CPU count]."),
+) -> None:
+    """Extract the dataset fingerprint (spacings, cropped shapes, foreground intensities)."""
+    from medseg.pipeline import run_fingerprint
+
+    path = run_fingerprint(_raw_folder(task), workers, _progress("fingerprint"))
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def plan(
+    task: str = typer.Argument(..., help="Raw dataset: name, id or folder."),
+    model: str = typer.Option("unet", "--model", help="Registered model family (see `medseg models`)."),
+    memory_gb: Optional[float] = typer.Option(None, "--memory-gb", help="Size for this much GPU memory, nnU-Net's rule [default: GPU memory on a GPU, a time budget per step on a CPU]."),
+    step_seconds: Optional[float] = typer.Option(None, "--step-seconds", help="CPU planning: target seconds per training step [default: 1]."),
+    plans_name: str = typer.Option("medsegPlans", "--plans-name", help="Name of the plans file."),
+) -> None:
+    """Plan configurations (2d, 3d_fullres, 3d_lowres) from the fingerprint."""
+    from medseg.pipeline import plans_path, run_plan
+
+    folder = _raw_folder(task)
+    plans = run_plan(folder, model, memory_gb, step_seconds, plans_name)
+    for name, c in plans.configurations.items():
+        console.print(f"{name}: patch {c.patch_size} batch {c.batch_size} spacing {[round(s, 4) for s in c.spacing]} strides {c.architecture['kwargs']['strides']}")
+    console.print(f"wrote {plans_path(folder, plans_name)} ({plans.planner})")
+
+
+@app.command()
+def preprocess(
+    task: str = typer.Argument(..., help="Raw dataset: name, id or folder."),
+    configurations: list[str] = typer.Option(["3d_fullres"], "-c", "--configuration", help="Configuration(s) to preprocess (repeatable)."),
+    plans_name: str = typer.Option("medsegPlans", "--plans-name"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes [default: CPU count]."),
+) -> None:
+    """Crop, normalise and resample the training cases (resumable: finished cases are kept)."""
+    from medseg.pipeline import run_preprocess
+
+    done = run_preprocess(_raw_folder(task), configurations, plans_name, workers, _progress)
+    for name, (new, kept) in done.items():
+        console.print(f"{name}: {new} case(s) preprocessed, {kept} already done")
+
+
+def _training_options(epochs, iterations, learning_rate, optimizer, batch_size, time_budget, device, validate, seed):
+    from medseg.training.trainer import TrainingOptions
+
+    return TrainingOptions(
+        epochs=epochs, iterations_per_epoch=iterations, learning_rate=learning_rate, optimizer=optimizer, batch_size=batch_size,
+        time_budget_s=time_budget * 60 if time_budget else None, device=device, final_validation=validate, seed=seed,
+    )
+
+
+EPOCHS_HELP = "Epochs [default: 1000, or what --time-budget buys]."
+BUDGET_HELP = "Training time budget in minutes: epochs are fitted to it from the measured step time."
+
+
+@app.command()
+def train(
+    task: str = typer.Argument(..., help="Raw dataset: name, id or folder."),
+    configuration: str = typer.Argument(..., help="Configuration, e.g. 2d or 3d_fullres."),
+    fold: str = typer.Argument(..., help="Fold 0-4, or 'all'."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help=EPOCHS_HELP),
+    iterations: int = typer.Option(250, "--iterations-per-epoch"),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Initial learning rate [default: the plan's]."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd (nnU-Net's) or adamw [default: the plan's]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="[default: the plan's]"),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help=BUDGET_HELP),
+    resume: bool = typer.Option(False, "--continue", help="Resume from the fold's latest checkpoint."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 [default: cuda if available]."),
+    validate: bool = typer.Option(True, "--validate/--no-validate", help="Predict and score the held-out cases at the end."),
+    plans_name: str = typer.Option("medsegPlans", "--plans-name"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train one fold of one configuration (multi-process: launch with torchrun)."""
+    from medseg.pipeline import run_train
+
+    options = _training_options(epochs, iterations, learning_rate, optimizer, batch_size, time_budget, device, validate, seed)
+    options.continue_training = resume
+    report = run_train(_raw_folder(task), configuration, fold, options, plans_name, log=lambda m: console.print(m, highlight=False))
+    if report:
+        print_dice_table({configuration: report})
+
+
+@app.command()
+def predict(
+    input: Path = typer.Option(..., "-i", "--input", help="Image file or folder (CASE_XXXX.ext per channel)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output folder."),
+    model: Path = typer.Option(..., "-m", "--model", help="Model folder (results/DatasetXXX/unet__medsegPlans__3d_fullres)."),
+    folds: Optional[str] = typer.Option(None, "--folds", help="Comma-separated folds to ensemble [default: all trained]."),
+    checkpoint: str = typer.Option("auto", "--checkpoint", help="final, best or auto (final, else best)."),
+    overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap, 0-0.95."),
+    windows_per_batch: int = typer.Option(2, "--windows-per-batch"),
+    tta: bool = typer.Option(True, "--tta/--no-tta", help="Mirroring test-time augmentation."),
+    save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write CASE.probabilities.npz (K, *spatial)."),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Segment images with a trained model (fold ensemble), in their original geometry."""
+    import json
+
+    from medseg.errors import MedsegError
+    from medseg.inference.batch import predict_folder
+    from medseg.inference.predictor import Predictor
+
+    if not 0 <= overlap < 1:
+        raise MedsegError(f"--overlap must be in [0, 1), got {overlap}")
+    predictor = Predictor(
+        model, folds.split(",") if folds else None, checkpoint, device, step_fraction=1 - overlap, mirror=tta, windows_per_batch=windows_per_batch
+    )
+    ending = json.loads((model / "model.json").read_text())["file_ending"]
+    result = predict_folder(predictor, input, output, ending, save_probabilities, _progress("predict"))
+    console.print(f"wrote {len(result.written)} segmentation(s) to {output} (folds {', '.join(predictor.folds)})")
+    for case_id, error in result.failed.items():
+        err_console.print(f"[red]failed[/red] {case_id}: {error}", highlight=False, soft_wrap=True)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    predictions: Path = typer.Argument(..., help="Folder of predicted label maps."),
+    references: Path = typer.Argument(..., help="Folder of reference label maps (same file names)."),
+    dataset_json: Path = typer.Option(..., "-j", "--dataset-json", help="dataset.json naming the labels and file ending."),
+    tolerance: list[str] = typer.Option([], "--nsd-tolerance", help="NSD tolerance in mm: a number for all classes or CLASS=MM (repeatable) [default: 2]."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Summary JSON [default: PREDICTIONS/summary.json]."),
+) -> None:
+    """Dice, NSD and HD95 per class and case, with a summary JSON."""
+    import json
+
+    from medseg.errors import MedsegError
+    from medseg.evaluation.report import evaluate_folder
+
+    try:
+        content = json.loads(dataset_json.read_text())
+        labels = {k: int(v) for k, v in content["labels"].items()}
+        ending = content["file_ending"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise MedsegError(f"{dataset_json}: cannot read labels and file_ending ({error})") from None
+    tolerances = {}
+    for item in tolerance:
+        name, _, value = item.rpartition("=")
+        try:
+            tolerances[name or "default"] = float(value)
+        except ValueError:
+            raise MedsegError(f"--nsd-tolerance {item!r}: expected MM or CLASS=MM") from None
+    report = evaluate_folder(predictions, references, labels, ending, tolerances, output=output or predictions / "summary.json", progress=_progress("evaluate"))
+    print_dice_table({"evaluation": report})
+    for case_id, error in report["errors"].items():
+        err_console.print(f"[red]failed[/red] {case_id}: {error}", highlight=False, soft_wrap=True)
+    if report["missing_predictions"]:
+        err_console.print(f"missing predictions: {', '.join(report['missing_predictions'][:10])}")
+
+
+def print_dice_table(reports: dict) -> None:
+    from rich.table import Table
+
+    for name, report in reports.items():
+        table = Table("class", "Dice", "NSD", "HD95 (mm)", title=f"{name}: {report['num_cases']} cases")
+        def fmt(value):
+            return "-" if value is None else f"{value:.4f}" if value <= 1.0 else f"{value:.2f}"
+        for cls, metrics in report["mean"].items():
+            table.add_row(cls, fmt(metrics["dice"]), fmt(metrics["nsd"]), fmt(metrics["hd95"]))
+        fg = report["foreground_mean"]
+        table.add_row("[bold]foreground mean[/bold]", fmt(fg["dice"]), fmt(fg["nsd"]), fmt(fg["hd95"]))
+        if "postprocessed" in report:
+            post = report["postprocessed"]["foreground_mean"]
+            table.add_row("after postprocessing", fmt(post["dice"]), fmt(post["nsd"]), fmt(post["hd95"]))
+        console.print(table)
+
+
+DEMO_TIME_BUDGET_MINUTES = 12.0
+
+
 @app.command("plan-and-train")
 def plan_and_train(
     task: str = typer.Option(..., "--task", help="Dataset name, id or folder (e.g. AbdomenMRI)."),
     demo: bool = typer.Option(False, "--demo", help="Use the built-in synthetic demo of the task (built if missing)."),
+    configurations: list[str] = typer.Option([], "-c", "--configuration", help="Configurations to train [default: all on a GPU; 3d_fullres (or 2d) on a CPU]."),
+    folds: str = typer.Option("0,1,2,3,4", "--folds", help="Comma-separated folds, or 'all'."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Total training minutes, split over configurations x folds [default with --demo: 12]."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help=EPOCHS_HELP),
+    iterations: int = typer.Option(250, "--iterations-per-epoch"),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate"),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd or adamw [default: the plan's]."),
+    memory_gb: Optional[float] = typer.Option(None, "--memory-gb", help="Plan for this much GPU memory (nnU-Net's rule)."),
+    replan: bool = typer.Option(False, "--replan", help="Fingerprint and plan again even if plans exist."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
 ) -> None:
-    """Run the self-configuring pipeline on a raw dataset.
+    """Run the whole self-configuring pipeline and print the cross-validation Dice table.
 
-    Today this resolves (or, with --demo, builds) the dataset and validates it; fingerprinting,
-    planning, preprocessing, training and evaluation join this command as they land."""
-    from medseg.pipeline import prepare_task
+    Resumable: rerunning keeps finished folds and continues interrupted ones."""
+    from medseg.pipeline import prepare_task, run_plan_and_train
 
     folder = prepare_task(task, demo, progress_console=err_console)
-    if not run_dataset_check(folder, strict=False, workers=None):
+    if not run_dataset_check(folder, strict=False, workers=workers):
         raise typer.Exit(1)
-    console.print(
-        f"dataset ready: {folder}\n"
-        "pipeline stages available so far: dataset build + validation. "
-        "Planning, preprocessing and training are not implemented yet."
+    if demo and time_budget is None and epochs is None:
+        time_budget = DEMO_TIME_BUDGET_MINUTES
+    fold_list = [f.strip() for f in folds.split(",") if f.strip()]
+
+    def options_for(num_runs: int):
+        budget = time_budget / max(num_runs, 1) if time_budget else None
+        return _training_options(epochs, iterations, learning_rate, optimizer, None, budget, device, True, 0)
+
+    reports = run_plan_and_train(
+        folder, configurations or None, fold_list, options_for, memory_gb, replan=replan, workers=workers,
+        log=lambda m: console.print(m, highlight=False),
     )
+    print_dice_table({f"{name} cross-validation": report for name, report in reports.items()})
 
 
 def main() -> None:

@@ -57,3 +57,8 @@ def find_raw_dataset(task: str, root: Path | None = None) -> Path:
         known = ", ".join(f.name for f in folders) or "none"
         raise DatasetError(f"no raw dataset '{task}' under {root} (found: {known})")
     raise DatasetError(f"task '{task}' matches several datasets: {', '.join(m.name for m in matches)}")
+
+
+def model_folder(dataset_name: str, model: str, plans_name: str, configuration: str) -> Path:
+    """Trained model of one configuration: plans.json, dataset.json, model.json and fold_*/."""
+    return results_root() / dataset_name / f"{model}__{plans_name}__{configuration}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install medseg into ./.venv: torch's CPU build first (pinned), then medseg with its extras under
-# the same pin. Extras via MEDSEG_EXTRAS (default "dev"; e.g. "dev,dicom,serve").
+# the same pin. Extras via MEDSEG_EXTRAS (default "dev"; e.g. "dev,peers,dicom,serve"; "peers"
+# adds nnunetv2, the reference the plan-equality tests and benchmarks compare against).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python_bin=${PYTHON:-python3}
@@ -12,4 +13,9 @@ fi
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[${extras}]"
+if [[ ",${extras}," == *",peers,"* ]]; then
+  # nnunetv2's declared dependencies would pull torchvision/timm (broken on CPU): install it bare
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps \
+    "nnunetv2==2.8.1" "dynamic-network-architectures==0.4.4"
+fi
 .venv/bin/python -c "import torch, medseg; print(f'medseg {medseg.__version__} installed (torch {torch.__version__})')"

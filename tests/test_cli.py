@@ -29,9 +29,13 @@ def test_info_and_convert_dicom_to_nifti(shared_data, tmp_path):
     assert "Segmentation" in listing
 
 
-def test_plan_and_train_demo_builds_and_checks(tmp_path):
-    result = run_cli("plan-and-train", "--task", "AbdomenMRI", "--demo", root=tmp_path, check=True)
+def test_plan_and_train_demo_builds_checks_and_trains(tmp_path):
+    """The README's main command, with one fold and a token training length (the full run is
+    measured, not tested: see README)."""
+    args = ("--folds", "0", "--epochs", "1", "--iterations-per-epoch", "2")
+    result = run_cli("plan-and-train", "--task", "AbdomenMRI", "--demo", *args, root=tmp_path, check=True)
     assert "30 training cases, 0 error(s)" in result.stdout
+    assert "3d_fullres cross-validation: 6 cases" in result.stdout and "foreground mean" in result.stdout
     assert (tmp_path / "raw" / "Dataset901_AbdomenMRI-demo" / "dataset.json").is_file()
     missing = run_cli("plan-and-train", "--task", "AbdomenMRI", root=tmp_path)
     assert missing.returncode == 1 and "--demo" in missing.stderr

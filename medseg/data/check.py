@@ -8,9 +8,7 @@ label with no foreground).
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 from medseg.data.classification import read_labels_table
 from medseg.data.layout import Case, DatasetDescription, list_cases, parse_dataset_json
 from medseg.errors import MedsegError
+from medseg.parallel import map_parallel
 
 
 @dataclass(frozen=True)
@@ -139,22 +138,6 @@ def _check_case_job(job: tuple[Case, DatasetDescription]) -> _CaseResult:
     return check_case(*job)
 
 
-def _map_cases(jobs: list, workers: int, progress: Callable[[int, int], None] | None) -> list[_CaseResult]:
-    results = []
-    if workers <= 1 or len(jobs) < 8:
-        for job in jobs:
-            results.append(_check_case_job(job))
-            if progress:
-                progress(len(results), len(jobs))
-        return results
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        for result in pool.map(_check_case_job, jobs, chunksize=4):
-            results.append(result)
-            if progress:
-                progress(len(results), len(jobs))
-    return results
-
-
 def check_dataset(
     folder: str | Path, workers: int | None = None, progress: Callable[[int, int], None] | None = None
 ) -> CheckReport:
@@ -175,7 +158,7 @@ def check_dataset(
     report.num_cases = len(cases_by_split["Tr"])
     report.problems += [_error(p) for p in _split_level_problems(description, cases_by_split)]
     jobs = [(case, description) for cases in cases_by_split.values() for case in cases]
-    results = _map_cases(jobs, workers if workers is not None else (os.cpu_count() or 1), progress)
+    results = map_parallel(_check_case_job, jobs, workers, progress)
     seen: dict[str, str] = {}
     for (case, _), result in zip(jobs, results):
         report.problems += result.problems

@@ -1,0 +1,38 @@
+"""Load one raw case as a multi-channel image plus its label, with geometry checks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medseg.data.layout import Case
+from medseg.errors import DatasetError
+from medseg.io import MedicalImage, read_image
+
+
+def load_case_images(case: Case) -> MedicalImage:
+    """All channels stacked: array (C, *spatial) float32, geometry of the first channel file."""
+    images = [read_image(path) for path in case.images]
+    first = images[0]
+    for path, image in zip(case.images[1:], images[1:]):
+        differences = first.geometry_differences(image)
+        if differences:
+            raise DatasetError(f"{path}: geometry differs from {case.images[0].name}: {'; '.join(differences)}")
+    array = np.concatenate([image.array.astype(np.float32, copy=False) for image in images], axis=0)
+    return first.with_array(array)
+
+
+def load_case_label(case: Case, reference: MedicalImage) -> MedicalImage:
+    """The label map: array (1, *spatial) int16, checked against the image geometry."""
+    if case.label is None:
+        raise DatasetError(f"case {case.case_id}: has no label file")
+    label = read_image(case.label)
+    differences = reference.geometry_differences(label)
+    if differences:
+        raise DatasetError(f"{case.label}: geometry differs from its image: {'; '.join(differences)}")
+    if label.num_channels != 1:
+        raise DatasetError(f"{case.label}: a label map must have one channel, found {label.num_channels}")
+    values = label.array
+    if values.dtype.kind == "f":
+        if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+            raise DatasetError(f"{case.label}: label values must be whole numbers")
+    return label.with_array(values.astype(np.int16))

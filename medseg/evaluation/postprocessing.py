@@ -1,0 +1,52 @@
+"""Largest-connected-component postprocessing, kept per class only where it raises the
+cross-validation Dice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from medseg.evaluation.metrics import dice
+
+
+def keep_largest_component(labels: np.ndarray, value: int) -> np.ndarray:
+    """labels: (*spatial) -> copy where only the largest connected region of ``value`` remains."""
+    mask = labels == value
+    components, count = ndimage.label(mask)
+    if count <= 1:
+        return labels
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    result = labels.copy()
+    result[mask & (components != int(np.argmax(sizes)))] = 0
+    return result
+
+
+def apply_postprocessing(labels: np.ndarray, classes: list[int]) -> np.ndarray:
+    for value in classes:
+        labels = keep_largest_component(labels, value)
+    return labels
+
+
+def choose_postprocessing(predictions: dict[str, np.ndarray], references: dict[str, np.ndarray], label_values: list[int]) -> dict:
+    """Per class: mean Dice with and without largest-component filtering over the CV cases."""
+    decisions = {}
+    for value in label_values:
+        before, after = [], []
+        for case_id, prediction in predictions.items():
+            reference = references[case_id] == value
+            before.append(dice(prediction == value, reference))
+            after.append(dice(keep_largest_component(prediction, value) == value, reference))
+        mean_before, mean_after = np.nanmean(before), np.nanmean(after)
+        decisions[str(value)] = {"dice_before": float(mean_before), "dice_after": float(mean_after), "apply": bool(mean_after > mean_before + 1e-4)}
+    return {"largest_component_classes": [int(v) for v, d in decisions.items() if d["apply"]], "decisions": decisions}
+
+
+def load_postprocessing(model_folder: Path) -> list[int]:
+    path = model_folder / "postprocessing.json"
+    if not path.is_file():
+        return []
+    return list(json.loads(path.read_text()).get("largest_component_classes", []))

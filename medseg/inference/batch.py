@@ -1,0 +1,76 @@
+"""Predict a folder (nnU-Net imagesTs naming: CASE_XXXX.ext per channel) or single images, one
+case at a time; a failing case is reported and skipped, never the end of the batch."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from medseg.errors import MedsegError
+from medseg.io import image_suffix, read_image, write_image
+
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+@dataclass
+class BatchResult:
+    written: list[Path] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def group_inputs(source: Path, num_channels: int) -> dict[str, list[Path]]:
+    """Case id -> channel files. A file not named CASE_XXXX is a single-channel case of its own."""
+    files = [source] if source.is_file() else sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
+    cases: dict[str, dict[int, Path]] = {}
+    for path in files:
+        suffix = image_suffix(path)
+        stem = path.name[: -len(suffix)] if suffix else path.name
+        match = _CHANNEL.match(stem)
+        if match:
+            cases.setdefault(match["case"], {})[int(match["channel"])] = path
+        else:
+            cases.setdefault(stem, {})[0] = path
+    return {case: [channels[k] for k in sorted(channels)] for case, channels in cases.items()}
+
+
+def predict_folder(
+    predictor, source: Path, output: Path, file_ending: str, save_probabilities: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> BatchResult:
+    if not source.exists():
+        raise MedsegError(f"{source}: no such file or folder")
+    num_channels = len(predictor.plans.channel_names)
+    cases = group_inputs(source, num_channels)
+    if not cases:
+        raise MedsegError(f"{source}: no input images")
+    output.mkdir(parents=True, exist_ok=True)
+    result = BatchResult()
+    for index, (case_id, files) in enumerate(sorted(cases.items())):
+        try:
+            images = [read_image(path) for path in files]
+            image = images[0]
+            if len(images) > 1:
+                for path, other in zip(files[1:], images[1:]):
+                    differences = image.geometry_differences(other)
+                    if differences:
+                        raise MedsegError(f"{path}: geometry differs from {files[0].name}: {'; '.join(differences)}")
+                image = image.with_array(np.concatenate([i.array.astype(np.float32) for i in images]))
+            prediction = predictor.predict_image(image, probabilities=save_probabilities, case_id=str(files[0]))
+            target = output / f"{case_id}{file_ending}"
+            write_image(prediction.segmentation, target)
+            if save_probabilities:
+                temporary = output / f".{case_id}.probabilities.tmp.npz"
+                np.savez_compressed(temporary, probabilities=prediction.probabilities.astype(np.float16))
+                temporary.replace(output / f"{case_id}.probabilities.npz")
+            result.written.append(target)
+        except MedsegError as error:
+            result.failed[case_id] = str(error)
+        except Exception as error:  # an unexpected failure on one case must not end the batch
+            result.failed[case_id] = f"{files[0]}: {type(error).__name__}: {error}"
+        if progress:
+            progress(index + 1, len(cases))
+    return result

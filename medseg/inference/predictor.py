@@ -1,0 +1,143 @@
+"""Predictor: a trained model folder (one or more folds) applied to images of any size, output in
+the original geometry. The trainer's final validation runs through the same code."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from medseg.errors import MedsegError
+from medseg.io import MedicalImage
+from medseg.planning.plans import Plans
+from medseg.preprocessing.case import CaseProperties, preprocess_case
+from medseg.preprocessing.resampling import coarse_axis, resample_probabilities
+from medseg.inference.sliding_window import predict_logits
+
+
+@dataclass
+class Prediction:
+    segmentation: MedicalImage  # (1, *original spatial) label values
+    probabilities: np.ndarray | None  # (K, *original spatial) float32, when asked for
+
+
+def available_folds(folder: Path) -> list[str]:
+    return sorted(p.name.removeprefix("fold_") for p in folder.glob("fold_*") if p.is_dir())
+
+
+def _checkpoint_path(fold_folder: Path, checkpoint: str) -> Path:
+    names = ["checkpoint_final.pt", "checkpoint_best.pt"] if checkpoint == "auto" else [f"checkpoint_{checkpoint}.pt"]
+    for name in names:
+        if (fold_folder / name).is_file():
+            return fold_folder / name
+    raise MedsegError(f"{fold_folder}: no {' or '.join(names)} (has this fold finished training?)")
+
+
+class Predictor:
+    def __init__(
+        self,
+        model_folder: Path,
+        folds: Sequence[str] | None = None,
+        checkpoint: str = "auto",
+        device: str | None = None,
+        step_fraction: float = 0.5,
+        mirror: bool = True,
+        windows_per_batch: int = 2,
+    ):
+        from medseg.models.registry import build_model
+
+        self.folder = Path(model_folder)
+        info_path = self.folder / "model.json"
+        if not info_path.is_file():
+            raise MedsegError(f"{self.folder}: not a medseg model folder (no model.json)")
+        self.info = json.loads(info_path.read_text())
+        self.plans = Plans.load(self.folder / "plans.json")
+        self.configuration = self.plans.configuration(self.info["configuration"])
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.step_fraction, self.windows_per_batch = step_fraction, windows_per_batch
+        self.mirror_axes = tuple(self.info.get("mirror_axes", [])) if mirror else ()
+        folds = list(folds) if folds else available_folds(self.folder)
+        if not folds:
+            raise MedsegError(f"{self.folder}: no trained folds (fold_*/)")
+        self.networks = []
+        for fold in folds:
+            state = torch.load(_checkpoint_path(self.folder / f"fold_{fold}", checkpoint), map_location="cpu", weights_only=False)
+            network = build_model(self.configuration.architecture, len(self.plans.channel_names), self.plans.num_classes)
+            network.load_state_dict(state["network"])
+            self.networks.append(network.to(self.device).eval())
+        self.folds = folds
+        from medseg.evaluation.postprocessing import load_postprocessing
+
+        self.postprocess = load_postprocessing(self.folder)
+
+    @classmethod
+    def from_networks(cls, model_folder: Path, networks: list, device: torch.device, mirror: bool = True, step_fraction: float = 0.5):
+        """A predictor around networks already in memory (the trainer's final validation)."""
+        predictor = cls.__new__(cls)
+        predictor.folder = Path(model_folder)
+        predictor.info = json.loads((predictor.folder / "model.json").read_text())
+        predictor.plans = Plans.load(predictor.folder / "plans.json")
+        predictor.configuration = predictor.plans.configuration(predictor.info["configuration"])
+        predictor.device, predictor.step_fraction, predictor.windows_per_batch = device, step_fraction, 2
+        predictor.mirror_axes = tuple(predictor.info.get("mirror_axes", [])) if mirror else ()
+        predictor.networks, predictor.folds = [n.eval() for n in networks], ["memory"]
+        predictor.postprocess = []  # cross-validation scores the raw prediction
+        return predictor
+
+    def _logits(self, data: np.ndarray) -> torch.Tensor:
+        """data: (C, *S) preprocessed -> fold-averaged logits (K, *S)."""
+        configuration = self.configuration
+        tensor = torch.from_numpy(np.ascontiguousarray(data))
+        total = None
+        for network in self.networks:
+            if configuration.ndim == 2 and tensor.ndim == 4:  # 3D image, 2D model: slice by slice
+                logits = torch.stack(
+                    [self._window(network, tensor[:, z]) for z in range(tensor.shape[1])], dim=1
+                )
+            else:
+                logits = self._window(network, tensor)
+            total = logits if total is None else total + logits
+        return total / len(self.networks)
+
+    def _window(self, network, tensor: torch.Tensor) -> torch.Tensor:
+        axes = [a for a in self.mirror_axes if a < tensor.ndim - 1]
+        return predict_logits(
+            network, tensor, self.configuration.patch_size, self.plans.num_classes,
+            self.step_fraction, axes, self.windows_per_batch, self.device,
+        )
+
+    def predict_preprocessed(self, data: np.ndarray, properties: CaseProperties | dict, probabilities: bool = False) -> Prediction:
+        props = properties if isinstance(properties, dict) else properties.to_dict()
+        logits = self._logits(data).numpy()
+        axis = coarse_axis(props["target_spacing"], props["spacing_after_crop"], self.configuration.resampling["anisotropy_threshold"])
+        logits = resample_probabilities(logits, props["shape_after_crop"], axis, self.configuration.resampling["out_of_plane_order"])
+        probs = torch.softmax(torch.from_numpy(logits), dim=0).numpy()
+        full = np.zeros((probs.shape[0], *props["shape_before_crop"]), dtype=np.float32)
+        full[0] = 1.0  # outside the crop box is background
+        box = tuple(slice(a, b) for a, b in props["bbox"])
+        full[(slice(None),) + box] = probs
+        backward = self.plans.transpose_backward if full.ndim == 4 else list(range(full.ndim - 1))
+        full = full.transpose([0, *[axis + 1 for axis in backward]])
+        labels = np.argmax(full, axis=0).astype(np.uint8 if full.shape[0] <= 256 else np.int16)
+        if self.postprocess:
+            from medseg.evaluation.postprocessing import apply_postprocessing
+
+            labels = apply_postprocessing(labels, self.postprocess)
+        segmentation = MedicalImage(
+            labels[None],
+            spacing=tuple(props["original_spacing"]),
+            origin=tuple(props["origin"]),
+            direction=np.asarray(props["direction"]),
+        )
+        return Prediction(segmentation, full if probabilities else None)
+
+    def predict_image(self, image: MedicalImage, probabilities: bool = False, case_id: str = "case") -> Prediction:
+        expected = len(self.plans.channel_names)
+        if image.num_channels != expected:
+            raise MedsegError(f"{case_id}: has {image.num_channels} channel(s), the model expects {expected} ({', '.join(self.plans.channel_names)})")
+        data, _, properties = preprocess_case(image, None, self.plans, self.configuration, case_id)
+        return self.predict_preprocessed(data, properties, probabilities)

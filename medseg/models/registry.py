@@ -1,0 +1,72 @@
+"""Model registry: every family registers a builder and what the planner needs to size it.
+
+Architecture is data: plans store ``{"name": family, "kwargs": {...}}`` and the trainer, predictor
+and server rebuild the network from that alone, so a new family never needs a trainer subclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from medseg.errors import MedsegError
+
+ModelBuilder = Callable[..., "object"]  # (in_channels, num_classes, **kwargs) -> torch.nn.Module
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str
+    build: ModelBuilder
+    task_type: str  # "segmentation" or "classification"
+    dims: tuple[int, ...]  # spatial dimensionalities supported (2, 3)
+    summary: str
+    kernels: tuple[str, ...] = ()  # kernel ops (medseg_kernels) the family runs on
+    # planner hooks, for families the self-configuring planner can size (None: fixed presets only)
+    architecture_for_patch: Callable[..., dict] | None = None  # (spacing, patch_size, ndim, profile) -> kwargs + topology
+    feature_map_size: Callable[..., int] | None = None  # (patch_size, in_channels, num_classes, kwargs) -> activations
+    flops_per_sample: Callable[..., float] | None = None  # (patch_size, in_channels, num_classes, kwargs) -> fwd FLOPs
+    extra: dict = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, ModelFamily] = {}
+
+
+def register_model(family: ModelFamily) -> ModelFamily:
+    if family.name in _REGISTRY:
+        raise ValueError(f"model family '{family.name}' is registered twice")
+    _REGISTRY[family.name] = family
+    return family
+
+
+def _load_families() -> None:
+    # importing a family module registers it; heavy optional dependencies stay inside builders
+    from medseg.models import unet  # noqa: F401
+
+
+def list_models() -> list[ModelFamily]:
+    _load_families()
+    return sorted(_REGISTRY.values(), key=lambda family: family.name)
+
+
+def get_model_family(name: str) -> ModelFamily:
+    _load_families()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise MedsegError(f"unknown model '{name}' (registered: {known})") from None
+
+
+def build_model(architecture: dict, in_channels: int, num_classes: int, deep_supervision: bool = False):
+    """Network from a plans' architecture entry ``{"name": ..., "kwargs": {...}}``."""
+    family = get_model_family(architecture["name"])
+    return family.build(in_channels, num_classes, deep_supervision=deep_supervision, **architecture["kwargs"])
+
+
+def stage_sizes(patch_size: Sequence[int], strides: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Spatial size of each resolution stage (floor division, as strided convs with same padding give)."""
+    sizes, current = [], list(patch_size)
+    for stride in strides:
+        current = [size // step for size, step in zip(current, stride)]
+        sizes.append(current)
+    return sizes

@@ -1,0 +1,1 @@
+"""Fingerprint, planner and plans schema of the self-configuring pipeline."""

@@ -1,0 +1,47 @@
+"""Which budget to plan for on this machine: a GPU's memory, or a CPU's time per step.
+
+On a CPU the planner needs the machine's real throughput for the network it is sizing, so it
+times a few forward+backward steps of that network family on a small patch (about a second)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from medseg.models.registry import get_model_family
+from medseg.planning.planner import Budget
+
+CPU_STEP_SECONDS = 1.0  # a 10-minute budget then buys ~600 iterations
+CPU_BASE_FEATURES = 16  # half nnU-Net's width: ~4x fewer FLOPs, the difference between 150 and 600 steps
+CALIBRATION_PATCH = {2: (128, 128), 3: (16, 32, 32)}
+CALIBRATION_SPACING = {2: (1.0, 1.0), 3: (1.0, 1.0, 1.0)}
+
+
+def measure_throughput(model: str, ndim: int, base_features: int, repeats: int = 2) -> float:
+    """Forward+backward FLOPs per second of a small network of the family on this CPU."""
+    family = get_model_family(model)
+    kwargs, topology = family.architecture_for_patch(CALIBRATION_SPACING[ndim], CALIBRATION_PATCH[ndim], base_features=base_features)
+    network = family.build(1, 2, **kwargs)
+    patch = topology.patch_size
+    batch = torch.randn(2, 1, *patch)
+    network(batch).sum().backward()  # warm-up: allocator and kernel selection
+    start = time.perf_counter()
+    for _ in range(repeats):
+        network.zero_grad(set_to_none=True)
+        network(batch).sum().backward()
+    seconds = (time.perf_counter() - start) / repeats
+    return 3.0 * 2 * family.flops_per_sample(patch, 1, 2, kwargs) / seconds
+
+
+def default_budget(model: str = "unet", memory_gb: float | None = None, step_seconds: float | None = None, device: str | None = None) -> Budget:
+    """--memory-gb selects nnU-Net's memory sizing; otherwise a GPU plans for its memory and a CPU for time."""
+    if memory_gb is not None:
+        return Budget("memory", memory_gb=memory_gb)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        total_gb = torch.cuda.get_device_properties(0).total_memory / 1024**3
+        return Budget("memory", memory_gb=min(8.0, 0.9 * total_gb))  # nnU-Net's default target, or less
+    features = CPU_BASE_FEATURES
+    rates = {ndim: measure_throughput(model, ndim, features) for ndim in (2, 3)}
+    return Budget("time", step_seconds=step_seconds or CPU_STEP_SECONDS, flops_per_second=rates, base_features=features)

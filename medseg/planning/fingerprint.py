@@ -1,0 +1,164 @@
+"""Dataset fingerprint: per-case spacing and shape after crop-to-nonzero, and per-channel
+foreground intensity statistics from a fixed-size random sample (the planner's only input besides
+dataset.json)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from scipy import ndimage
+
+from medseg.data.layout import Case, DatasetDescription, list_cases
+from medseg.errors import DatasetError, MedsegError
+from medseg.parallel import map_parallel
+
+FINGERPRINT_VERSION = 1
+TOTAL_FOREGROUND_SAMPLES = 1_000_000  # spread over the cases; enough for stable percentiles
+
+
+@dataclass
+class Fingerprint:
+    dataset_name: str
+    ndim: int
+    channel_names: list[str]
+    case_ids: list[str]
+    spacings: list[list[float]]  # per case, array-axis order
+    shapes_before_crop: list[list[int]]
+    shapes_after_crop: list[list[int]]
+    left_right_axes: list[int | None]  # per case: the array axis running right-left (None if oblique)
+    median_relative_size_after_cropping: float
+    foreground_intensity_properties_per_channel: dict[str, dict[str, float]]
+    version: int = FINGERPRINT_VERSION
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(asdict(self), indent=1))
+        temporary.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Fingerprint":
+        try:
+            content = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise MedsegError(f"{path}: cannot read the fingerprint ({error}); rerun `medseg fingerprint`") from None
+        if content.get("version") != FINGERPRINT_VERSION:
+            raise MedsegError(f"{path}: fingerprint version {content.get('version')} is not {FINGERPRINT_VERSION}; rerun `medseg fingerprint`")
+        return cls(**content)
+
+
+def nonzero_mask(images: np.ndarray) -> np.ndarray:
+    """images: (C, *spatial) -> (*spatial) bool: where any channel is nonzero, holes filled."""
+    return ndimage.binary_fill_holes(np.any(images != 0, axis=0))
+
+
+def bounding_box(mask: np.ndarray) -> list[list[int]]:
+    """[[start, stop), ...] per axis of the True region (the whole array when empty)."""
+    if not mask.any():
+        return [[0, size] for size in mask.shape]
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        present = np.flatnonzero(mask.any(axis=other))
+        box.append([int(present[0]), int(present[-1]) + 1])
+    return box
+
+
+def box_slices(box: list[list[int]]) -> tuple[slice, ...]:
+    return tuple(slice(start, stop) for start, stop in box)
+
+
+def intensity_statistics(values: np.ndarray) -> dict[str, float]:
+    if values.size == 0:
+        return {key: float("nan") for key in ("mean", "median", "std", "min", "max", "percentile_99_5", "percentile_00_5")}
+    low, median, high = np.percentile(values, (0.5, 50.0, 99.5))
+    return {
+        "mean": float(values.mean()),
+        "median": float(median),
+        "std": float(values.std()),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "percentile_99_5": float(high),
+        "percentile_00_5": float(low),
+    }
+
+
+def left_right_axis(direction: np.ndarray) -> int | None:
+    """Array axis whose world direction is mostly along x (patient right-left), if clearly one."""
+    direction = np.asarray(direction, dtype=float)
+    if direction.shape[0] < 3:
+        return None  # 2D images carry no patient orientation
+    along_x = np.abs(direction[0])
+    axis = int(np.argmax(along_x))
+    return axis if along_x[axis] > 0.8 else None
+
+
+def analyze_case(job: tuple[Case, int]) -> dict:
+    """Spacing, shapes and a foreground intensity sample of one training case (runs in a worker)."""
+    from medseg.data.cases import load_case_images, load_case_label
+
+    case, num_samples = job
+    try:
+        image = load_case_images(case)
+        label = load_case_label(case, image)
+    except MedsegError as error:
+        return {"case_id": case.case_id, "error": str(error)}
+    except Exception as error:  # an unreadable file must not kill the whole fingerprint
+        return {"case_id": case.case_id, "error": f"{case.images[0]}: unreadable ({type(error).__name__}: {error})"}
+    box = bounding_box(nonzero_mask(image.array))
+    cropped = image.array[(slice(None),) + box_slices(box)]
+    foreground = label.array[0][box_slices(box)] > 0
+    rng = np.random.default_rng(1234)
+    samples = []
+    for channel in cropped:
+        values = channel[foreground]
+        samples.append(rng.choice(values, num_samples, replace=True) if values.size else np.zeros(0, np.float32))
+    return {
+        "case_id": case.case_id,
+        "spacing": [float(s) for s in image.spacing],
+        "shape_before_crop": list(image.spatial_shape),
+        "shape_after_crop": list(cropped.shape[1:]),
+        "left_right_axis": left_right_axis(image.direction),
+        "samples": samples,
+    }
+
+
+def extract_fingerprint(
+    description: DatasetDescription, workers: int | None = None, progress: Callable[[int, int], None] | None = None
+) -> Fingerprint:
+    cases, problems = list_cases(description, "Tr")
+    if problems:
+        raise DatasetError(f"{description.folder}: " + "; ".join(problems[:5]) + " (run `medseg datasets check`)")
+    if description.task_type != "segmentation":
+        raise DatasetError(f"{description.folder}: fingerprinting is for segmentation datasets (this one is {description.task_type})")
+    if not cases:
+        raise DatasetError(f"{description.folder}: imagesTr holds no cases")
+    per_case = max(100, TOTAL_FOREGROUND_SAMPLES // len(cases))
+    results = map_parallel(analyze_case, [(case, per_case) for case in cases], workers, progress)
+    failures = [r["error"] for r in results if "error" in r]
+    if failures:
+        raise DatasetError(f"{len(failures)} case(s) could not be read: " + "; ".join(failures[:5]))
+    ndims = {len(r["spacing"]) for r in results}
+    if len(ndims) != 1:
+        raise DatasetError(f"{description.folder}: cases mix 2D and 3D images")
+    properties = {}
+    for channel in range(description.num_channels):
+        values = np.concatenate([r["samples"][channel] for r in results])
+        properties[str(channel)] = intensity_statistics(values)
+    relative = [np.prod(r["shape_after_crop"]) / np.prod(r["shape_before_crop"]) for r in results]
+    return Fingerprint(
+        dataset_name=description.folder.name,
+        ndim=ndims.pop(),
+        channel_names=[description.channel_names[k] for k in sorted(description.channel_names)],
+        case_ids=[r["case_id"] for r in results],
+        spacings=[r["spacing"] for r in results],
+        shapes_before_crop=[r["shape_before_crop"] for r in results],
+        shapes_after_crop=[r["shape_after_crop"] for r in results],
+        left_right_axes=[r["left_right_axis"] for r in results],
+        median_relative_size_after_cropping=float(np.median(relative)),
+        foreground_intensity_properties_per_channel=properties,
+    )

@@ -1,0 +1,1 @@
+"""Crop, normalise and resample cases as a configuration's plan says, reversibly."""

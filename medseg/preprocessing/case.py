@@ -1,0 +1,103 @@
+"""One case through a configuration's preprocessing, and the properties that invert it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from medseg.io import MedicalImage
+from medseg.planning.fingerprint import bounding_box, box_slices, nonzero_mask
+from medseg.planning.plans import ConfigurationPlan, Plans
+from medseg.preprocessing.normalization import normalize_channel
+from medseg.preprocessing.resampling import coarse_axis, new_shape, resample_image, resample_labels
+
+MAX_LOCATIONS_PER_CLASS = 10_000  # voxels remembered per class for foreground oversampling
+
+
+@dataclass
+class CaseProperties:
+    """Everything needed to map a prediction back onto the original image (transposed axis order
+    unless said otherwise)."""
+
+    case_id: str
+    original_shape: list[int]  # array order, as read
+    original_spacing: list[float]  # array order, as read
+    origin: list[float]
+    direction: list[list[float]]
+    shape_before_crop: list[int]  # transposed
+    bbox: list[list[int]]  # crop box in the transposed, uncropped array
+    shape_after_crop: list[int]
+    spacing_after_crop: list[float]  # transposed original spacing
+    target_spacing: list[float]
+    shape_after_resampling: list[int]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def target_spacing_for(configuration: ConfigurationPlan, spacing_t: list[float]) -> list[float]:
+    """3D data in a 2D configuration keep their slice spacing; only the in-plane axes are resampled."""
+    if len(spacing_t) == configuration.ndim:
+        return list(configuration.spacing)
+    return [spacing_t[0], *configuration.spacing]
+
+
+def _transpose(array: np.ndarray, order: list[int]) -> np.ndarray:
+    return array.transpose([0, *[axis + 1 for axis in order]])
+
+
+def preprocess_case(
+    image: MedicalImage, label: np.ndarray | None, plans: Plans, configuration: ConfigurationPlan, case_id: str
+) -> tuple[np.ndarray, np.ndarray | None, CaseProperties]:
+    """image (C, *spatial), label (1, *spatial) or None -> data (C, *S') float32, label (1, *S') int8, properties."""
+    order = plans.transpose_forward if image.ndim == 3 else list(range(image.ndim))
+    data = _transpose(image.array.astype(np.float32, copy=False), order)
+    seg = _transpose(label, order) if label is not None else None
+    spacing_t = [float(image.spacing[axis]) for axis in order]
+    mask = nonzero_mask(data)
+    box = bounding_box(mask)
+    crop = box_slices(box)
+    data = data[(slice(None),) + crop]
+    mask = mask[crop]
+    if seg is not None:
+        seg = seg[(slice(None),) + crop]
+    channels = []
+    for channel, norm in zip(data, configuration.normalization):
+        channels.append(normalize_channel(channel, norm["scheme"], norm["properties"], mask if norm["use_mask"] else None))
+    data = np.stack(channels)
+    target = target_spacing_for(configuration, spacing_t)
+    shape = new_shape(data.shape[1:], spacing_t, target)
+    resampling = configuration.resampling
+    axis = coarse_axis(spacing_t, target, resampling["anisotropy_threshold"])
+    data = resample_image(data, shape, axis, resampling["image_order"], resampling["out_of_plane_order"])
+    if seg is not None:
+        seg = resample_labels(seg[0], shape, axis, resampling["label_order"], resampling["out_of_plane_order"])[None].astype(np.int8)
+    properties = CaseProperties(
+        case_id=case_id,
+        original_shape=list(image.spatial_shape),
+        original_spacing=[float(s) for s in image.spacing],
+        origin=[float(o) for o in image.origin],
+        direction=np.asarray(image.direction).tolist(),
+        shape_before_crop=[int(image.spatial_shape[axis]) for axis in order],
+        bbox=box,
+        shape_after_crop=[int(n) for n in mask.shape],
+        spacing_after_crop=spacing_t,
+        target_spacing=[float(t) for t in target],
+        shape_after_resampling=[int(n) for n in shape],
+    )
+    return data, seg, properties
+
+
+def class_locations(seg: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """seg: (1, *S) -> per foreground value, up to MAX_LOCATIONS_PER_CLASS voxel coordinates (N, ndim)."""
+    rng = np.random.default_rng(seed)
+    locations = {}
+    for value in np.unique(seg[0]):
+        if value <= 0:
+            continue
+        coordinates = np.argwhere(seg[0] == value)
+        if len(coordinates) > MAX_LOCATIONS_PER_CLASS:
+            coordinates = coordinates[rng.choice(len(coordinates), MAX_LOCATIONS_PER_CLASS, replace=False)]
+        locations[str(int(value))] = coordinates.astype(np.int32)
+    return locations

@@ -1,0 +1,91 @@
+"""Preprocess a whole raw dataset for one configuration: parallel, resumable, atomic per case.
+
+Layout of ``preprocessed/DatasetXXX_Name/<data_identifier>/``: per case ``ID.npy`` (C, *S) float32,
+``ID_seg.npy`` (1, *S) int8, ``ID_locations.npz`` and ``ID.json`` (CaseProperties), the JSON
+written last so a case counts as done only when all its files are complete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from medseg.data.layout import Case, DatasetDescription, list_cases
+from medseg.errors import DatasetError, MedsegError
+from medseg.parallel import map_parallel
+from medseg.planning.plans import ConfigurationPlan, Plans
+
+
+def _save_atomic_npy(path: Path, array: np.ndarray) -> None:
+    temporary = path.with_name(path.stem + ".tmp.npy")
+    np.save(temporary, array)
+    temporary.replace(path)
+
+
+def case_done(folder: Path, case_id: str) -> bool:
+    return (folder / f"{case_id}.json").is_file()
+
+
+def _preprocess_job(job: tuple[Case, Plans, ConfigurationPlan, Path]) -> tuple[str, str | None]:
+    from medseg.data.cases import load_case_images, load_case_label
+    from medseg.preprocessing.case import class_locations, preprocess_case
+
+    case, plans, configuration, folder = job
+    try:
+        image = load_case_images(case)
+        label = load_case_label(case, image).array
+        data, seg, properties = preprocess_case(image, label, plans, configuration, case.case_id)
+        _save_atomic_npy(folder / f"{case.case_id}.npy", data)
+        _save_atomic_npy(folder / f"{case.case_id}_seg.npy", seg)
+        temporary = folder / f"{case.case_id}_locations.tmp.npz"
+        np.savez(temporary, **class_locations(seg))
+        temporary.replace(folder / f"{case.case_id}_locations.npz")
+        marker = folder / f"{case.case_id}.json.tmp"
+        marker.write_text(json.dumps(properties.to_dict()))
+        marker.replace(folder / f"{case.case_id}.json")
+        return case.case_id, None
+    except MedsegError as error:
+        return case.case_id, str(error)
+    except Exception as error:  # one bad case is reported, not fatal to the batch
+        return case.case_id, f"{case.images[0]}: {type(error).__name__}: {error}"
+
+
+def preprocess_dataset(
+    description: DatasetDescription,
+    plans: Plans,
+    configuration: ConfigurationPlan,
+    output_folder: Path,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
+) -> tuple[int, int]:
+    """Preprocess the training cases not yet done. Returns (processed now, already done)."""
+    cases, problems = list_cases(description, "Tr")
+    if problems:
+        raise DatasetError(f"{description.folder}: " + "; ".join(problems[:5]) + " (run `medseg datasets check`)")
+    output_folder.mkdir(parents=True, exist_ok=True)
+    todo = [case for case in cases if overwrite or not case_done(output_folder, case.case_id)]
+    results = map_parallel(_preprocess_job, [(case, plans, configuration, output_folder) for case in todo], workers, progress)
+    failures = [f"{case_id}: {error}" for case_id, error in results if error]
+    if failures:
+        raise DatasetError(f"{len(failures)} case(s) failed preprocessing (the others are saved; rerun to resume): " + "; ".join(failures[:5]))
+    return len(todo), len(cases) - len(todo)
+
+
+def load_preprocessed_case(folder: Path, case_id: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
+    mode = "r" if mmap else None
+    data = np.load(folder / f"{case_id}.npy", mmap_mode=mode)
+    seg = np.load(folder / f"{case_id}_seg.npy", mmap_mode=mode)
+    properties = json.loads((folder / f"{case_id}.json").read_text())
+    return data, seg, properties
+
+
+def load_locations(folder: Path, case_id: str) -> dict[int, np.ndarray]:
+    with np.load(folder / f"{case_id}_locations.npz") as content:
+        return {int(key): content[key] for key in content.files}
+
+
+def preprocessed_case_ids(folder: Path) -> list[str]:
+    return sorted(path.stem for path in folder.glob("*.json") if not path.name.endswith(".tmp"))

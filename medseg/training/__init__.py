@@ -1,0 +1,1 @@
+"""Training: one Trainer configured by plans and flags; losses, sampling, augmentation, checkpoints."""

@@ -1,0 +1,66 @@
+"""Contract tests over the model registry, plus the U-Net's memory model against nnU-Net's."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from medseg.models import build_model, list_models
+from medseg.models.unet import architecture_for_patch, feature_map_size
+from tests.conftest import run_cli
+
+TINY = {2: ((1.0, 1.0), (32, 32)), 3: ((2.0, 1.0, 1.0), (8, 32, 32))}
+FAMILIES = [(family.name, ndim) for family in list_models() for ndim in family.dims]
+
+
+@pytest.mark.parametrize(("name", "ndim"), FAMILIES)
+def test_model_contract(name, ndim):
+    from medseg.models import get_model_family
+
+    family = get_model_family(name)
+    spacing, patch = TINY[ndim]
+    kwargs, topology = family.architecture_for_patch(spacing, patch, base_features=4)
+    architecture = {"name": name, "kwargs": kwargs}
+    torch.manual_seed(0)
+    network = build_model(architecture, in_channels=2, num_classes=3, deep_supervision=True)
+    x = torch.randn(2, 2, *topology.patch_size)
+    outputs = network(x)
+    assert isinstance(outputs, list) and outputs[0].shape == (2, 3, *topology.patch_size)
+    assert all(o.shape[:2] == (2, 3) for o in outputs)
+    loss = sum(o.float().pow(2).mean() for o in outputs)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in network.parameters() if p.requires_grad)
+    # deterministic construction and inference
+    torch.manual_seed(0)
+    twin = build_model(architecture, in_channels=2, num_classes=3, deep_supervision=False).eval()
+    network.eval()
+    with torch.no_grad():
+        assert torch.allclose(twin(x), network(x)[0], atol=1e-6)
+        assert torch.equal(twin(x), twin(x))
+
+
+def test_models_command_lists_families():
+    listing = run_cli("models", check=True).stdout
+    assert "unet" in listing and "segmentation" in listing and "2D/3D" in listing
+
+
+@pytest.mark.parametrize(("spacing", "patch"), [((5.0, 0.8, 0.8), (24, 160, 192)), ((1.0, 1.0), (256, 320)), ((1.0, 1.0, 1.0), (96, 96, 96))])
+def test_unet_memory_model_equals_nnunet(spacing, patch):
+    if importlib.util.find_spec("dynamic_network_architectures") is None:
+        pytest.skip("dynamic-network-architectures (nnU-Net's networks) not installed")
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    kwargs, topology = architecture_for_patch(spacing, patch)
+    ndim = len(spacing)
+    theirs = PlainConvUNet(
+        input_channels=1, n_stages=len(kwargs["strides"]), features_per_stage=kwargs["features_per_stage"],
+        conv_op=torch.nn.Conv2d if ndim == 2 else torch.nn.Conv3d, kernel_sizes=kwargs["kernel_sizes"], strides=kwargs["strides"],
+        n_conv_per_stage=kwargs["n_conv_per_stage"], num_classes=3, n_conv_per_stage_decoder=kwargs["n_conv_per_stage_decoder"],
+        conv_bias=True, norm_op=torch.nn.InstanceNorm2d if ndim == 2 else torch.nn.InstanceNorm3d,
+        norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True},
+    )
+    assert feature_map_size(topology.patch_size, 1, 3, kwargs) == int(theirs.compute_conv_feature_map_size(topology.patch_size))
+    ours = build_model({"name": "unet", "kwargs": kwargs}, 1, 3)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())

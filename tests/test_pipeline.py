@@ -1,0 +1,140 @@
+"""The pipeline end to end through the real CLI on a small synthetic 3D dataset: fingerprint,
+plan, preprocess, train (and --continue after a kill, and 2-process DDP), predict, evaluate,
+plan-and-train."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg.io import read_image
+from tests.conftest import run_cli
+
+DATASET = "Dataset901_AbdomenMRI-demo"
+TINY_TRAIN = ("--epochs", "2", "--iterations-per-epoch", "2")
+
+
+@pytest.fixture(scope="module")
+def prepared_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline")
+    run_cli("datasets", "synth", "AbdomenMRI-demo", "--num-cases", "8", root=root, check=True)
+    run_cli("fingerprint", "AbdomenMRI-demo", "--workers", "2", root=root, check=True)
+    run_cli("plan", "AbdomenMRI-demo", root=root, check=True)
+    run_cli("preprocess", "AbdomenMRI-demo", "-c", "3d_fullres", "--workers", "2", root=root, check=True)
+    return root
+
+
+def model_folder(root: Path) -> Path:
+    return root / "results" / DATASET / "unet__medsegPlans__3d_fullres"
+
+
+def test_stage_outputs(prepared_root):
+    pre = prepared_root / "preprocessed" / DATASET
+    fingerprint = json.loads((pre / "fingerprint.json").read_text())
+    assert len(fingerprint["spacings"]) == 8 and fingerprint["spacings"][0] == [6.0, 3.0, 3.0]
+    plans = json.loads((pre / "medsegPlans.json").read_text())
+    assert plans["version"] == 1 and plans["planner"]["mode"] == "time"
+    config = plans["configurations"]["3d_fullres"]
+    assert config["architecture"]["name"] == "unet" and config["augmentation"]["mirror_axes"] == [0, 1]  # left/right kidneys
+    data = np.load(pre / "medsegPlans_3d_fullres" / "demo_000.npy")
+    seg = np.load(pre / "medsegPlans_3d_fullres" / "demo_000_seg.npy")
+    assert data.dtype == np.float32 and data.shape[1:] == seg.shape[1:] and set(np.unique(seg)) <= {0, 1, 2, 3, 4}
+    again = run_cli("preprocess", "AbdomenMRI-demo", "-c", "3d_fullres", root=prepared_root, check=True).stdout
+    assert "0 case(s) preprocessed, 8 already done" in again
+
+
+@pytest.mark.slow
+def test_train_predict_evaluate(prepared_root, tmp_path):
+    result = run_cli("train", "AbdomenMRI-demo", "3d_fullres", "0", *TINY_TRAIN, root=prepared_root, check=True)
+    assert "foreground mean" in result.stdout
+    fold = model_folder(prepared_root) / "fold_0"
+    for name in ("checkpoint_final.pt", "checkpoint_latest.pt", "checkpoint_best.pt", "log.json", "progress.png", "validation/summary.json"):
+        assert (fold / name).is_file(), name
+    for name in ("plans.json", "dataset.json", "model.json"):
+        assert (model_folder(prepared_root) / name).is_file(), name
+    log = json.loads((fold / "log.json").read_text())
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2]
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert summary["num_cases"] == 2 and set(summary["mean"]) == {"liver", "spleen", "right_kidney", "left_kidney"}
+
+    raw = prepared_root / "raw" / DATASET
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for case in ("demo_006", "demo_007"):
+        (inputs / f"{case}_0000.nii.gz").write_bytes((raw / "imagesTr" / f"{case}_0000.nii.gz").read_bytes())
+    (inputs / "broken_0000.nii.gz").write_bytes(b"not a nifti file")
+    out = tmp_path / "out"
+    result = run_cli("predict", "-i", inputs, "-o", out, "-m", model_folder(prepared_root), "--no-tta", "--save-probabilities", root=prepared_root)
+    assert result.returncode == 1 and "broken" in result.stderr  # the bad case is named, the others written
+    prediction = read_image(out / "demo_006.nii.gz")
+    original = read_image(raw / "labelsTr" / "demo_006.nii.gz")
+    assert not prediction.geometry_differences(original) and prediction.array.shape == original.array.shape
+    probabilities = np.load(out / "demo_006.probabilities.npz")["probabilities"]
+    assert probabilities.shape == (5, *original.spatial_shape)
+    evaluation = run_cli("evaluate", out, raw / "labelsTr", "-j", raw / "dataset.json", "--nsd-tolerance", "3", root=prepared_root, check=True)
+    assert "foreground mean" in evaluation.stdout and (out / "summary.json").is_file()
+    assert "missing predictions" in evaluation.stderr  # the other references have no prediction
+
+
+@pytest.mark.slow
+def test_continue_after_kill_mid_epoch(prepared_root):
+    args = ["train", "AbdomenMRI-demo", "3d_fullres", "1", "--epochs", "4", "--iterations-per-epoch", "6", "--no-validate"]
+    env = dict(os.environ, MEDSEG_ROOT=str(prepared_root))
+    fold = model_folder(prepared_root) / "fold_1"
+    process = subprocess.Popen([sys.executable, "-m", "medseg.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        log = fold / "log.json"
+        if log.is_file() and len(json.loads(log.read_text())["epochs"]) >= 1:
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the second epoch
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    epochs_done = len(json.loads((fold / "log.json").read_text())["epochs"])
+    assert epochs_done < 4 and not (fold / "checkpoint_final.pt").exists()
+    result = run_cli(*args, "--continue", root=prepared_root, check=True)
+    assert f"resumed from checkpoint_latest.pt: epoch {epochs_done}/4" in result.stdout
+    log = json.loads((fold / "log.json").read_text())
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2, 3, 4] and (fold / "checkpoint_final.pt").is_file()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_training(prepared_root):
+    env = dict(os.environ, MEDSEG_ROOT=str(prepared_root), OMP_NUM_THREADS="1")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        "-m", "medseg.cli", "--debug", "train", "AbdomenMRI-demo", "3d_fullres", "2", *TINY_TRAIN, "--no-validate",
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "2 process(es)" in result.stdout
+    assert (model_folder(prepared_root) / "fold_2" / "checkpoint_final.pt").is_file()
+
+
+@pytest.mark.slow
+def test_plan_and_train_resumes_and_prints_crossval(prepared_root):
+    args = ("plan-and-train", "--task", "AbdomenMRI", "--demo", "--folds", "0,3", *TINY_TRAIN)
+    result = run_cli(*args, root=prepared_root, check=True)
+    assert "3d_fullres cross-validation" in result.stdout and "foreground mean" in result.stdout
+    assert (model_folder(prepared_root) / "crossval_summary.json").is_file()
+    assert (model_folder(prepared_root) / "postprocessing.json").is_file()
+    again = run_cli(*args, root=prepared_root, check=True)
+    assert "fold 0: already trained" in again.stdout and "fold 3: already trained" in again.stdout
+
+
+def test_train_errors_are_clear(prepared_root):
+    result = run_cli("train", "AbdomenMRI-demo", "3d_lowres", "0", root=prepared_root)
+    assert result.returncode == 1 and "no configuration '3d_lowres'" in result.stderr
+    result = run_cli("train", "AbdomenMRI-demo", "3d_fullres", "7", root=prepared_root)
+    assert result.returncode == 1 and "fold 7 does not exist" in result.stderr
+    result = run_cli("predict", "-i", prepared_root, "-o", prepared_root / "x", "-m", prepared_root, root=prepared_root)
+    assert result.returncode == 1 and "not a medseg model folder" in result.stderr

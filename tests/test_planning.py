@@ -1,0 +1,162 @@
+"""Fingerprint, topology and planner; plan equality with nnunetv2's default ExperimentPlanner."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg.data.builder import RawDatasetBuilder
+from medseg.data.layout import load_dataset_description
+from medseg.io import MedicalImage
+from medseg.io.image import default_direction
+from medseg.planning.fingerprint import extract_fingerprint
+from medseg.planning.planner import Budget, augmentation_plan, has_laterality, plan_experiment
+from medseg.planning.plans import Plans
+from medseg.planning.topology import plan_topology
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def require_nnunet() -> None:
+    if importlib.util.find_spec("nnunetv2") is None:
+        if os.environ.get("CI"):
+            pytest.fail("nnunetv2 (the peer for plan equality) must be installed in CI: MEDSEG_EXTRAS=dev,peers")
+        pytest.skip("nnunetv2 not installed (MEDSEG_EXTRAS=dev,peers bash scripts/install.sh)")
+
+
+def test_topology_of_anisotropic_patch():
+    topology = plan_topology((6.0, 3.0, 3.0), (20, 64, 80))
+    assert topology.strides == ((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2))
+    assert topology.kernel_sizes == ((1, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3))
+    assert topology.patch_size == (20, 64, 80)
+    assert plan_topology((1.0, 1.0), (100, 90)).patch_size == (112, 96)  # rounded up to 2**pools
+
+
+def test_laterality_aware_augmentation():
+    assert has_laterality({"background": 0, "right_kidney": 1}) and has_laterality({"Lung-Left": 1})
+    assert not has_laterality({"background": 0, "liver": 1, "cleft": 2})
+    plain = augmentation_plan([20, 64, 80], lateral=False, lr_axis=2)
+    assert plain["mirror_axes"] == [0, 1, 2] and plain["rotation_degrees"] == 180.0 and plain["in_plane_only"]
+    sided = augmentation_plan([20, 64, 80], lateral=True, lr_axis=2)
+    assert sided["mirror_axes"] == [0, 1] and sided["rotation_degrees"] == 30.0
+    assert augmentation_plan([64, 80], lateral=True, lr_axis=2)["mirror_axes"] == [0]  # 2D slices of 3D data
+    assert augmentation_plan([64, 80], lateral=True, lr_axis=None)["mirror_axes"] == []
+
+
+def _anisotropic_dataset(folder: Path, num_cases: int = 8) -> None:
+    """Thick-slice volumes (5 mm x 0.8 mm) whose size makes nnU-Net plan a 3d_lowres stage too."""
+    rng = np.random.default_rng(0)
+    with RawDatasetBuilder(folder, ".nii.gz") as builder:
+        for index in range(num_cases):
+            shape = (int(rng.integers(26, 34)), int(rng.integers(230, 260)), int(rng.integers(220, 250)))
+            spacing = (float(rng.choice([4.5, 5.0, 5.0, 6.0])), 0.78, 0.78)
+            image = rng.normal(100, 20, shape).astype(np.float32)
+            label = np.zeros(shape, np.uint8)
+            z, y, x = [s // 2 for s in shape]
+            label[z - 4 : z + 4, y - 30 : y + 30, x - 40 : x + 40] = 1
+            label[z - 2 : z + 2, y - 60 : y - 35, x - 10 : x + 10] = 2
+            image[label == 1] += 60
+            image[label == 2] -= 50
+            image[:, :10] = 0  # a zero border to crop
+            geometry = dict(spacing=spacing, origin=(0.0, 0.0, 0.0), direction=default_direction(3))
+            builder.add_image(f"case_{index:03d}", MedicalImage(image[None], **geometry))
+            builder.add_label(f"case_{index:03d}", MedicalImage(label[None], **geometry))
+        builder.finish(
+            {
+                "channel_names": {"0": "MRI"},
+                "labels": {"background": 0, "lesion": 1, "vessel": 2},
+                "numTraining": num_cases,
+                "file_ending": ".nii.gz",
+            }
+        )
+
+
+def _nnunet_plans(raw_root: Path, dataset_id: int, work: Path, memory_gb: float) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.peers.nnunet_plan", str(raw_root), str(dataset_id), str(work), str(memory_gb)],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    line = [l for l in result.stdout.splitlines() if l.startswith("PLANS=")][-1]
+    return json.loads(Path(json.loads(line[len("PLANS="):])).read_text())
+
+
+def _assert_same_plans(ours: Plans, theirs: dict) -> None:
+    if len(ours.transpose_forward) == 3:
+        assert ours.transpose_forward == theirs["transpose_forward"]
+    else:  # nnU-Net reads 2D images as 1 x H x W; medseg keeps them 2D
+        assert theirs["transpose_forward"] == [0, 1, 2]
+    their_configs = {k: v for k, v in theirs["configurations"].items() if "patch_size" in v}
+    assert set(their_configs) <= set(ours.configurations)
+    for name, config in their_configs.items():
+        mine = ours.configurations[name]
+        arch = config["architecture"]["arch_kwargs"]
+        kwargs = mine.architecture["kwargs"]
+        assert np.allclose(mine.spacing, config["spacing"], rtol=1e-6), name
+        assert mine.patch_size == list(config["patch_size"]), name
+        assert mine.batch_size == config["batch_size"], name
+        assert kwargs["strides"] == [list(s) for s in arch["strides"]], name
+        assert kwargs["kernel_sizes"] == [list(k) for k in arch["kernel_sizes"]], name
+        assert kwargs["features_per_stage"] == list(arch["features_per_stage"]), name
+        assert kwargs["n_conv_per_stage"] == list(arch["n_conv_per_stage"]), name
+        assert mine.batch_dice == config["batch_dice"], name
+        expected_norm = [s.replace("Normalization", "").lower() for s in config["normalization_schemes"]]
+        assert [n["scheme"] for n in mine.normalization] == expected_norm, name
+        assert [n["use_mask"] for n in mine.normalization] == config["use_mask_for_norm"], name
+
+
+@pytest.mark.slow
+def test_plan_equals_nnunet_on_anisotropic_3d(tmp_path):
+    require_nnunet()
+    raw = tmp_path / "raw"
+    folder = raw / "Dataset950_Aniso"
+    _anisotropic_dataset(folder)
+    description = load_dataset_description(folder)
+    # a 1 GB target makes the full-resolution patch small enough that a 3d_lowres stage is planned
+    ours = plan_experiment(extract_fingerprint(description, workers=2), description, Budget("memory", memory_gb=1))
+    assert {"2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"} <= set(ours.configurations)
+    assert ours.configurations["3d_fullres"].spacing[0] == 4.5  # the anisotropic axis takes its 10th percentile
+    _assert_same_plans(ours, _nnunet_plans(raw, 950, tmp_path / "nnunet", 1))
+
+
+@pytest.mark.slow
+def test_plan_equals_nnunet_on_real_2d(tmp_path, shared_data):
+    require_nnunet()
+    from medseg_datasets import get_recipe
+
+    raw = tmp_path / "raw"
+    recipe = get_recipe("DSB2018")
+    folder = raw / recipe.folder_name
+    recipe.convert(shared_data / "microscopy-dsb2018", folder)
+    description = load_dataset_description(folder)
+    ours = plan_experiment(extract_fingerprint(description, workers=2), description, Budget("memory", memory_gb=8))
+    assert list(ours.configurations) == ["2d"]
+    _assert_same_plans(ours, _nnunet_plans(raw, recipe.dataset_id, tmp_path / "nnunet", 8))
+
+
+def test_cpu_time_plan_fits_step_budget(tmp_path):
+    """Time mode: the planned batch's estimated step time stays within the target."""
+    from medseg.models.registry import get_model_family
+
+    folder = tmp_path / "Dataset951_Aniso"
+    _anisotropic_dataset(folder, num_cases=3)
+    description = load_dataset_description(folder)
+    budget = Budget("time", step_seconds=0.5, flops_per_second={2: 50e9, 3: 50e9}, base_features=16)
+    plans = plan_experiment(extract_fingerprint(description, workers=1), description, budget)
+    family = get_model_family("unet")
+    for config in plans.configurations.values():
+        seconds = 3 * family.flops_per_sample(config.patch_size, 1, 3, config.architecture["kwargs"]) / 50e9
+        assert config.batch_size >= 2
+        assert seconds * 2 <= 0.5 or config.batch_size == 2
+        assert config.architecture["kwargs"]["features_per_stage"][0] == 16
+        assert config.training["optimizer"] == "adamw"
+    roundtrip = Plans.from_dict(json.loads(plans.to_json()))
+    assert roundtrip == plans
