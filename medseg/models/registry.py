@@ -5,7 +5,7 @@ and server rebuild the network from that alone, so a new family never needs a tr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from medseg.errors import MedsegError
@@ -25,7 +25,6 @@ class ModelFamily:
     architecture_for_patch: Callable[..., dict] | None = None  # (spacing, patch_size, ndim, profile) -> kwargs + topology
     feature_map_size: Callable[..., int] | None = None  # (patch_size, in_channels, num_classes, kwargs) -> activations
     flops_per_sample: Callable[..., float] | None = None  # (patch_size, in_channels, num_classes, kwargs) -> fwd FLOPs
-    extra: dict = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelFamily] = {}

@@ -1,0 +1,164 @@
+"""Same data, same fold, same CPU wall-clock training budget: medseg vs nnunetv2, JSON out.
+
+    .venv/bin/python bench/pipeline/cpu_budget.py --dataset DSB2018 [--minutes 10] [--fold 0]
+        [--tools medseg,nnunet] [--work bench_work]
+
+For each tool: plan with its defaults for this machine, preprocess, train fold ``--fold`` for
+``--minutes`` of wall-clock training, then predict and score that fold's held-out cases in their
+original geometry (Dice per class, foreground mean). nnunetv2 needs MEDSEG_EXTRAS=dev,peers; its
+default planner sizes for an 8 GB GPU, which is what a user gets on a CPU, and its trainer has no
+time budget, so this script runs its training loop with a wall-clock stop (5 iterations per epoch
+so the stop lands close to the budget; the learning rate follows its 1000-epoch schedule, as in a
+real run cut short).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("MEDSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+SOURCES = {"DSB2018": SHARED / "microscopy-dsb2018", "KvasirSEG": SHARED / "endoscopy-kvasir-seg"}
+
+
+def medseg(*args: str, root: Path) -> str:
+    env = dict(os.environ, MEDSEG_ROOT=str(root), COLUMNS="200")
+    result = subprocess.run([sys.executable, "-m", "medseg.cli", *args], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"medseg {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def raw_dataset(name: str, root: Path) -> Path:
+    from medseg_datasets import get_recipe
+
+    recipe = get_recipe(name)
+    folder = root / "raw" / recipe.folder_name
+    if not (folder / "dataset.json").is_file():
+        medseg("datasets", "convert", name, "--src", str(SOURCES[name]), root=root)
+    return folder
+
+
+def run_medseg(name: str, root: Path, fold: int, minutes: float) -> dict:
+    raw = raw_dataset(name, root)
+    started = time.perf_counter()
+    medseg("fingerprint", name, root=root)
+    plan_output = medseg("plan", name, root=root)
+    plans = json.loads((root / "preprocessed" / raw.name / "medsegPlans.json").read_text())
+    configuration = "2d"
+    medseg("preprocess", name, "-c", configuration, root=root)
+    prepared = time.perf_counter() - started
+    started = time.perf_counter()
+    medseg("train", name, configuration, str(fold), "--time-budget", str(minutes), root=root)
+    trained = time.perf_counter() - started
+    fold_folder = root / "results" / raw.name / f"unet__medsegPlans__{configuration}" / f"fold_{fold}"
+    summary = json.loads((fold_folder / "validation" / "summary.json").read_text())
+    log = json.loads((fold_folder / "log.json").read_text())
+    config = plans["configurations"][configuration]
+    return {
+        "tool": "medseg",
+        "plan": {"patch_size": config["patch_size"], "batch_size": config["batch_size"], "planner": plans["planner"],
+                 "features_per_stage": config["architecture"]["kwargs"]["features_per_stage"]},
+        "iterations": log["state"]["iteration"],
+        "seconds_prepare": round(prepared, 1),
+        "seconds_train_and_validate": round(trained, 1),
+        "held_out_cases": summary["num_cases"],
+        "dice_per_class": {k: v["dice"] for k, v in summary["mean"].items()},
+        "dice_foreground_mean": summary["foreground_mean"]["dice"],
+        "plan_output": plan_output.strip().splitlines()[:3],
+    }
+
+
+NNUNET_SCRIPT = r'''
+import json, os, sys, time
+raw, pre, res, dataset_id, fold, seconds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+os.environ.update(nnUNet_raw=raw, nnUNet_preprocessed=pre, nnUNet_results=res)
+if __name__ == "__main__":
+    import torch
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
+    from nnunetv2.run.run_training import get_trainer_from_args
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    t0 = time.perf_counter()
+    extract_fingerprints([dataset_id], num_processes=2, check_dataset_integrity=False, clean=True, verbose=False)
+    plan_experiments([dataset_id])
+    preprocess([dataset_id], configurations=("2d",), num_processes=(2,))
+    prepared = time.perf_counter() - t0
+    trainer = get_trainer_from_args(str(dataset_id), "2d", fold, "nnUNetTrainer", device=torch.device("cpu"))
+    trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = 5, 1
+    trainer.on_train_start()
+    t0, iterations = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds and trainer.current_epoch < trainer.num_epochs:
+        trainer.on_epoch_start(); trainer.on_train_epoch_start()
+        outputs = [trainer.train_step(next(trainer.dataloader_train)) for _ in range(trainer.num_iterations_per_epoch)]
+        iterations += len(outputs)
+        trainer.on_train_epoch_end(outputs)
+        with torch.no_grad():
+            trainer.on_validation_epoch_start()
+            trainer.on_validation_epoch_end([trainer.validation_step(next(trainer.dataloader_val))])
+        trainer.on_epoch_end()
+    trained = time.perf_counter() - t0
+    trainer.on_train_end()
+    trainer.perform_actual_validation(False)
+    summary = json.load(open(os.path.join(trainer.output_folder, "validation", "summary.json")))
+    print("RESULT=" + json.dumps({"iterations": iterations, "seconds_prepare": round(prepared, 1), "seconds_train": round(trained, 1),
+          "batch_size": trainer.configuration_manager.batch_size, "patch_size": list(trainer.configuration_manager.patch_size),
+          "dice_foreground_mean": summary["foreground_mean"]["Dice"],
+          "dice_per_class": {k: v["Dice"] for k, v in summary["mean"].items()}}))
+'''
+
+
+def run_nnunet(name: str, root: Path, work: Path, fold: int, minutes: float) -> dict:
+    from medseg_datasets import get_recipe
+
+    raw = raw_dataset(name, root)
+    script = work / "nnunet_budget.py"
+    script.write_text(NNUNET_SCRIPT)
+    command = [sys.executable, str(script), str(raw.parent), str(work / "nnunet_pre"), str(work / "nnunet_res"),
+               str(get_recipe(name).dataset_id), str(fold), str(minutes * 60)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT=")]
+    if result.returncode != 0 or not lines:
+        return {"tool": "nnunetv2", "error": (result.stdout + result.stderr)[-3000:]}
+    return {"tool": "nnunetv2", **json.loads(lines[-1][len("RESULT="):])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=sorted(SOURCES), required=True)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--tools", default="medseg,nnunet")
+    parser.add_argument("--work", type=Path, default=REPO / "bench_work")
+    args = parser.parse_args()
+    work = args.work / args.dataset
+    work.mkdir(parents=True, exist_ok=True)
+    root = work / "medseg_root"
+    results = []
+    for tool in args.tools.split(","):
+        if tool == "medseg":
+            results.append(run_medseg(args.dataset, root, args.fold, args.minutes))
+        elif tool == "nnunet":
+            results.append(run_nnunet(args.dataset, root, work, args.fold, args.minutes))
+        print(json.dumps(results[-1], indent=1))
+    import torch
+
+    output = REPO / "bench" / "results" / f"cpu_budget_{args.dataset}.json"
+    content = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "dataset": args.dataset, "fold": args.fold, "minutes": args.minutes,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "results": results,
+    }
+    output.write_text(json.dumps(content, indent=1))
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()
