@@ -138,3 +138,18 @@ def test_train_errors_are_clear(prepared_root):
     assert result.returncode == 1 and "fold 7 does not exist" in result.stderr
     result = run_cli("predict", "-i", prepared_root, "-o", prepared_root / "x", "-m", prepared_root, root=prepared_root)
     assert result.returncode == 1 and "not a medseg model folder" in result.stderr
+
+
+def test_bad_case_is_named_and_the_rest_is_kept(tmp_path):
+    root = tmp_path / "root"
+    run_cli("datasets", "synth", "AbdomenMRI-demo", "--num-cases", "3", root=root, check=True)
+    run_cli("fingerprint", "AbdomenMRI-demo", root=root, check=True)
+    run_cli("plan", "AbdomenMRI-demo", "--memory-gb", "1", root=root, check=True)
+    broken = root / "raw" / DATASET / "imagesTr" / "demo_001_0000.nii.gz"
+    broken.write_bytes(b"truncated")
+    result = run_cli("preprocess", "AbdomenMRI-demo", "-c", "3d_fullres", "--workers", "1", root=root)
+    assert result.returncode == 1 and "demo_001_0000.nii.gz" in result.stderr and "rerun to resume" in result.stderr
+    done = sorted(p.name for p in (root / "preprocessed" / DATASET / "medsegPlans_3d_fullres").glob("*.json"))
+    assert done == ["demo_000.json", "demo_002.json"]
+    result = run_cli("fingerprint", "AbdomenMRI-demo", root=root)
+    assert result.returncode == 1 and "demo_001_0000.nii.gz" in result.stderr
