@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--tools", default="medseg,nnunet")
     parser.add_argument("--work", type=Path, default=REPO / "bench_work")
+    parser.add_argument("--output", type=Path, help="[default: bench/results/cpu_budget_DATASET.json]")
     args = parser.parse_args()
     work = args.work / args.dataset
     work.mkdir(parents=True, exist_ok=True)
@@ -149,9 +150,18 @@ def main() -> None:
         print(json.dumps(results[-1], indent=1))
     import torch
 
-    output = REPO / "bench" / "results" / f"cpu_budget_{args.dataset}.json"
+    output = args.output or REPO / "bench" / "results" / f"cpu_budget_{args.dataset}.json"
+    command = " ".join([Path(sys.executable).name, *sys.argv])
+    for result in results:
+        result["command"] = command
+    if output.is_file():  # keep the other tools' results of the same setting (tools may run separately)
+        previous = json.loads(output.read_text())
+        if (previous.get("fold"), previous.get("minutes")) == (args.fold, args.minutes):
+            ran = {r["tool"] for r in results}
+            results = [r for r in previous["results"] if r["tool"] not in ran] + results
+    scores = {r["tool"]: r.get("dice_foreground_mean") for r in results}
     content = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "dice_ratio_medseg_over_nnunetv2": (scores["medseg"] / scores["nnunetv2"]) if scores.get("medseg") and scores.get("nnunetv2") else None,
         "dataset": args.dataset, "fold": args.fold, "minutes": args.minutes,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "results": results,
