@@ -4,13 +4,13 @@ MEDSEG_ROOT, so every stage can also be run on its own from the CLI."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
+from medseg.atomic import write_json_atomic
 from medseg.errors import DatasetError, MedsegError
-from medseg.paths import find_raw_dataset, model_folder, preprocessed_root, raw_root, results_root
+from medseg.paths import find_raw_dataset, model_folder, preprocessed_root, raw_root
 
 Progress = Callable[[int, int], None] | None
 
@@ -109,13 +109,18 @@ def run_preprocess(
     return done
 
 
+def configuration_model_folder(raw_folder: Path, plans, configuration_name: str) -> Path:
+    architecture = plans.configuration(configuration_name).architecture["name"]
+    return model_folder(raw_folder.name, architecture, plans.plans_name, configuration_name)
+
+
 def write_model_folder(raw_folder: Path, plans, configuration_name: str) -> Path:
     """Make the model folder self-describing: plans, dataset.json and what inference needs."""
     from medseg.data.layout import load_dataset_description
     from medseg.training.trainer import augmentation_for
 
     configuration = plans.configuration(configuration_name)
-    folder = model_folder(raw_folder.name, configuration.architecture["name"], plans.plans_name, configuration_name)
+    folder = configuration_model_folder(raw_folder, plans, configuration_name)
     folder.mkdir(parents=True, exist_ok=True)
     plans.save(folder / "plans.json")
     shutil.copyfile(raw_folder / "dataset.json", folder / "dataset.json")
@@ -130,9 +135,7 @@ def write_model_folder(raw_folder: Path, plans, configuration_name: str) -> Path
         "labels": description.labels,
         "mirror_axes": list(augmentation_for(configuration).mirror_axes),
     }
-    temporary = folder / "model.json.tmp"
-    temporary.write_text(json.dumps(info, indent=1))
-    temporary.replace(folder / "model.json")
+    write_json_atomic(folder / "model.json", info)
     return folder
 
 
@@ -211,10 +214,10 @@ def run_plan_and_train(
     run_preprocess(raw_folder, chosen, plans_name, workers)
     log("preprocessing: done")
     runs = [(name, fold) for name in chosen for fold in folds]
-    remaining = [(n, f) for n, f in runs if not fold_finished(model_folder(raw_folder.name, plans.configuration(n).architecture["name"], plans_name, n) / f"fold_{f}")]
+    remaining = [(n, f) for n, f in runs if not fold_finished(configuration_model_folder(raw_folder, plans, n) / f"fold_{f}")]
     reports = {}
     for name, fold in runs:
-        folder = model_folder(raw_folder.name, plans.configuration(name).architecture["name"], plans_name, name) / f"fold_{fold}"
+        folder = configuration_model_folder(raw_folder, plans, name) / f"fold_{fold}"
         if fold_finished(folder):
             log(f"{name} fold {fold}: already trained")
             continue
@@ -223,7 +226,7 @@ def run_plan_and_train(
         log(f"{name} fold {fold}:")
         run_train(raw_folder, name, fold, options, plans_name, log)
     for name in chosen:
-        folder = model_folder(raw_folder.name, plans.configuration(name).architecture["name"], plans_name, name)
+        folder = configuration_model_folder(raw_folder, plans, name)
         if all(f != "all" for f in folds):
             reports[name] = collect_crossval(folder, [f for f in folds])
     if len(reports) > 1:

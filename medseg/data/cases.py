@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from medseg.data.layout import Case
@@ -9,16 +11,20 @@ from medseg.errors import DatasetError
 from medseg.io import MedicalImage, read_image
 
 
-def load_case_images(case: Case) -> MedicalImage:
-    """All channels stacked: array (C, *spatial) float32, geometry of the first channel file."""
-    images = [read_image(path) for path in case.images]
+def stack_channel_files(paths: list[Path]) -> MedicalImage:
+    """Channel files of one case stacked: array (C, *spatial) float32, geometry of the first file."""
+    images = [read_image(path) for path in paths]
     first = images[0]
-    for path, image in zip(case.images[1:], images[1:]):
+    for path, image in zip(paths[1:], images[1:]):
         differences = first.geometry_differences(image)
         if differences:
-            raise DatasetError(f"{path}: geometry differs from {case.images[0].name}: {'; '.join(differences)}")
+            raise DatasetError(f"{path}: geometry differs from {paths[0].name}: {'; '.join(differences)}")
     array = np.concatenate([image.array.astype(np.float32, copy=False) for image in images], axis=0)
     return first.with_array(array)
+
+
+def load_case_images(case: Case) -> MedicalImage:
+    return stack_channel_files(case.images)
 
 
 def load_case_label(case: Case, reference: MedicalImage) -> MedicalImage:

@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medseg.atomic import write_text_atomic
 from medseg.errors import DatasetError
 
 # 2D formats in which one file may carry several channels (RGB), as nnU-Net allows for natural images
@@ -184,7 +185,4 @@ def list_cases(description: DatasetDescription, split: str = "Tr") -> tuple[list
 
 def write_dataset_json(folder: Path, content: dict) -> None:
     """Write dataset.json atomically (temp file + rename)."""
-    target = folder / "dataset.json"
-    temporary = folder / ".dataset.json.tmp"
-    temporary.write_text(json.dumps(content, indent=2) + "\n")
-    temporary.replace(target)
+    write_text_atomic(folder / "dataset.json", json.dumps(content, indent=2) + "\n")

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+from medseg.atomic import write_json_atomic
 from medseg.errors import MedsegError
 from medseg.evaluation.postprocessing import apply_postprocessing, choose_postprocessing
 from medseg.evaluation.report import evaluate_folder, write_report
@@ -33,7 +34,7 @@ def collect_crossval(model_folder: Path, folds: list[str]) -> dict:
     predictions = {c: read_image(pooled / f"{c}{ending}").array[0] for c in case_ids}
     references = {c: read_image(references_folder / f"{c}{ending}").array[0] for c in case_ids}
     decision = choose_postprocessing(predictions, references, [v for v in labels.values() if v != 0])
-    (model_folder / "postprocessing.json").write_text(json.dumps(decision, indent=1))
+    write_json_atomic(model_folder / "postprocessing.json", decision)
     if decision["largest_component_classes"]:
         processed = model_folder / "crossval_predictions_postprocessed"
         processed.mkdir(exist_ok=True)
@@ -55,5 +56,5 @@ def best_configuration(dataset_results: Path, reports: dict[str, dict]) -> str:
 
     best = max(reports, key=lambda name: score(reports[name]))
     content = {"best": best, "scores": {name: score(r) for name, r in reports.items()}}
-    (dataset_results / "best_configuration.json").write_text(json.dumps(content, indent=1))
+    write_json_atomic(dataset_results / "best_configuration.json", content)
     return best

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from medseg.atomic import write_json_atomic
 from medseg.errors import MedsegError
 from medseg.evaluation.metrics import case_metrics
 from medseg.parallel import map_parallel
@@ -84,9 +84,7 @@ def evaluate_folder(
 
 def write_report(path: Path, report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(_finite(report), indent=1))
-    temporary.replace(path)
+    write_json_atomic(path, _finite(report))
 
 
 def _finite(value):

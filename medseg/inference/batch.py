@@ -10,8 +10,10 @@ from typing import Callable
 
 import numpy as np
 
+from medseg.atomic import atomic_path
 from medseg.errors import MedsegError
-from medseg.io import image_suffix, read_image, write_image
+from medseg.data.cases import stack_channel_files
+from medseg.io import image_suffix, write_image
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -51,21 +53,13 @@ def predict_folder(
     result = BatchResult()
     for index, (case_id, files) in enumerate(sorted(cases.items())):
         try:
-            images = [read_image(path) for path in files]
-            image = images[0]
-            if len(images) > 1:
-                for path, other in zip(files[1:], images[1:]):
-                    differences = image.geometry_differences(other)
-                    if differences:
-                        raise MedsegError(f"{path}: geometry differs from {files[0].name}: {'; '.join(differences)}")
-                image = image.with_array(np.concatenate([i.array.astype(np.float32) for i in images]))
+            image = stack_channel_files(files)
             prediction = predictor.predict_image(image, probabilities=save_probabilities, case_id=str(files[0]))
             target = output / f"{case_id}{file_ending}"
             write_image(prediction.segmentation, target)
             if save_probabilities:
-                temporary = output / f".{case_id}.probabilities.tmp.npz"
-                np.savez_compressed(temporary, probabilities=prediction.probabilities.astype(np.float16))
-                temporary.replace(output / f"{case_id}.probabilities.npz")
+                with atomic_path(output / f"{case_id}.probabilities.npz") as temporary:
+                    np.savez_compressed(temporary, probabilities=prediction.probabilities.astype(np.float16))
             result.written.append(target)
         except MedsegError as error:
             result.failed[case_id] = str(error)

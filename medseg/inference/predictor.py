@@ -50,16 +50,8 @@ class Predictor:
     ):
         from medseg.models.registry import build_model
 
-        self.folder = Path(model_folder)
-        info_path = self.folder / "model.json"
-        if not info_path.is_file():
-            raise MedsegError(f"{self.folder}: not a medseg model folder (no model.json)")
-        self.info = json.loads(info_path.read_text())
-        self.plans = Plans.load(self.folder / "plans.json")
-        self.configuration = self.plans.configuration(self.info["configuration"])
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.step_fraction, self.windows_per_batch = step_fraction, windows_per_batch
-        self.mirror_axes = tuple(self.info.get("mirror_axes", [])) if mirror else ()
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._load_folder(model_folder, device, step_fraction, windows_per_batch, mirror)
         folds = list(folds) if folds else available_folds(self.folder)
         if not folds:
             raise MedsegError(f"{self.folder}: no trained folds (fold_*/)")
@@ -78,15 +70,21 @@ class Predictor:
     def from_networks(cls, model_folder: Path, networks: list, device: torch.device, mirror: bool = True, step_fraction: float = 0.5):
         """A predictor around networks already in memory (the trainer's final validation)."""
         predictor = cls.__new__(cls)
-        predictor.folder = Path(model_folder)
-        predictor.info = json.loads((predictor.folder / "model.json").read_text())
-        predictor.plans = Plans.load(predictor.folder / "plans.json")
-        predictor.configuration = predictor.plans.configuration(predictor.info["configuration"])
-        predictor.device, predictor.step_fraction, predictor.windows_per_batch = device, step_fraction, 2
-        predictor.mirror_axes = tuple(predictor.info.get("mirror_axes", [])) if mirror else ()
+        predictor._load_folder(model_folder, device, step_fraction, 2, mirror)
         predictor.networks, predictor.folds = [n.eval() for n in networks], ["memory"]
         predictor.postprocess = []  # cross-validation scores the raw prediction
         return predictor
+
+    def _load_folder(self, model_folder: Path, device: torch.device, step_fraction: float, windows_per_batch: int, mirror: bool) -> None:
+        self.folder = Path(model_folder)
+        info_path = self.folder / "model.json"
+        if not info_path.is_file():
+            raise MedsegError(f"{self.folder}: not a medseg model folder (no model.json)")
+        self.info = json.loads(info_path.read_text())
+        self.plans = Plans.load(self.folder / "plans.json")
+        self.configuration = self.plans.configuration(self.info["configuration"])
+        self.device, self.step_fraction, self.windows_per_batch = device, step_fraction, windows_per_batch
+        self.mirror_axes = tuple(self.info.get("mirror_axes", [])) if mirror else ()
 
     def _logits(self, data: np.ndarray) -> torch.Tensor:
         """data: (C, *S) preprocessed -> fold-averaged logits (K, *S)."""

@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from medseg.data.layout import Case, DatasetDescription, list_cases
+from medseg.atomic import write_json_atomic
 from medseg.errors import DatasetError, MedsegError
 from medseg.parallel import map_parallel
 
@@ -36,9 +37,7 @@ class Fingerprint:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(json.dumps(asdict(self), indent=1))
-        temporary.replace(path)
+        write_json_atomic(path, asdict(self))
 
     @classmethod
     def load(cls, path: Path) -> "Fingerprint":

@@ -9,6 +9,7 @@ Two ways to size patches and batches:
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from copy import deepcopy
@@ -168,8 +169,6 @@ class ConfigurationSizer:
 
 
 def json_key(value) -> str:
-    import json
-
     return json.dumps(value, sort_keys=True)
 
 

@@ -9,6 +9,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from medseg.atomic import write_text_atomic
 from medseg.errors import MedsegError
 
 PLANS_VERSION = 1
@@ -69,9 +70,7 @@ class Plans:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(self.to_json())
-        temporary.replace(path)
+        write_text_atomic(path, self.to_json())
 
     @classmethod
     def from_dict(cls, content: dict, source: str = "plans") -> "Plans":

@@ -12,16 +12,11 @@ from typing import Callable
 
 import numpy as np
 
+from medseg.atomic import atomic_path, write_json_atomic
 from medseg.data.layout import Case, DatasetDescription, list_cases
 from medseg.errors import DatasetError, MedsegError
 from medseg.parallel import map_parallel
 from medseg.planning.plans import ConfigurationPlan, Plans
-
-
-def _save_atomic_npy(path: Path, array: np.ndarray) -> None:
-    temporary = path.with_name(path.stem + ".tmp.npy")
-    np.save(temporary, array)
-    temporary.replace(path)
 
 
 def case_done(folder: Path, case_id: str) -> bool:
@@ -37,14 +32,12 @@ def _preprocess_job(job: tuple[Case, Plans, ConfigurationPlan, Path]) -> tuple[s
         image = load_case_images(case)
         label = load_case_label(case, image).array
         data, seg, properties = preprocess_case(image, label, plans, configuration, case.case_id)
-        _save_atomic_npy(folder / f"{case.case_id}.npy", data)
-        _save_atomic_npy(folder / f"{case.case_id}_seg.npy", seg)
-        temporary = folder / f"{case.case_id}_locations.tmp.npz"
-        np.savez(temporary, **class_locations(seg))
-        temporary.replace(folder / f"{case.case_id}_locations.npz")
-        marker = folder / f"{case.case_id}.json.tmp"
-        marker.write_text(json.dumps(properties.to_dict()))
-        marker.replace(folder / f"{case.case_id}.json")
+        for name, array in ((f"{case.case_id}.npy", data), (f"{case.case_id}_seg.npy", seg)):
+            with atomic_path(folder / name) as temporary:
+                np.save(temporary, array)
+        with atomic_path(folder / f"{case.case_id}_locations.npz") as temporary:
+            np.savez(temporary, **class_locations(seg))
+        write_json_atomic(folder / f"{case.case_id}.json", properties.to_dict())  # last: marks the case done
         return case.case_id, None
     except MedsegError as error:
         return case.case_id, str(error)
@@ -88,4 +81,4 @@ def load_locations(folder: Path, case_id: str) -> dict[int, np.ndarray]:
 
 
 def preprocessed_case_ids(folder: Path) -> list[str]:
-    return sorted(path.stem for path in folder.glob("*.json") if not path.name.endswith(".tmp"))
+    return sorted(path.stem for path in folder.glob("*.json") if not path.name.startswith("."))  # skip temporaries

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medseg.atomic import atomic_path
 from medseg.errors import MedsegError
 
 
@@ -22,9 +23,8 @@ def restore_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: Path, content: dict) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(content, temporary)
-    temporary.replace(path)
+    with atomic_path(path) as temporary:
+        torch.save(content, temporary)
 
 
 def load_checkpoint(path: Path) -> dict:

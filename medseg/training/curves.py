@@ -7,6 +7,8 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
+from medseg.atomic import atomic_path
+
 WIDTH, HEIGHT, MARGIN = 900, 420, 50
 COLOURS = {"train_loss": (31, 119, 180), "val_loss": (255, 127, 14), "pseudo_dice_ema": (44, 160, 44)}
 
@@ -35,6 +37,5 @@ def draw_curves(path: Path, epochs: Sequence[dict]) -> None:
         for row, (key, colour) in enumerate(COLOURS.items()):
             draw.text((MARGIN + 10, MARGIN // 2 + 8 + 14 * row), key + (" (0-1 scale)" if key == "pseudo_dice_ema" else ""), fill=colour)
         draw.text((MARGIN, HEIGHT - MARGIN + 10), f"epoch 0 .. {len(epochs) - 1}   loss range {low:.3f} .. {high:.3f}", fill=(0, 0, 0))
-    temporary = path.with_name(path.stem + ".tmp.png")
-    image.save(temporary)
-    temporary.replace(path)
+    with atomic_path(path) as temporary:
+        image.save(temporary)

@@ -11,7 +11,6 @@ and gradients are averaged (DDP; gloo on CPU, NCCL on GPU). Only rank 0 writes f
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from medseg.atomic import write_json_atomic
 from medseg.errors import MedsegError
 from medseg.models.registry import build_model
 from medseg.planning.plans import ConfigurationPlan, Plans
@@ -374,9 +374,7 @@ class Trainer:
         if not self.distributed.main:
             return
         content = {"options": asdict(self.options), "state": {k: v for k, v in asdict(self.state).items() if k != "log"}, "epochs": self.state.log}
-        temporary = self.fold_folder / "log.json.tmp"
-        temporary.write_text(json.dumps(content, indent=1))
-        temporary.replace(self.fold_folder / "log.json")
+        write_json_atomic(self.fold_folder / "log.json", content)
         draw_curves(self.fold_folder / "progress.png", self.state.log)
 
     def validate(self) -> dict:
