@@ -221,7 +221,7 @@ def kernels() -> None:
             reason = backend.unavailable_reason(device, torch.float32)
             state = "available" if reason is None else f"unavailable: {reason}"
             console.print(f"  {backend.name:8s} {state} - {backend.summary}", highlight=False)
-    console.print("not implemented yet: selective_scan triton/cuda backends, mLSTM kernels", highlight=False)
+    console.print("not implemented yet: an mlstm triton backend", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------- pipeline
@@ -274,12 +274,15 @@ def plan(
     memory_gb: Optional[float] = typer.Option(None, "--memory-gb", help="Size for this much GPU memory, nnU-Net's rule [default: GPU memory on a GPU, a time budget per step on a CPU]."),
     step_seconds: Optional[float] = typer.Option(None, "--step-seconds", help="CPU planning: target seconds per training step [default: 1]."),
     plans_name: str = typer.Option("medsegPlans", "--plans-name", help="Name of the plans file."),
+    time_budget: Optional[float] = typer.Option(
+        None, "--time-budget", help="CPU planning: training minutes of one run; too few passes over the data at full resolution plan a coarser one."
+    ),
 ) -> None:
     """Plan configurations (2d, 3d_fullres, 3d_lowres) from the fingerprint."""
     from medseg.pipeline import plans_path, run_plan
 
     folder = _raw_folder(task)
-    plans = run_plan(folder, model, memory_gb, step_seconds, plans_name)
+    plans = run_plan(folder, model, memory_gb, step_seconds, plans_name, time_budget * 60 if time_budget else None)
     for name, c in plans.configurations.items():
         console.print(f"{name}: patch {c.patch_size} batch {c.batch_size} spacing {[round(s, 4) for s in c.spacing]} strides {c.architecture['kwargs']['strides']}")
     console.print(f"wrote {plans_path(folder, plans_name)} ({plans.planner})")
@@ -461,9 +464,11 @@ def plan_and_train(
         budget = time_budget / max(num_runs, 1) if time_budget else None
         return _training_options(epochs, iterations, learning_rate, optimizer, None, budget, device, True, 0)
 
+    # the plan is made before the configurations are known: on a CPU one trains by default
+    runs = max(len(configurations), 1) * len(fold_list)
     reports = run_plan_and_train(
         folder, configurations or None, fold_list, options_for, memory_gb, replan=replan, workers=workers,
-        log=lambda m: console.print(m, highlight=False),
+        log=lambda m: console.print(m, highlight=False), training_seconds=time_budget * 60 / runs if time_budget else None,
     )
     print_dice_table({f"{name} cross-validation": report for name, report in reports.items()})
 

@@ -66,8 +66,11 @@ def run_fingerprint(raw_folder: Path, workers: int | None = None, progress: Prog
 
 
 def run_plan(
-    raw_folder: Path, model: str = "unet", memory_gb: float | None = None, step_seconds: float | None = None, plans_name: str = "medsegPlans"
+    raw_folder: Path, model: str = "unet", memory_gb: float | None = None, step_seconds: float | None = None, plans_name: str = "medsegPlans",
+    training_seconds: float | None = None,
 ):
+    """Plan from the fingerprint; ``training_seconds`` (one run's budget) lets a CPU plan trade
+    resolution for passes over the data."""
     from medseg.data.layout import load_dataset_description
     from medseg.planning.device import default_budget
     from medseg.planning.fingerprint import Fingerprint
@@ -78,7 +81,8 @@ def run_plan(
         raise MedsegError(f"{fingerprint_file}: missing; run `medseg fingerprint {raw_folder.name}` first")
     fingerprint = Fingerprint.load(fingerprint_file)
     description = load_dataset_description(raw_folder)
-    plans = plan_experiment(fingerprint, description, default_budget(model, memory_gb, step_seconds), model, plans_name)
+    budget = default_budget(model, memory_gb, step_seconds, training_seconds=training_seconds)
+    plans = plan_experiment(fingerprint, description, budget, model, plans_name)
     plans.save(plans_path(raw_folder, plans_name))
     return plans
 
@@ -140,7 +144,7 @@ def write_model_folder(raw_folder: Path, plans, configuration_name: str) -> Path
 
 
 def run_train(raw_folder: Path, configuration_name: str, fold: str, options, plans_name: str = "medsegPlans", log=print) -> dict | None:
-    from medseg.preprocessing.dataset import preprocessed_case_ids
+    from medseg.preprocessing.dataset import check_signature, preprocessed_case_ids
     from medseg.training.splits import fold_cases, load_or_create_splits
     from medseg.training.trainer import Trainer
 
@@ -150,6 +154,7 @@ def run_train(raw_folder: Path, configuration_name: str, fold: str, options, pla
     case_ids = preprocessed_case_ids(data_folder) if data_folder.is_dir() else []
     if not case_ids:
         raise MedsegError(f"{data_folder}: no preprocessed cases; run `medseg preprocess {raw_folder.name} -c {configuration_name}` first")
+    check_signature(data_folder, plans, configuration)
     splits = load_or_create_splits(preprocessed_folder(raw_folder), raw_folder, case_ids)
     train, val = fold_cases(splits, fold, case_ids)
     missing = sorted(set(train + val) - set(case_ids))
@@ -186,22 +191,29 @@ def run_plan_and_train(
     replan: bool = False,
     workers: int | None = None,
     log: Callable[[str], None] = print,
+    training_seconds: float | None = None,
 ) -> dict[str, dict]:
     """fingerprint -> plan -> preprocess -> train each fold -> cross-validation report per
     configuration. Resumable: finished folds are kept, interrupted ones continue from their
-    latest checkpoint. ``options_factory(num_runs)`` gives the training options of each run."""
+    latest checkpoint. ``options_factory(num_runs)`` gives the training options of each run;
+    ``training_seconds`` is one run's budget, for the plan."""
     from medseg.evaluation.crossval import best_configuration, collect_crossval
     from medseg.planning.fingerprint import Fingerprint
 
     fingerprint_file = preprocessed_folder(raw_folder) / "fingerprint.json"
-    if replan or not fingerprint_file.is_file():
+    stale = None
+    if fingerprint_file.is_file() and not replan:
+        try:
+            Fingerprint.load(fingerprint_file)  # validates the version
+        except MedsegError as error:
+            stale = error
+            log(f"fingerprint: recomputing ({error})")
+    if replan or stale or not fingerprint_file.is_file():
         run_fingerprint(raw_folder, workers)
         log(f"fingerprint: {fingerprint_file}")
-    else:
-        Fingerprint.load(fingerprint_file)  # validates the version
     plans_file = plans_path(raw_folder, plans_name)
-    if replan or not plans_file.is_file():
-        plans = run_plan(raw_folder, memory_gb=memory_gb, plans_name=plans_name)
+    if replan or stale or not plans_file.is_file():
+        plans = run_plan(raw_folder, memory_gb=memory_gb, plans_name=plans_name, training_seconds=training_seconds)
         log(f"plans: {plans_file} ({plans.planner['mode']} budget)")
     else:
         plans = load_plans(raw_folder, plans_name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -11,9 +12,39 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Without a GPU, Triton kernels run (slowly) in Triton's interpreter on CPU tensors, so every
+# registered backend is tested. Set before any kernel module is imported (triton reads it then).
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
 
 def shared_data_dir() -> Path:
     return Path(os.environ.get("MEDSEG_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+def require_peer(module: str) -> None:
+    """Skip without the peer library locally; fail in CI, which installs MEDSEG_EXTRAS=dev,peers."""
+    if importlib.util.find_spec(module) is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"peer '{module}' must be installed in CI: MEDSEG_EXTRAS=dev,peers")
+        pytest.skip(f"peer '{module}' not installed (MEDSEG_EXTRAS=dev,peers bash scripts/install.sh)")
+
+
+def require_backend(op: str, name: str, device: str = "cpu") -> None:
+    """Skip a kernel backend that cannot run on this machine, saying why (e.g. mamba_ssm's CUDA kernel)."""
+    import torch
+
+    from medseg_kernels.registry import backends
+
+    backend = next(b for b in backends(op) if b.name == name)
+    reason = backend.unavailable_reason(torch.device(device), None)
+    if reason and name == "triton" and os.environ.get("CI"):
+        pytest.fail(f"{op}/triton must run in CI (MEDSEG_EXTRAS=dev,peers,triton; interpreted on CPU): {reason}")
+    if reason:
+        pytest.skip(f"{op}/{name}: {reason}")
 
 
 @pytest.fixture(scope="session")

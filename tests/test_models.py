@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
 from medseg.models import build_model, list_models
 from medseg.models.unet import architecture_for_patch, feature_map_size
-from tests.conftest import run_cli
+from tests.conftest import require_peer, run_cli
 
 TINY = {2: ((1.0, 1.0), (32, 32)), 3: ((2.0, 1.0, 1.0), (8, 32, 32))}
 FAMILIES = [(family.name, ndim) for family in list_models() for ndim in family.dims]
@@ -48,8 +46,7 @@ def test_models_command_lists_families():
 
 @pytest.mark.parametrize(("spacing", "patch"), [((5.0, 0.8, 0.8), (24, 160, 192)), ((1.0, 1.0), (256, 320)), ((1.0, 1.0, 1.0), (96, 96, 96))])
 def test_unet_memory_model_equals_nnunet(spacing, patch):
-    if importlib.util.find_spec("dynamic_network_architectures") is None:
-        pytest.skip("dynamic-network-architectures (nnU-Net's networks) not installed")
+    require_peer("dynamic_network_architectures")
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
     kwargs, topology = architecture_for_patch(spacing, patch)

@@ -51,6 +51,23 @@ def test_stage_outputs(prepared_root):
     assert "0 case(s) preprocessed, 8 already done" in again
 
 
+def test_replanned_spacing_reprocesses_and_stale_data_are_refused(prepared_root):
+    pre = prepared_root / "preprocessed" / DATASET
+    run_cli("plan", "AbdomenMRI-demo", "--plans-name", "altPlans", root=prepared_root, check=True)
+    run_cli("preprocess", "AbdomenMRI-demo", "-c", "2d", "--plans-name", "altPlans", root=prepared_root, check=True)
+    before = np.load(pre / "altPlans_2d" / "demo_000.npy").shape
+    plans_file = pre / "altPlans.json"
+    plans = json.loads(plans_file.read_text())
+    plans["configurations"]["2d"]["spacing"] = [s * 2 for s in plans["configurations"]["2d"]["spacing"]]
+    plans_file.write_text(json.dumps(plans))
+    refused = run_cli("train", "AbdomenMRI-demo", "2d", "0", *TINY_TRAIN, "--plans-name", "altPlans", root=prepared_root)
+    assert refused.returncode == 1 and "preprocessed for a different plan" in refused.stderr
+    again = run_cli("preprocess", "AbdomenMRI-demo", "-c", "2d", "--plans-name", "altPlans", root=prepared_root, check=True).stdout
+    assert "8 case(s) preprocessed, 0 already done" in again
+    after = np.load(pre / "altPlans_2d" / "demo_000.npy").shape
+    assert after[1] == before[1] and after[2] == round(before[2] / 2)  # z kept, in-plane halved
+
+
 @pytest.mark.slow
 def test_train_predict_evaluate(prepared_root, tmp_path):
     result = run_cli("train", "AbdomenMRI-demo", "3d_fullres", "0", *TINY_TRAIN, root=prepared_root, check=True)

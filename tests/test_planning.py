@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,15 +19,9 @@ from medseg.planning.fingerprint import extract_fingerprint
 from medseg.planning.planner import Budget, augmentation_plan, has_laterality, plan_experiment
 from medseg.planning.plans import Plans
 from medseg.planning.topology import plan_topology
+from tests.conftest import require_peer
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def require_nnunet() -> None:
-    if importlib.util.find_spec("nnunetv2") is None:
-        if os.environ.get("CI"):
-            pytest.fail("nnunetv2 (the peer for plan equality) must be installed in CI: MEDSEG_EXTRAS=dev,peers")
-        pytest.skip("nnunetv2 not installed (MEDSEG_EXTRAS=dev,peers bash scripts/install.sh)")
 
 
 def test_topology_of_anisotropic_patch():
@@ -115,7 +108,7 @@ def _assert_same_plans(ours: Plans, theirs: dict) -> None:
 
 @pytest.mark.slow
 def test_plan_equals_nnunet_on_anisotropic_3d(tmp_path):
-    require_nnunet()
+    require_peer("nnunetv2")
     raw = tmp_path / "raw"
     folder = raw / "Dataset950_Aniso"
     _anisotropic_dataset(folder)
@@ -129,7 +122,7 @@ def test_plan_equals_nnunet_on_anisotropic_3d(tmp_path):
 
 @pytest.mark.slow
 def test_plan_equals_nnunet_on_real_2d(tmp_path, shared_data):
-    require_nnunet()
+    require_peer("nnunetv2")
     from medseg_datasets import get_recipe
 
     raw = tmp_path / "raw"
@@ -160,3 +153,48 @@ def test_cpu_time_plan_fits_step_budget(tmp_path):
         assert config.training["optimizer"] == "adamw"
     roundtrip = Plans.from_dict(json.loads(plans.to_json()))
     assert roundtrip == plans
+
+
+def _blobs_2d(folder: Path, radius: int, num_cases: int = 12, size: int = 192) -> None:
+    """2D PNG cases with one disc per image: large (polyp-like) or small (nucleus-like) objects."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:size, :size]
+    with RawDatasetBuilder(folder, ".png") as builder:
+        for index in range(num_cases):
+            cy, cx = rng.integers(radius + 2, size - radius - 2, 2)
+            label = ((yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2).astype(np.uint8)
+            image = (rng.normal(80, 10, (size, size)) + 90 * label).clip(0, 255).astype(np.uint8)
+            geometry = dict(spacing=(1.0, 1.0), origin=(0.0, 0.0), direction=default_direction(2))
+            builder.add_image(f"case_{index:03d}", MedicalImage(image[None], **geometry))
+            builder.add_label(f"case_{index:03d}", MedicalImage(label[None], **geometry))
+        builder.finish({"channel_names": {"0": "rescale_to_0_1"}, "labels": {"background": 0, "object": 1}, "numTraining": num_cases, "file_ending": ".png"})
+
+
+@pytest.mark.parametrize(("radius", "coarsened"), [(60, True), (6, False)])
+def test_cpu_time_plan_trades_resolution_for_passes_while_objects_stay_large(tmp_path, radius, coarsened):
+    """A short CPU budget at full resolution sees the data too few times: large objects are planned
+    at a coarser spacing (more, cheaper samples), small ones keep the full resolution."""
+    from medseg.planning.planner import MIN_OBJECT_VOXELS, MIN_PASSES, ConfigurationSizer, object_size_voxels
+    from medseg.models.registry import get_model_family
+
+    folder = tmp_path / "Dataset952_Blobs"
+    _blobs_2d(folder, radius)
+    description = load_dataset_description(folder)
+    fingerprint = extract_fingerprint(description, workers=1)
+    extents = np.array([e for case in fingerprint.object_extents_mm for e in case])
+    assert extents.shape == (12, 2) and abs(np.median(extents) - (2 * radius + 1)) <= 1
+    rates = {2: 20e9, 3: 20e9}
+    unlimited = plan_experiment(fingerprint, description, Budget("time", flops_per_second=rates, base_features=16))
+    short = plan_experiment(fingerprint, description, Budget("time", flops_per_second=rates, base_features=16, training_seconds=30))
+    full, fitted = unlimited.configurations["2d"], short.configurations["2d"]
+    assert full.spacing == [1.0, 1.0]
+    if not coarsened:
+        assert fitted.spacing == [1.0, 1.0] and fitted.patch_size == full.patch_size
+        return
+    assert fitted.spacing[0] > 1.2 and fitted.spacing[0] == fitted.spacing[1]
+    coverage = [np.prod(c.patch_size) / np.prod(c.median_shape) for c in (full, fitted)]
+    assert coverage[1] > coverage[0]  # each cheaper sample sees more of the image
+    assert object_size_voxels(extents, np.array(fitted.spacing), np.arange(2)) >= MIN_OBJECT_VOXELS
+    sizer = ConfigurationSizer(get_model_family("unet"), Budget("time", flops_per_second=rates, base_features=16, training_seconds=30), 1, 2)
+    voxels = np.prod(fitted.median_shape) * 12
+    assert sizer.passes(fitted.patch_size, fitted.architecture["kwargs"], voxels) >= MIN_PASSES * 0.9

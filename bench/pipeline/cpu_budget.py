@@ -3,8 +3,8 @@
     .venv/bin/python bench/pipeline/cpu_budget.py --dataset DSB2018 [--minutes 10] [--fold 0]
         [--tools medseg,nnunet] [--work bench_work]
 
-For each tool: plan with its defaults for this machine, preprocess, train fold ``--fold`` for
-``--minutes`` of wall-clock training, then predict and score that fold's held-out cases in their
+For each tool: plan with its defaults for this machine (medseg's CPU planner is told the training
+budget), preprocess, train fold ``--fold`` for ``--minutes`` of wall-clock training, then predict and score that fold's held-out cases in their
 original geometry (Dice per class, foreground mean). nnunetv2 needs MEDSEG_EXTRAS=dev,peers; its
 default planner sizes for an 8 GB GPU, which is what a user gets on a CPU, and its trainer has no
 time budget, so this script runs its training loop with a wall-clock stop (5 iterations per epoch
@@ -50,7 +50,7 @@ def run_medseg(name: str, root: Path, fold: int, minutes: float) -> dict:
     raw = raw_dataset(name, root)
     started = time.perf_counter()
     medseg("fingerprint", name, root=root)
-    plan_output = medseg("plan", name, root=root)
+    plan_output = medseg("plan", name, "--time-budget", str(minutes), root=root)
     plans = json.loads((root / "preprocessed" / raw.name / "medsegPlans.json").read_text())
     configuration = "2d"
     medseg("preprocess", name, "-c", configuration, root=root)

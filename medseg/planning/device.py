@@ -34,8 +34,12 @@ def measure_throughput(model: str, ndim: int, base_features: int, repeats: int =
     return 3.0 * 2 * family.flops_per_sample(patch, 1, 2, kwargs) / seconds
 
 
-def default_budget(model: str = "unet", memory_gb: float | None = None, step_seconds: float | None = None, device: str | None = None) -> Budget:
-    """--memory-gb selects nnU-Net's memory sizing; otherwise a GPU plans for its memory and a CPU for time."""
+def default_budget(
+    model: str = "unet", memory_gb: float | None = None, step_seconds: float | None = None, device: str | None = None,
+    training_seconds: float | None = None,
+) -> Budget:
+    """--memory-gb selects nnU-Net's memory sizing; otherwise a GPU plans for its memory and a CPU
+    for time (and for one run's training budget, when known)."""
     if memory_gb is not None:
         return Budget("memory", memory_gb=memory_gb)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -44,4 +48,6 @@ def default_budget(model: str = "unet", memory_gb: float | None = None, step_sec
         return Budget("memory", memory_gb=min(8.0, 0.9 * total_gb))  # nnU-Net's default target, or less
     features = CPU_BASE_FEATURES
     rates = {ndim: measure_throughput(model, ndim, features) for ndim in (2, 3)}
-    return Budget("time", step_seconds=step_seconds or CPU_STEP_SECONDS, flops_per_second=rates, base_features=features)
+    return Budget(
+        "time", step_seconds=step_seconds or CPU_STEP_SECONDS, flops_per_second=rates, base_features=features, training_seconds=training_seconds
+    )

@@ -17,8 +17,9 @@ from medseg.atomic import write_json_atomic
 from medseg.errors import DatasetError, MedsegError
 from medseg.parallel import map_parallel
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2
 TOTAL_FOREGROUND_SAMPLES = 1_000_000  # spread over the cases; enough for stable percentiles
+OBJECTS_PER_CASE = 32  # connected components kept per case for the object-size statistics
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Fingerprint:
     shapes_before_crop: list[list[int]]
     shapes_after_crop: list[list[int]]
     left_right_axes: list[int | None]  # per case: the array axis running right-left (None if oblique)
+    object_extents_mm: list[list[list[float]]]  # per case: bounding-box size (mm, per axis) of foreground components
     median_relative_size_after_cropping: float
     foreground_intensity_properties_per_channel: dict[str, dict[str, float]]
     version: int = FINGERPRINT_VERSION
@@ -96,6 +98,21 @@ def left_right_axis(direction: np.ndarray) -> int | None:
     return axis if along_x[axis] > 0.8 else None
 
 
+def object_extents_mm(label: np.ndarray, spacing) -> list[list[float]]:
+    """Bounding-box size in mm of each connected component of each foreground label (an even
+    sample of at most OBJECTS_PER_CASE): how coarse a resolution the objects survive."""
+    extents = []
+    for value in np.unique(label):
+        if value == 0:
+            continue
+        components, _ = ndimage.label(label == value)
+        for box in ndimage.find_objects(components):
+            extents.append([float((axis.stop - axis.start) * s) for axis, s in zip(box, spacing)])
+    if len(extents) > OBJECTS_PER_CASE:
+        extents = [extents[i] for i in np.linspace(0, len(extents) - 1, OBJECTS_PER_CASE).round().astype(int)]
+    return extents
+
+
 def analyze_case(job: tuple[Case, int]) -> dict:
     """Spacing, shapes and a foreground intensity sample of one training case (runs in a worker)."""
     from medseg.data.cases import load_case_images, load_case_label
@@ -122,6 +139,7 @@ def analyze_case(job: tuple[Case, int]) -> dict:
         "shape_before_crop": list(image.spatial_shape),
         "shape_after_crop": list(cropped.shape[1:]),
         "left_right_axis": left_right_axis(image.direction),
+        "object_extents_mm": object_extents_mm(label.array[0], image.spacing),
         "samples": samples,
     }
 
@@ -158,6 +176,7 @@ def extract_fingerprint(
         shapes_before_crop=[r["shape_before_crop"] for r in results],
         shapes_after_crop=[r["shape_after_crop"] for r in results],
         left_right_axes=[r["left_right_axis"] for r in results],
+        object_extents_mm=[r["object_extents_mm"] for r in results],
         median_relative_size_after_cropping=float(np.median(relative)),
         foreground_intensity_properties_per_channel=properties,
     )

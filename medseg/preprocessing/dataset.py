@@ -2,7 +2,9 @@
 
 Layout of ``preprocessed/DatasetXXX_Name/<data_identifier>/``: per case ``ID.npy`` (C, *S) float32,
 ``ID_seg.npy`` (1, *S) int8, ``ID_locations.npz`` and ``ID.json`` (CaseProperties), the JSON
-written last so a case counts as done only when all its files are complete."""
+written last so a case counts as done only when all its files are complete. ``preprocessing.json``
+records the parts of the plan that shaped the data; a changed plan (say, re-planned at another
+spacing) reprocesses every case instead of mixing old and new ones."""
 
 from __future__ import annotations
 
@@ -17,6 +19,27 @@ from medseg.data.layout import Case, DatasetDescription, list_cases
 from medseg.errors import DatasetError, MedsegError
 from medseg.parallel import map_parallel
 from medseg.planning.plans import ConfigurationPlan, Plans
+
+
+SIGNATURE_FILE = "preprocessing.json"
+
+
+def data_signature(plans: Plans, configuration: ConfigurationPlan) -> dict:
+    """Everything in the plan that changes the preprocessed arrays."""
+    return {
+        "transpose_forward": plans.transpose_forward,
+        "labels": plans.labels,
+        "spacing": configuration.spacing,
+        "normalization": configuration.normalization,
+        "resampling": configuration.resampling,
+    }
+
+
+def check_signature(folder: Path, plans: Plans, configuration: ConfigurationPlan) -> None:
+    """Refuse preprocessed data made for a different plan (training on them would be silently wrong)."""
+    path = folder / SIGNATURE_FILE
+    if not path.is_file() or json.loads(path.read_text()) != json.loads(json.dumps(data_signature(plans, configuration))):
+        raise MedsegError(f"{folder}: preprocessed for a different plan (or an older medseg); rerun `medseg preprocess -c {configuration.name}`")
 
 
 def case_done(folder: Path, case_id: str) -> bool:
@@ -59,11 +82,19 @@ def preprocess_dataset(
     if problems:
         raise DatasetError(f"{description.folder}: " + "; ".join(problems[:5]) + " (run `medseg datasets check`)")
     output_folder.mkdir(parents=True, exist_ok=True)
+    signature = data_signature(plans, configuration)
+    signature_path = output_folder / SIGNATURE_FILE
+    if not signature_path.is_file() or json.loads(signature_path.read_text()) != json.loads(json.dumps(signature)):
+        overwrite = True  # made for another plan: no old case may survive
+        for stale in output_folder.glob("*.json"):
+            stale.unlink()  # the per-case "done" markers first, so an interruption leaves nothing counted done
+        signature_path.unlink(missing_ok=True)
     todo = [case for case in cases if overwrite or not case_done(output_folder, case.case_id)]
     results = map_parallel(_preprocess_job, [(case, plans, configuration, output_folder) for case in todo], workers, progress)
     failures = [f"{case_id}: {error}" for case_id, error in results if error]
     if failures:
         raise DatasetError(f"{len(failures)} case(s) failed preprocessing (the others are saved; rerun to resume): " + "; ".join(failures[:5]))
+    write_json_atomic(signature_path, signature)
     return len(todo), len(cases) - len(todo)
 
 
@@ -81,4 +112,4 @@ def load_locations(folder: Path, case_id: str) -> dict[int, np.ndarray]:
 
 
 def preprocessed_case_ids(folder: Path) -> list[str]:
-    return sorted(path.stem for path in folder.glob("*.json") if not path.name.startswith("."))  # skip temporaries
+    return sorted(path.stem for path in folder.glob("*.json") if not path.name.startswith(".") and path.name != SIGNATURE_FILE)  # skip temporaries

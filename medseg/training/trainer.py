@@ -37,6 +37,7 @@ DEFAULT_LR = {"sgd": 1e-2, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 3e-5, "adamw": 1e-2}
 MIN_EPOCHS_UNDER_BUDGET = 10  # a time budget is split into at least this many epochs (for checkpoints/curves)
 CALIBRATION_STEPS = 4
+REFIT_EPOCHS = 3  # the time budget is re-fitted from the mean duration of this many recent epochs
 
 
 @dataclass
@@ -209,13 +210,16 @@ class Trainer:
         self.state.planned_epochs, self.state.iterations_per_epoch, self.state.calibrated = epochs, iterations_per_epoch, True
         self.log_line(f"time budget {budget:.0f} s at {step_seconds:.2f} s/step: {epochs} epochs x {iterations_per_epoch} iterations")
 
-    def _fit_epochs_to_budget(self, epoch_seconds: float) -> None:
-        """The first epoch's real duration (loading, validation, checkpoints) corrects the plan."""
+    def _fit_epochs_to_budget(self) -> None:
+        """After every epoch, the real duration of the recent epochs (loading, validation,
+        checkpoints, and whatever else shares the machine) re-fits the epochs to the time left."""
+        recent = [record["epoch_seconds"] for record in self.state.log[-REFIT_EPOCHS:]]
+        epoch_seconds = max(float(np.mean(recent)), 1e-6)
         remaining = self.options.time_budget_s - self.state.elapsed_s
-        epochs = self.state.epoch + max(0, int(remaining // max(epoch_seconds, 1e-6)))
+        epochs = self.state.epoch + max(0, int(remaining // epoch_seconds))
         epochs = self.distributed.broadcast_int(max(1, min(epochs, self.options.epochs or epochs)))
         if epochs != self.state.planned_epochs:
-            self.log_line(f"first epoch took {epoch_seconds:.1f} s: planning {epochs} epochs instead of {self.state.planned_epochs}")
+            self.log_line(f"epochs take {epoch_seconds:.1f} s: planning {epochs} epochs instead of {self.state.planned_epochs}")
             self.state.planned_epochs = epochs
 
     def _val_iterations(self) -> int:
@@ -356,8 +360,8 @@ class Trainer:
                 f"val {record['val_loss']:.4f} pseudo-Dice {pseudo_dice:.4f} (ema {self.state.ema:.4f}{', best' if improved else ''}) "
                 f"{record['epoch_seconds']:.1f} s"
             )
-            if self.options.time_budget_s and self.state.epoch == 1 and self.state.planned_epochs > 1:
-                self._fit_epochs_to_budget(time.perf_counter() - epoch_start)
+            if self.options.time_budget_s:
+                self._fit_epochs_to_budget()
             over_budget = bool(self.options.time_budget_s and self.state.elapsed_s > 1.1 * self.options.time_budget_s)
             if self.distributed.broadcast_int(int(over_budget)):  # every process stops together
                 self.log_line("time budget used up; stopping early")
