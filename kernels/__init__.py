@@ -5,4 +5,5 @@ collides with the PyPI package called ``kernels``."""
 
 def load_all_ops() -> None:
     """Import every op package so that its backends are registered."""
+    import medseg_kernels.mlstm  # noqa: F401
     import medseg_kernels.selective_scan  # noqa: F401

@@ -5,6 +5,7 @@ import torch
 
 from medseg_kernels.registry import backends
 from medseg_kernels.selective_scan import selective_scan, selective_scan_ref
+from tests.conftest import require_backend
 
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 FAST_BACKENDS = [b.name for b in backends("selective_scan") if b.name != "ref"]
@@ -23,6 +24,8 @@ def make_inputs(layout: str, length: int, dtype=torch.float32, batch=2, channels
         B, C = randn(batch, state, length), randn(batch, state, length)
     elif layout == "grouped":
         B, C = randn(batch, groups, state, length), randn(batch, groups, state, length)
+    elif layout == "mixed":  # grouped B beside a time-invariant C
+        B, C = randn(batch, groups, state, length), randn(channels, state)
     else:
         B, C = randn(channels, state), randn(channels, state)
     extras = dict(D=randn(channels), z=randn(batch, channels, length), delta_bias=randn(channels) * 0.1)
@@ -48,9 +51,10 @@ NAMES = ["y", "last_state", "du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelt
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
-@pytest.mark.parametrize("layout", ["varying", "grouped", "invariant"])
+@pytest.mark.parametrize("layout", ["varying", "grouped", "invariant", "mixed"])
 @pytest.mark.parametrize("length", [1, 37, 300])
 def test_backend_matches_reference_fp32(backend, layout, length):
+    require_backend("selective_scan", backend)
     tensors, extras = make_inputs(layout, length)
     want = run("ref", tensors, extras)
     got = run(backend, tensors, extras)
@@ -60,6 +64,7 @@ def test_backend_matches_reference_fp32(backend, layout, length):
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_backend_matches_reference_bf16(backend):
+    require_backend("selective_scan", backend)
     tensors, extras = make_inputs("varying", 65, dtype=torch.bfloat16)
     want = run("ref", tensors, extras)
     got = run(backend, tensors, extras)
@@ -70,6 +75,7 @@ def test_backend_matches_reference_bf16(backend):
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_long_sequence_without_optional_inputs(backend):
+    require_backend("selective_scan", backend)
     tensors, _ = make_inputs("varying", 2500, channels=4, state=8)
     want = selective_scan_ref(*tensors)
     got = selective_scan(*tensors, backend=backend)

@@ -6,6 +6,8 @@ cache-resident (batch, D, N) state, while everything that does not depend on the
 Only one chunk's (T, batch, D, N) tensors ever exist, never the whole sequence's. The backward keeps
 just the state at each chunk start and recomputes the chunk's states (recomputation instead of
 storage), then runs the adjoint recurrence backwards, again one fused op per step.
+A scan order (medseg_kernels.scan_orders) is followed by indexing each chunk's steps, so only one
+chunk is ever gathered, and outputs and gradients are written straight back to their positions.
 Semantics: medseg_kernels.selective_scan.ref (mamba_ssm's selective_scan_fn).
 """
 
@@ -25,29 +27,56 @@ def _groups(B: torch.Tensor, C: torch.Tensor) -> int:
     return groups.pop() if groups else 1
 
 
-def _matrix_chunk(matrix: torch.Tensor, start: int, stop: int, groups: int, per_group: int) -> torch.Tensor:
+class _Steps:
+    """Time steps [start, stop) of the scan along the last axis: a slice, or the positions a scan order names."""
+
+    def __init__(self, order: torch.Tensor | None):
+        self.order = order
+
+    def take(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        return x[..., start:stop] if self.order is None else x.index_select(-1, self.order[start:stop])
+
+    def put(self, target: torch.Tensor, start: int, stop: int, value: torch.Tensor) -> None:
+        if self.order is None:
+            target[..., start:stop] = value
+        else:
+            target.index_copy_(target.dim() - 1, self.order[start:stop], value)
+
+    def add(self, target: torch.Tensor, start: int, stop: int, value: torch.Tensor) -> None:
+        if self.order is None:
+            target[..., start:stop] += value
+        else:
+            target.index_add_(target.dim() - 1, self.order[start:stop], value)
+
+
+def _matrix_chunk(matrix: torch.Tensor, steps: _Steps, start: int, stop: int, groups: int, per_group: int) -> torch.Tensor:
     """B or C for time steps [start, stop) as a tensor broadcastable to (T, batch, G, Dg, N)."""
     if matrix.dim() == 2:  # (D, N)
         return matrix.reshape(groups, per_group, -1)[None, None]
     if matrix.dim() == 3:  # (batch, N, L)
-        return matrix[:, :, start:stop].permute(2, 0, 1)[:, :, None, None, :]
-    return matrix[..., start:stop].permute(3, 0, 1, 2)[:, :, :, None, :]  # (batch, G, N, L)
+        return steps.take(matrix, start, stop).permute(2, 0, 1)[:, :, None, None, :]
+    return steps.take(matrix, start, stop).permute(3, 0, 1, 2)[:, :, :, None, :]  # (batch, G, N, L)
 
 
-def _matrix_grad_add(grad: torch.Tensor, chunk_grad: torch.Tensor, matrix: torch.Tensor, start: int, stop: int) -> None:
+def _matrix_grad_add(grad: torch.Tensor, chunk_grad: torch.Tensor, matrix: torch.Tensor, steps: _Steps, start: int, stop: int) -> None:
     """Accumulate a (T, batch, G, Dg, N) gradient into ``grad`` (laid out like ``matrix``)."""
     if matrix.dim() == 2:
         grad += chunk_grad.sum(dim=(0, 1)).reshape(grad.shape)
     elif matrix.dim() == 3:
-        grad[:, :, start:stop] += chunk_grad.sum(dim=(2, 3)).permute(1, 2, 0)
+        steps.add(grad, start, stop, chunk_grad.sum(dim=(2, 3)).permute(1, 2, 0))
     else:
-        grad[..., start:stop] += chunk_grad.sum(dim=3).permute(1, 2, 3, 0)
+        steps.add(grad, start, stop, chunk_grad.sum(dim=3).permute(1, 2, 3, 0))
 
 
-def _time_major(x: torch.Tensor, start: int, stop: int, groups: int) -> torch.Tensor:
+def _time_major(x: torch.Tensor, steps: _Steps, start: int, stop: int, groups: int) -> torch.Tensor:
     """(batch, D, L) -> (T, batch, G, Dg) for time steps [start, stop)."""
     batch, channels, _ = x.shape
-    return x[:, :, start:stop].permute(2, 0, 1).reshape(stop - start, batch, groups, channels // groups)
+    return steps.take(x, start, stop).permute(2, 0, 1).reshape(stop - start, batch, groups, channels // groups)
+
+
+def _channel_major(value: torch.Tensor, batch: int, channels: int) -> torch.Tensor:
+    """(T, batch, G, Dg) -> (batch, D, T)."""
+    return value.reshape(value.shape[0], batch, channels).permute(1, 2, 0)
 
 
 def _chunk_terms(delta_c, u_c, A_g, B_c):
@@ -67,7 +96,8 @@ def _run_states(decay: torch.Tensor, drive: torch.Tensor, state: torch.Tensor) -
 
 class _SelectiveScanCPU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, chunk):
+    def forward(ctx, u, delta, A, B, C, chunk, order):
+        steps = _Steps(order)
         batch, channels, length = u.shape
         groups = _groups(B, C)
         per_group = channels // groups
@@ -78,20 +108,20 @@ class _SelectiveScanCPU(torch.autograd.Function):
         for start in range(0, length, chunk):
             stop = min(start + chunk, length)
             chunk_starts.append(state)
-            delta_c, u_c = _time_major(delta, start, stop, groups), _time_major(u, start, stop, groups)
-            decay, drive = _chunk_terms(delta_c, u_c, A_g, _matrix_chunk(B, start, stop, groups, per_group))
+            delta_c, u_c = _time_major(delta, steps, start, stop, groups), _time_major(u, steps, start, stop, groups)
+            decay, drive = _chunk_terms(delta_c, u_c, A_g, _matrix_chunk(B, steps, start, stop, groups, per_group))
             states = _run_states(decay, drive, state)
             state = states[-1].clone()
-            out = (states * _matrix_chunk(C, start, stop, groups, per_group)).sum(-1)  # (T, batch, G, Dg)
-            y[:, :, start:stop] = out.reshape(stop - start, batch, channels).permute(1, 2, 0)
+            out = (states * _matrix_chunk(C, steps, start, stop, groups, per_group)).sum(-1)  # (T, batch, G, Dg)
+            steps.put(y, start, stop, _channel_major(out, batch, channels))
         ctx.save_for_backward(u, delta, A, B, C, torch.stack(chunk_starts))
-        ctx.chunk = chunk
+        ctx.chunk, ctx.order = chunk, order
         return y, state.reshape(batch, channels, -1)
 
     @staticmethod
     def backward(ctx, grad_y, grad_last_state):
         u, delta, A, B, C, chunk_starts = ctx.saved_tensors
-        chunk = ctx.chunk
+        chunk, steps = ctx.chunk, _Steps(ctx.order)
         batch, channels, length = u.shape
         groups = _groups(B, C)
         per_group = channels // groups
@@ -105,17 +135,17 @@ class _SelectiveScanCPU(torch.autograd.Function):
         starts = list(range(0, length, chunk))
         for index in reversed(range(len(starts))):
             start, stop = starts[index], min(starts[index] + chunk, length)
-            steps = stop - start
-            delta_c, u_c = _time_major(delta, start, stop, groups), _time_major(u, start, stop, groups)
-            B_c = _matrix_chunk(B, start, stop, groups, per_group)
-            C_c = _matrix_chunk(C, start, stop, groups, per_group)
+            count = stop - start
+            delta_c, u_c = _time_major(delta, steps, start, stop, groups), _time_major(u, steps, start, stop, groups)
+            B_c = _matrix_chunk(B, steps, start, stop, groups, per_group)
+            C_c = _matrix_chunk(C, steps, start, stop, groups, per_group)
             decay, drive = _chunk_terms(delta_c, u_c, A_g, B_c)
             initial = chunk_starts[index]
             states = _run_states(decay, drive, initial)
-            dy = _time_major(grad_y, start, stop, groups)  # (T, batch, G, Dg)
+            dy = _time_major(grad_y, steps, start, stop, groups)  # (T, batch, G, Dg)
             adjoint = (dy[..., None] * C_c).expand_as(states).contiguous()  # direct terms, then the recurrence
             adjoint[-1] += carry
-            for t in range(steps - 2, -1, -1):
+            for t in range(count - 2, -1, -1):
                 torch.addcmul(adjoint[t], decay[t + 1], adjoint[t + 1], out=adjoint[t])
             carry = decay[0] * adjoint[0]
             previous = torch.cat([initial[None], states[:-1]])
@@ -128,11 +158,11 @@ class _SelectiveScanCPU(torch.autograd.Function):
             sum_adjoint_B = adjoint_B.sum(-1)
             grad_delta_c = sum_decay_A + sum_adjoint_B * u_c
             grad_u_c = sum_adjoint_B * delta_c
-            _matrix_grad_add(grad_B, adjoint * (delta_c * u_c)[..., None], B, start, stop)
-            _matrix_grad_add(grad_C, states * dy[..., None], C, start, stop)
-            grad_delta[:, :, start:stop] = grad_delta_c.reshape(steps, batch, channels).permute(1, 2, 0)
-            grad_u[:, :, start:stop] = grad_u_c.reshape(steps, batch, channels).permute(1, 2, 0)
-        return grad_u, grad_delta, grad_A.reshape(A.shape), grad_B, grad_C, None
+            _matrix_grad_add(grad_B, adjoint * (delta_c * u_c)[..., None], B, steps, start, stop)
+            _matrix_grad_add(grad_C, states * dy[..., None], C, steps, start, stop)
+            steps.put(grad_delta, start, stop, _channel_major(grad_delta_c, batch, channels))
+            steps.put(grad_u, start, stop, _channel_major(grad_u_c, batch, channels))
+        return grad_u, grad_delta, grad_A.reshape(A.shape), grad_B, grad_C, None, None
 
 
 def selective_scan_cpu(
@@ -146,12 +176,13 @@ def selective_scan_cpu(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    order: torch.Tensor | None = None,
     chunk: int = CHUNK,
 ):
     """Same signature and results as selective_scan_ref; computes in float32 (bf16/fp16 inputs too)."""
     dtype_out = u.dtype
     u32 = u.float().contiguous()
     delta32 = effective_delta(delta, delta_bias, delta_softplus).contiguous()
-    y, last_state = _SelectiveScanCPU.apply(u32, delta32, A.float(), B.float(), C.float(), chunk)
+    y, last_state = _SelectiveScanCPU.apply(u32, delta32, A.float(), B.float(), C.float(), chunk, order)
     y = skip_and_gate(y, u32, D, z).to(dtype_out)
     return (y, last_state) if return_last_state else y

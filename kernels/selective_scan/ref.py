@@ -6,13 +6,16 @@ Semantics follow mamba_ssm's ``selective_scan_fn``:
     y_t = <C_t, h_t> + D * u_t ;  out = y * silu(z) (when z is given)
 Shapes: u, delta, z: (batch, D, L); A: (D, N); B, C: (D, N) (time-invariant), (batch, N, L), or
 grouped (batch, G, N, L) with D divisible by G; D, delta_bias: (D,). Computes in float32 and returns
-u's dtype (the last state in float32).
+u's dtype (the last state in float32). ``order`` (a LongTensor of length L, see scan_orders) scans
+step t at position order[t] of every L axis and returns y in the inputs' layout.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from medseg_kernels.scan_orders import scan_in_order
 
 
 def expand_input_matrix(matrix: torch.Tensor, batch: int, channels: int, length: int) -> torch.Tensor:
@@ -54,7 +57,10 @@ def selective_scan_ref(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    order: torch.Tensor | None = None,
 ):
+    if order is not None:  # the spec of a scan order: gather, scan, put back
+        return scan_in_order(selective_scan_ref, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, order)
     dtype_out = u.dtype
     u, A = u.float(), A.float()
     delta = effective_delta(delta, delta_bias, delta_softplus)

@@ -1,0 +1,52 @@
+"""mLSTM cell (xLSTM / Vision-LSTM matrix memory) with one dispatcher: ``mlstm(..., backend="auto")``.
+
+Backends, best first: ``cpu`` (chunkwise, linear in sequence length; CPU float tensors) and ``ref``
+(the quadratic parallel form, runs anywhere: the executable spec, equal to the xlstm package's
+``parallel_stabilized_simple``). ``mlstm_recurrent_ref`` is the same function as a step-by-step
+recurrence, kept as a second spec for the tests. Gradients come from autograd on both.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from medseg_kernels.mlstm.chunkwise import mlstm_chunkwise
+from medseg_kernels.mlstm.ref import EPS, mlstm_parallel_ref, mlstm_recurrent_ref
+from medseg_kernels.registry import Backend, register_backend, resolve
+from medseg_kernels.scan_orders import check_order, gather_steps, scatter_steps
+
+OP = "mlstm"
+
+
+def _cpu_reason(device, dtype) -> str | None:
+    if device is not None and device.type != "cpu":
+        return f"runs on CPU tensors, not {device.type}"
+    if dtype is not None and not dtype.is_floating_point:
+        return f"needs floating-point tensors, not {dtype}"
+    return None
+
+
+register_backend(Backend(OP, "cpu", mlstm_chunkwise, _cpu_reason, "chunkwise: exact stabiliser, batched chunk matmuls, linear in S"))
+register_backend(Backend(OP, "ref", mlstm_parallel_ref, lambda device, dtype: None, "quadratic parallel form (xlstm's parallel_stabilized_simple)"))
+
+
+def mlstm(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor, eps: float = EPS, backend: str = "auto",
+    order: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """q, k, v: (batch, heads, S, d); i, f gate pre-activations: (batch, heads, S[, 1]) -> (batch, heads, S, d).
+    ``order``: step t visits position order[t] (medseg_kernels.scan_orders); h keeps the inputs' layout.
+    Both backends work on whole-sequence tensors, so another order costs one gathered copy."""
+    if q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
+        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)} and v {tuple(v.shape)} must agree as (batch, heads, S, d)")
+    check_order(order, q.shape[-2])
+    chosen = resolve(OP, backend, q.device, q.dtype)
+    if order is None:
+        return chosen.function(q, k, v, i, f, eps)
+    gate_dim = -2 if i.dim() == 4 else -1
+    q, k, v = (gather_steps(x, order, dim=-2) for x in (q, k, v))
+    i, f = (gather_steps(x, order, dim=gate_dim) for x in (i, f))
+    return scatter_steps(chosen.function(q, k, v, i, f, eps), order, dim=-2)
+
+
+__all__ = ["mlstm", "mlstm_chunkwise", "mlstm_parallel_ref", "mlstm_recurrent_ref"]

@@ -1,0 +1,103 @@
+"""Every mLSTM backend against the parallel reference (outputs and gradients), the recurrence, and
+the xlstm package's parallel form where installed."""
+
+import pytest
+import torch
+
+from medseg_kernels.mlstm import mlstm, mlstm_chunkwise, mlstm_parallel_ref, mlstm_recurrent_ref
+from medseg_kernels.registry import backends, resolve
+from tests.conftest import require_peer
+
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 2e-4, torch.bfloat16: 3e-2}
+FAST_BACKENDS = [b.name for b in backends("mlstm") if b.name != "ref"]
+NAMES = ["h", "dq", "dk", "dv", "di", "df"]
+
+
+def make_inputs(length, dtype=torch.float32, batch=2, heads=3, dim=16, seed=0, gate_dims=3):
+    generator = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(batch, heads, length, dim, generator=generator).to(dtype) for _ in range(3))
+    i = torch.randn(batch, heads, length, generator=generator).to(dtype)
+    f = (torch.randn(batch, heads, length, generator=generator) + 3).to(dtype)  # forget gates near 1, as trained
+    if gate_dims == 4:
+        i, f = i[..., None], f[..., None]
+    return [t.requires_grad_() for t in (q, k, v, i, f)]
+
+
+def run(function, tensors):
+    for t in tensors:
+        t.grad = None
+    h = function(*tensors)
+    h.float().sin().sum().backward()
+    return [h.detach().float()] + [t.grad.float().clone() for t in tensors]
+
+
+def assert_close(got, want, tolerance, what):
+    scale = want.abs().max().clamp_min(1.0)
+    error = ((got - want).abs().max() / scale).item()
+    assert error < tolerance, f"{what}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("length", [1, 2, 37, 64, 65, 300])
+def test_backend_matches_parallel_reference_fp32(backend, length):
+    tensors = make_inputs(length)
+    want = run(mlstm_parallel_ref, tensors)
+    got = run(lambda *t: mlstm(*t, backend=backend), tensors)
+    for name, g, w in zip(NAMES, got, want):
+        assert_close(g, w, TOLERANCE[torch.float32], f"{backend}/S={length}/{name}")
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 16, 128])
+def test_chunkwise_is_exact_in_float64_for_any_chunk(chunk):
+    tensors = make_inputs(70, dtype=torch.float64)
+    want = run(mlstm_parallel_ref, tensors)
+    got = run(lambda *t: mlstm_chunkwise(*t, chunk=chunk), tensors)
+    for name, g, w in zip(NAMES, got, want):
+        assert_close(g, w, TOLERANCE[torch.float64], f"chunk={chunk}/{name}")
+
+
+def test_recurrence_and_parallel_form_agree():
+    tensors = make_inputs(41, dtype=torch.float64, gate_dims=4)
+    for name, g, w in zip(NAMES, run(mlstm_recurrent_ref, tensors), run(mlstm_parallel_ref, tensors)):
+        assert_close(g, w, TOLERANCE[torch.float64], f"recurrent/{name}")
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_backend_bf16(backend):
+    tensors = make_inputs(97, dtype=torch.bfloat16)
+    want = run(mlstm_parallel_ref, tensors)
+    got = run(lambda *t: mlstm(*t, backend=backend), tensors)
+    assert mlstm(*tensors, backend=backend).dtype == torch.bfloat16
+    for name, g, w in zip(NAMES, got, want):
+        assert_close(g, w, TOLERANCE[torch.bfloat16], f"{backend}/bf16/{name}")
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_long_sequence_with_strong_forgetting(backend):
+    # 3000 steps of forget gates ~0.05: the cumulative log-forget reaches -18000, where the float32
+    # parallel form already loses digits (its cumsum); the backend must stay at float32 accuracy
+    q, k, v, i, f = (t.detach() for t in make_inputs(3000, batch=1, heads=2, dim=8))
+    f = f - 6
+    exact = mlstm_parallel_ref(*(t.double() for t in (q, k, v, i, f)))
+    got = mlstm(q, k, v, i, f, backend=backend)
+    assert torch.isfinite(got).all()
+    assert_close(got.double(), exact, 2e-5, f"{backend}/S=3000")
+
+
+def test_parallel_reference_equals_xlstm_package():
+    require_peer("xlstm")
+    from xlstm.blocks.mlstm.backends import parallel_stabilized_simple
+
+    q, k, v, i, f = make_inputs(50, dtype=torch.float64, gate_dims=4)
+    assert_close(mlstm_parallel_ref(q, k, v, i, f).detach(), parallel_stabilized_simple(q, k, v, i, f).detach(), 1e-12, "xlstm parallel")
+
+
+def test_dispatcher_choices_and_errors():
+    assert resolve("mlstm", "auto", torch.device("cpu"), torch.float32).name == "cpu"
+    q, k, v, i, f = make_inputs(8)
+    with pytest.raises(ValueError, match="unknown backend"):
+        mlstm(q, k, v, i, f, backend="nonsense")
+    with pytest.raises(ValueError, match="must agree"):
+        mlstm(q, k[:, :, :4], v, i, f)
+    with pytest.raises(ValueError, match="gate pre-activations have length"):
+        mlstm(q, k, v, i[..., :4], f)
