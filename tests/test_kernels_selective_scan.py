@@ -1,5 +1,7 @@
 """Every selective-scan backend against the sequential reference: outputs and gradients."""
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -88,3 +90,21 @@ def test_auto_picks_cpu_for_cpu_tensors_and_rejects_unknown():
     assert resolve("selective_scan", "auto", torch.device("cpu"), torch.float32).name == "cpu"
     with pytest.raises(ValueError, match="unknown backend"):
         resolve("selective_scan", "nonsense", torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.parametrize("layout", ["varying", "grouped", "invariant"])
+def test_reference_equals_mamba_ssm_reference(layout):
+    """Our spec against mamba_ssm's own selective_scan_ref (a heavy peer, used only where installed)."""
+    import sys
+    import types
+
+    if importlib.util.find_spec("mamba_ssm") is None:
+        pytest.skip("mamba_ssm not installed (bench peer: see bench/kernels/selective_scan_cpu.py)")
+    sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_ref as theirs
+
+    tensors, extras = make_inputs(layout, 45)
+    ours_y, ours_last = selective_scan_ref(*tensors, **extras, delta_softplus=True, return_last_state=True)
+    their_y, their_last = theirs(*tensors, **extras, delta_softplus=True, return_last_state=True)
+    assert_close(ours_y.detach(), their_y.detach(), 1e-5, f"{layout}/y")
+    assert_close(ours_last.detach(), their_last.detach().float(), 1e-5, f"{layout}/last_state")

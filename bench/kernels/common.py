@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import multiprocessing
+import json
 import platform
 import resource
 import statistics
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -24,23 +27,41 @@ def timed(function: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
-def _peak_child(function, queue):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    function()
-    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
 
 
-def peak_memory_mb(function: Callable[[], object]) -> float:
-    """Growth of the resident-set high-water mark over one call, measured in a forked child so that
-    earlier calls in this process cannot hide it (CPU tensors)."""
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    child = context.Process(target=_peak_child, args=(function, queue))
-    child.start()
-    child.join()
-    if child.exitcode != 0:
-        raise RuntimeError(f"peak-memory child exited with {child.exitcode}")
-    return round(queue.get(), 1)
+def peak_growth_mb(function: Callable[[], object], interval_s: float = 0.0005) -> float:
+    """Peak resident memory above the level before the call, sampled by a thread (Linux): the
+    process-wide high-water mark would hide a call's peak behind the import of torch."""
+    before = _resident_bytes()
+    peak = [before]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _resident_bytes())
+            time.sleep(interval_s)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        function()
+    finally:
+        done.set()
+        sampler.join()
+    peak[0] = max(peak[0], _resident_bytes())
+    return round((peak[0] - before) / 2**20, 1)
+
+
+def peak_memory_mb(script: str, *args: str) -> float:
+    """Run ``script --peak-of ...`` in a fresh interpreter (forking a process whose thread pools
+    are running can deadlock) and read the one JSON number it prints: peak growth in MB."""
+    result = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise RuntimeError(f"peak-memory run failed: {result.stderr[-2000:]}")
+    return float(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
 def machine_info() -> dict:

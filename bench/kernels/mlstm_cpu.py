@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, peak_memory_mb, timed  # noqa: E402
+from common import machine_info, peak_growth_mb, peak_memory_mb, timed  # noqa: E402
 
 from medseg_kernels.mlstm import mlstm  # noqa: E402
 
@@ -49,7 +49,7 @@ def inputs(batch, heads, length, dim):
     return q, k, v, i, f
 
 
-def measure(name, function, tensors, repeats):
+def measure(name, function, tensors, args):
     def forward():
         with torch.no_grad():
             function(*tensors)
@@ -57,11 +57,12 @@ def measure(name, function, tensors, repeats):
     def forward_backward():
         function(*tensors).sum().backward()
 
+    shape = ["--batch", str(args.batch), "--heads", str(args.heads), "--dim", str(args.dim), "--length", str(args.length)]
     return {
         "name": name,
-        "forward_s": round(timed(forward, repeats), 4),
-        "forward_backward_s": round(timed(forward_backward, repeats), 4),
-        "forward_backward_peak_mb": peak_memory_mb(forward_backward),
+        "forward_s": round(timed(forward, args.repeats), 4),
+        "forward_backward_s": round(timed(forward_backward, args.repeats), 4),
+        "forward_backward_peak_mb": peak_memory_mb(__file__, *shape, "--peak-of", name),
     }
 
 
@@ -73,11 +74,19 @@ def main():
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("bench/results/mlstm_cpu.json"))
+    parser.add_argument("--peak-of", help="internal: print the forward+backward peak memory of one contender")
     args = parser.parse_args()
     tensors = inputs(args.batch, args.heads, args.length, args.dim)
+    if args.peak_of:
+        function = contenders()[args.peak_of]
+        print(json.dumps(peak_growth_mb(lambda: function(*tensors).sum().backward())))
+        return
+    found = contenders()
+    for function in found.values():  # warm every contender first: whoever runs first would otherwise
+        function(*tensors).sum().backward()  # pay the allocator's growth (page faults) for all of them
     results = []
-    for name, function in contenders().items():
-        results.append(measure(name, function, tensors, args.repeats))
+    for name, function in found.items():
+        results.append(measure(name, function, tensors, args))
         print(json.dumps(results[-1]), flush=True)
     by_name = {r["name"]: r for r in results}
     ours = by_name["medseg cpu (chunkwise)"]

@@ -1,64 +1,115 @@
-"""Selective scan on CPU: forward and forward+backward time and peak memory per backend, JSON out.
+"""Selective scan on CPU: forward and forward+backward time and peak memory, medseg vs mamba_ssm's
+``selective_scan_ref`` in the same run, plus the roofline fraction. JSON out.
 
     .venv/bin/python bench/kernels/selective_scan_cpu.py [--length 4096] [--ref-length 1024]
 
-The sequential reference's backward grows superlinearly, so it is timed at --ref-length only.
-Peers (mamba_ssm's selective_scan_ref) are not installed by default: not in this run yet.
+Shape: B=2, D=192, N=16, fp32, B and C varying per position (as Mamba uses them).
+- medseg ``cpu`` at --length; medseg ``ref`` (sequential) at --ref-length only.
+- mamba_ssm's ``selective_scan_ref`` (a peer, not a dependency: ``MAMBA_SKIP_CUDA_BUILD=TRUE
+  MAMBA_FORCE_BUILD=TRUE pip install --no-build-isolation mamba-ssm``) at --length; its backward
+  takes minutes there, so it is timed once. Skipped when not installed.
+- Roofline: the forward must move the inputs and the output once (bytes) and do about 9 B L D N
+  floating-point operations (decay multiply and exp, input product, state update, output product);
+  the limit is the larger of bytes / measured memory bandwidth and FLOPs / measured elementwise
+  multiply-add rate, and the fraction reported is that limit / measured time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
-import statistics
+import sys
 import time
+import types
 from pathlib import Path
 
 import torch
 
-from medseg_kernels.selective_scan import selective_scan
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_info, peak_growth_mb, peak_memory_mb, timed  # noqa: E402
+
+from medseg_kernels.selective_scan import selective_scan  # noqa: E402
+
+
+def mamba_ref():
+    """mamba_ssm's selective_scan_ref, or None. Its package imports the CUDA extension at import
+    time, so a stand-in module is registered when the extension is absent (CPU machines)."""
+    try:
+        sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_ref
+    except ImportError as error:
+        print(f"mamba_ssm not installed ({error}): medseg only", file=sys.stderr)
+        return None
+    return selective_scan_ref
+
+
+def contenders() -> dict:
+    found = {
+        "medseg cpu": lambda *t: selective_scan(*t, backend="cpu"),
+        "medseg ref": lambda *t: selective_scan(*t, backend="ref"),
+    }
+    peer = mamba_ref()
+    if peer is not None:
+        found["mamba_ssm selective_scan_ref"] = peer
+    return found
 
 
 def inputs(batch, channels, length, state):
-    torch.manual_seed(0)
-    u = torch.randn(batch, channels, length, requires_grad=True)
-    delta = (torch.rand(batch, channels, length) * 0.1).requires_grad_()
-    A = (-torch.rand(channels, state) * 4).requires_grad_()
-    B = torch.randn(batch, state, length, requires_grad=True)
-    C = torch.randn(batch, state, length, requires_grad=True)
+    generator = torch.Generator().manual_seed(0)
+    u = torch.randn(batch, channels, length, generator=generator, requires_grad=True)
+    delta = (torch.rand(batch, channels, length, generator=generator) * 0.1).requires_grad_()
+    A = (-torch.rand(channels, state, generator=generator) * 4).requires_grad_()
+    B = torch.randn(batch, state, length, generator=generator, requires_grad=True)
+    C = torch.randn(batch, state, length, generator=generator, requires_grad=True)
     return u, delta, A, B, C
 
 
-def timed(function, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def measure(backend, length, args):
+def measure(name, function, length, args, repeats_backward):
     tensors = inputs(args.batch, args.channels, length, args.state)
 
     def forward():
         with torch.no_grad():
-            selective_scan(*tensors, backend=backend)
+            function(*tensors)
 
     def forward_backward():
-        selective_scan(*tensors, backend=backend).sum().backward()
+        function(*tensors).sum().backward()
 
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result = {
-        "backend": backend,
-        "length": length,
-        "forward_s": timed(forward, args.repeats),
-        "forward_backward_s": timed(forward_backward, args.repeats if backend != "ref" else 1),
-    }
-    result["peak_rss_growth_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    shape = ["--batch", str(args.batch), "--channels", str(args.channels), "--state", str(args.state), "--length", str(length)]
+    result = {"name": name, "length": length, "forward_s": round(timed(forward, args.repeats), 4)}
+    result["forward_backward_s"] = round(timed(forward_backward, repeats_backward, warmup=0 if repeats_backward == 1 else 1), 4)
+    if repeats_backward > 1:  # a single slow run is not worth repeating in a child for its peak
+        result["forward_backward_peak_mb"] = peak_memory_mb(__file__, *shape, "--peak-of", name)
+    print(json.dumps(result), flush=True)
     return result
+
+
+def machine_limits() -> dict:
+    """Memory bandwidth (a large copy) and elementwise multiply-add rate (cache-resident addcmul)."""
+    big = torch.empty(64 * 1024 * 1024)  # 256 MB of float32
+    out = torch.empty_like(big)
+    seconds = timed(lambda: out.copy_(big), 5)
+    bandwidth = 2 * big.numel() * 4 / seconds  # read + write
+    state = torch.randn(2 * 192 * 16)  # the (batch, D, N) state of the benchmark shape
+    a, b = torch.randn_like(state), torch.randn_like(state)
+    steps = 20000
+    start = time.perf_counter()
+    for _ in range(steps):
+        torch.addcmul(b, a, state, out=state)
+    fma_rate = 2 * state.numel() * steps / (time.perf_counter() - start)
+    return {"memory_bandwidth_gb_s": round(bandwidth / 1e9, 2), "elementwise_gflops": round(fma_rate / 1e9, 2)}
+
+
+def roofline(result: dict, args, limits: dict) -> dict:
+    batch, channels, state, length = args.batch, args.channels, args.state, result["length"]
+    bytes_moved = 4 * (3 * batch * channels * length + 2 * batch * state * length + channels * state)  # u, delta, y; B, C; A
+    flops = 9 * batch * length * channels * state
+    memory_s = bytes_moved / (limits["memory_bandwidth_gb_s"] * 1e9)
+    compute_s = flops / (limits["elementwise_gflops"] * 1e9)
+    limit_s = max(memory_s, compute_s)
+    return {
+        "bytes": bytes_moved, "flops": flops, "memory_bound_s": round(memory_s, 5), "compute_bound_s": round(compute_s, 5),
+        "binding": "compute" if compute_s >= memory_s else "memory", "forward_fraction_of_limit": round(limit_s / result["forward_s"], 3),
+    }
 
 
 def main():
@@ -70,19 +121,36 @@ def main():
     parser.add_argument("--ref-length", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench/results/selective_scan_cpu.json"))
+    parser.add_argument("--peak-of", help="internal: print the forward+backward peak memory of one contender")
     args = parser.parse_args()
-    results = [measure("cpu", args.length, args), measure("cpu", args.ref_length, args), measure("ref", args.ref_length, args)]
-    cpu_short = next(r for r in results[1:] if r["backend"] == "cpu")
-    ref_short = results[2]
+    found = contenders()
+    if args.peak_of:
+        tensors = inputs(args.batch, args.channels, args.length, args.state)
+        print(json.dumps(peak_growth_mb(lambda: found[args.peak_of](*tensors).sum().backward())))
+        return
+    results = [measure("medseg cpu", found["medseg cpu"], args.length, args, args.repeats)]
+    results.append(measure("medseg cpu", found["medseg cpu"], args.ref_length, args, args.repeats))
+    results.append(measure("medseg ref", found["medseg ref"], args.ref_length, args, 1))
+    peer = "mamba_ssm selective_scan_ref"
+    if peer in found:
+        results.append(measure(peer, found[peer], args.length, args, 1))
+    limits = machine_limits()
+    ours = results[0]
+
+    def ratio(other, key):
+        return round(other[key] / ours[key], 1)
+
     report = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(), "torch": torch.__version__},
-        "shape": {"batch": args.batch, "channels": args.channels, "state": args.state},
+        "machine": {**machine_info(), **limits},
+        "shape": {"batch": args.batch, "channels": args.channels, "state": args.state, "dtype": "float32", "B_C": "varying (batch, N, L)"},
+        "command": "python bench/kernels/selective_scan_cpu.py " + " ".join(sys.argv[1:]),
         "results": results,
-        "speedup_vs_ref_at_ref_length": {
-            "forward": ref_short["forward_s"] / cpu_short["forward_s"],
-            "forward_backward": ref_short["forward_backward_s"] / cpu_short["forward_backward_s"],
-        },
+        "roofline_medseg_cpu": roofline(ours, args, limits),
+        "speedup_vs_medseg_ref_at_ref_length": {"forward": round(results[2]["forward_s"] / results[1]["forward_s"], 2),
+                                                "forward_backward": round(results[2]["forward_backward_s"] / results[1]["forward_backward_s"], 1)},
     }
+    if peer in found:
+        report["speedup_vs_mamba_ssm_ref"] = {"forward": ratio(results[3], "forward_s"), "forward_backward": ratio(results[3], "forward_backward_s")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

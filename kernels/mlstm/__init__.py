@@ -1,8 +1,9 @@
 """mLSTM cell (xLSTM / Vision-LSTM matrix memory) with one dispatcher: ``mlstm(..., backend="auto")``.
 
-Backends, best first: ``cpu`` (chunkwise, linear in sequence length; CPU float tensors) and ``ref``
-(the quadratic parallel form, runs anywhere: the executable spec, equal to the xlstm package's
-``parallel_stabilized_simple``). ``mlstm_recurrent_ref`` is the same function as a step-by-step
+Backends, best first: ``cpu`` (chunkwise, linear in sequence length; CPU float tensors),
+``chunkwise`` (the same PyTorch code on any device: the GPU path until a Triton mLSTM exists) and
+``ref`` (the quadratic parallel form, runs anywhere: the executable spec, equal to the xlstm
+package's ``parallel_stabilized_simple``). ``mlstm_recurrent_ref`` is the same function as a step-by-step
 recurrence, kept as a second spec for the tests. Gradients come from autograd on both.
 """
 
@@ -18,15 +19,20 @@ from medseg_kernels.scan_orders import check_order, gather_steps, scatter_steps
 OP = "mlstm"
 
 
-def _cpu_reason(device, dtype) -> str | None:
-    if device is not None and device.type != "cpu":
-        return f"runs on CPU tensors, not {device.type}"
+def _float_reason(device, dtype) -> str | None:
     if dtype is not None and not dtype.is_floating_point:
         return f"needs floating-point tensors, not {dtype}"
     return None
 
 
+def _cpu_reason(device, dtype) -> str | None:
+    if device is not None and device.type != "cpu":
+        return f"runs on CPU tensors, not {device.type}"
+    return _float_reason(device, dtype)
+
+
 register_backend(Backend(OP, "cpu", mlstm_chunkwise, _cpu_reason, "chunkwise: exact stabiliser, batched chunk matmuls, linear in S"))
+register_backend(Backend(OP, "chunkwise", mlstm_chunkwise, _float_reason, "the chunkwise form on any device (batched matmuls)"))
 register_backend(Backend(OP, "ref", mlstm_parallel_ref, lambda device, dtype: None, "quadratic parallel form (xlstm's parallel_stabilized_simple)"))
 
 

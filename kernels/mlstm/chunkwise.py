@@ -7,6 +7,7 @@ from the chunk start and m_prev the stabiliser at the chunk boundary,
     m_t = b_t + max(m_prev, cummax_{s<=t in chunk}(i_s - b_s)),
 so every exponent below is <= 0 and the result equals ``mlstm_parallel_ref`` up to rounding.
 Memory per chunk boundary: (batch, heads, d, d); the states of all boundaries are kept for autograd.
+Across chunks only a rescale-and-add of the (d, d) memory per chunk remains sequential.
 """
 
 from __future__ import annotations
@@ -20,6 +21,36 @@ from medseg_kernels.mlstm.ref import EPS, compute_dtype, gate_preactivations
 
 DEFAULT_CHUNK = 64
 _NEG = -1e30  # "no past yet": finite, so that no inf - inf reaches autograd
+
+
+class _ChunkStates(torch.autograd.Function):
+    """y_0 = 0, y_{n+1} = carry_n y_n + scale_n x_n over chunks n: a loop of two in-place ops per
+    chunk on (batch, heads, X) slices, with a hand-written reverse loop for the backward (autograd
+    through the loop would record a graph node per op and chunk)."""
+
+    @staticmethod
+    def forward(ctx, carry, scale, x):  # carry, scale: (b, h, n); x: (b, h, n, X)
+        y = torch.zeros_like(x)
+        for n in range(x.shape[2] - 1):
+            torch.mul(y[:, :, n], carry[:, :, n, None], out=y[:, :, n + 1])
+            y[:, :, n + 1].addcmul_(x[:, :, n], scale[:, :, n, None])
+        ctx.save_for_backward(carry, scale, x, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        carry, scale, x, y = ctx.saved_tensors
+        chunks = x.shape[2]
+        adjoint = grad_y.clone()  # dL/dy_n, accumulated from the end: gy_n + carry_n * adjoint_{n+1}
+        for n in range(chunks - 2, 0, -1):
+            adjoint[:, :, n].addcmul_(adjoint[:, :, n + 1], carry[:, :, n, None])
+        upstream = adjoint[:, :, 1:]  # dL/dy_{n+1} for n = 0 .. chunks-2
+        grad_x = torch.zeros_like(x)
+        grad_x[:, :, :-1] = upstream * scale[:, :, :-1, None]
+        grad_scale, grad_carry = torch.zeros_like(scale), torch.zeros_like(carry)
+        grad_scale[:, :, :-1] = (upstream * x[:, :, :-1]).sum(-1)
+        grad_carry[:, :, :-1] = (upstream * y[:, :, :-1]).sum(-1)
+        return grad_carry, grad_scale, grad_x
 
 
 def mlstm_chunkwise(q, k, v, i, f, eps: float = EPS, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
@@ -46,29 +77,28 @@ def mlstm_chunkwise(q, k, v, i, f, eps: float = EPS, chunk: int = DEFAULT_CHUNK)
     chunk_total = local_f[..., -1]  # (b, h, n)
 
     # Each chunk's own contribution to the memory, stabilised by the chunk's own maximum, for all
-    # chunks in one batched matmul; then the boundary states, sequential over chunks but only a
-    # rescale-and-add of (d, d) matrices per step.
+    # chunks in one batched matmul.
     local_max = running[..., -1]  # max over the chunk of i_s - b_s, (b, h, n)
     weighted_k = kc * torch.exp(write_log - local_max[..., None])[..., None]  # (b, h, n, c, d)
     contribution = weighted_k.transpose(-2, -1) @ vc  # (b, h, n, d, d)
     contribution_n = weighted_k.sum(dim=-2)  # (b, h, n, d)
-    memories, normalisers, stabilisers = [], [], []
-    memory = qf.new_zeros(batch, heads, dim, dim)
-    normaliser = qf.new_zeros(batch, heads, dim)
-    stabiliser = qf.new_full((batch, heads), _NEG)
-    for n in range(chunks):
-        memories.append(memory)
-        normalisers.append(normaliser)
-        stabilisers.append(stabiliser)
-        new = chunk_total[..., n] + torch.maximum(stabiliser, local_max[..., n])
-        carry = torch.exp(chunk_total[..., n] + stabiliser - new)[..., None]
-        scale = torch.exp(chunk_total[..., n] + local_max[..., n] - new)[..., None]
-        memory = carry[..., None] * memory + scale[..., None] * contribution[:, :, n]
-        normaliser = carry * normaliser + scale * contribution_n[:, :, n]
-        stabiliser = new
-    memory_in = torch.stack(memories, dim=2)  # (b, h, n, d, d)
-    normaliser_in = torch.stack(normalisers, dim=2)  # (b, h, n, d)
-    stabiliser_in = torch.stack(stabilisers, dim=2)  # (b, h, n)
+    # The memory at each chunk start mixes the earlier chunks' contributions. With T_j the
+    # forget-gate log-sum before chunk j and a_j = local_max_j - T_j, the stabiliser at chunk n is
+    # T_n + c_n with c_n = max_{j<n} a_j, and chunk j enters with weight exp(a_j - c_n) <= 1, i.e.
+    # memory_{n+1} = exp(c_n - c_{n+1}) memory_n + exp(a_n - c_{n+1}) contribution_n. T grows with
+    # the sequence, so this bookkeeping runs in float64 on (b, h, n) tensors; only the bounded
+    # factors return to float32.
+    before = torch.cumsum(chunk_total.double(), dim=-1) - chunk_total.double()  # T_n, exclusive
+    entry = local_max.double() - before  # a_j
+    running_entry = torch.cummax(entry, dim=-1).values  # max_{j<=n} a_j = c_{n+1}
+    previous_max = torch.cat([torch.full_like(entry[..., :1], float("-inf")), running_entry[..., :-1]], dim=-1)  # c_n
+    carry = torch.exp(previous_max - running_entry).to(dtype)  # (b, h, n): exp(c_n - c_{n+1})
+    scale = torch.exp(entry - running_entry).to(dtype)
+    state = torch.cat([contribution.reshape(batch, heads, chunks, dim * dim), contribution_n], dim=-1)
+    state_in = _ChunkStates.apply(carry, scale, state)  # (b, h, n, d*d + d): memory and normaliser before each chunk
+    memory_in = state_in[..., : dim * dim].reshape(batch, heads, chunks, dim, dim)
+    normaliser_in = state_in[..., dim * dim :, None]  # (b, h, n, d, 1)
+    stabiliser_in = (before + previous_max).clamp_min(_NEG).to(dtype)  # (b, h, n); "no past" at n = 0
 
     # Outputs: past (through the boundary memory) plus the causal intra-chunk quadratic part.
     row_max = torch.maximum(stabiliser_in[..., None], running)  # m_t - b_t, (b, h, n, c)
@@ -77,7 +107,7 @@ def mlstm_chunkwise(q, k, v, i, f, eps: float = EPS, chunk: int = DEFAULT_CHUNK)
     log_weight = (write_log[..., None, :] - row_max[..., :, None]).masked_fill(~causal, _NEG)  # (b, h, n, t, s)
     scores = (qc @ kc.transpose(-2, -1)) * torch.exp(log_weight)
     numerator = scores @ vc + past_weight * (qc @ memory_in)
-    row_sum = scores.sum(dim=-1, keepdim=True) + past_weight * (qc @ normaliser_in[..., None])
+    row_sum = scores.sum(dim=-1, keepdim=True) + past_weight * (qc @ normaliser_in)
     stabiliser_t = (local_f + row_max)[..., None]  # m_t
     denominator = torch.maximum(row_sum.abs(), torch.exp(-stabiliser_t)) + eps
     out = (numerator / denominator).reshape(batch, heads, chunks * chunk, dim)
