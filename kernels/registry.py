@@ -24,6 +24,20 @@ class Backend:
 _BACKENDS: dict[str, list[Backend]] = {}
 
 
+def floating_point_reason(device: torch.device | None, dtype: torch.dtype | None) -> str | None:
+    """Availability rule of portable PyTorch backends: any device, floating-point tensors."""
+    if dtype is not None and not dtype.is_floating_point:
+        return f"needs floating-point tensors, not {dtype}"
+    return None
+
+
+def cpu_float_reason(device: torch.device | None, dtype: torch.dtype | None) -> str | None:
+    """Availability rule of CPU-tuned backends: CPU, floating-point tensors."""
+    if device is not None and device.type != "cpu":
+        return f"runs on CPU tensors, not {device.type}"
+    return floating_point_reason(device, dtype)
+
+
 def register_backend(backend: Backend) -> Backend:
     existing = _BACKENDS.setdefault(backend.op, [])
     if any(b.name == backend.name for b in existing):

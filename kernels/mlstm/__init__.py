@@ -13,26 +13,13 @@ import torch
 
 from medseg_kernels.mlstm.chunkwise import mlstm_chunkwise
 from medseg_kernels.mlstm.ref import EPS, mlstm_parallel_ref, mlstm_recurrent_ref
-from medseg_kernels.registry import Backend, register_backend, resolve
+from medseg_kernels.registry import Backend, cpu_float_reason, floating_point_reason, register_backend, resolve
 from medseg_kernels.scan_orders import check_order, gather_steps, scatter_steps
 
 OP = "mlstm"
 
-
-def _float_reason(device, dtype) -> str | None:
-    if dtype is not None and not dtype.is_floating_point:
-        return f"needs floating-point tensors, not {dtype}"
-    return None
-
-
-def _cpu_reason(device, dtype) -> str | None:
-    if device is not None and device.type != "cpu":
-        return f"runs on CPU tensors, not {device.type}"
-    return _float_reason(device, dtype)
-
-
-register_backend(Backend(OP, "cpu", mlstm_chunkwise, _cpu_reason, "chunkwise: exact stabiliser, batched chunk matmuls, linear in S"))
-register_backend(Backend(OP, "chunkwise", mlstm_chunkwise, _float_reason, "the chunkwise form on any device (batched matmuls)"))
+register_backend(Backend(OP, "cpu", mlstm_chunkwise, cpu_float_reason, "chunkwise: exact stabiliser, batched chunk matmuls, linear in S"))
+register_backend(Backend(OP, "chunkwise", mlstm_chunkwise, floating_point_reason, "the chunkwise form on any device (batched matmuls)"))
 register_backend(Backend(OP, "ref", mlstm_parallel_ref, lambda device, dtype: None, "quadratic parallel form (xlstm's parallel_stabilized_simple)"))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from medseg_kernels.registry import Backend, register_backend, resolve
+from medseg_kernels.registry import Backend, cpu_float_reason, register_backend, resolve
 from medseg_kernels.scan_orders import check_order
 from medseg_kernels.selective_scan.cpu import selective_scan_cpu
 from medseg_kernels.selective_scan.mamba_cuda import mamba_cuda_unavailable_reason, selective_scan_mamba_cuda
@@ -19,16 +19,7 @@ from medseg_kernels.selective_scan.triton_scan import selective_scan_triton, tri
 
 OP = "selective_scan"
 
-
-def _cpu_reason(device, dtype) -> str | None:
-    if device is not None and device.type != "cpu":
-        return f"runs on CPU tensors, not {device.type}"
-    if dtype is not None and not dtype.is_floating_point:
-        return f"needs floating-point tensors, not {dtype}"
-    return None
-
-
-register_backend(Backend(OP, "cpu", selective_scan_cpu, _cpu_reason, "chunked scan, fused per-step update, recomputing backward"))
+register_backend(Backend(OP, "cpu", selective_scan_cpu, cpu_float_reason, "chunked scan, fused per-step update, recomputing backward"))
 register_backend(Backend(OP, "cuda", selective_scan_mamba_cuda, mamba_cuda_unavailable_reason, "mamba_ssm's CUDA kernel (peer, when installed)"))
 register_backend(Backend(OP, "triton", selective_scan_triton, triton_unavailable_reason, "chunked associative scan per tile, recomputing backward"))
 register_backend(Backend(OP, "ref", selective_scan_ref, lambda device, dtype: None, "sequential pure PyTorch reference"))

@@ -35,10 +35,14 @@ def data_signature(plans: Plans, configuration: ConfigurationPlan) -> dict:
     }
 
 
+def signature_matches(folder: Path, plans: Plans, configuration: ConfigurationPlan) -> bool:
+    path = folder / SIGNATURE_FILE
+    return path.is_file() and json.loads(path.read_text()) == json.loads(json.dumps(data_signature(plans, configuration)))
+
+
 def check_signature(folder: Path, plans: Plans, configuration: ConfigurationPlan) -> None:
     """Refuse preprocessed data made for a different plan (training on them would be silently wrong)."""
-    path = folder / SIGNATURE_FILE
-    if not path.is_file() or json.loads(path.read_text()) != json.loads(json.dumps(data_signature(plans, configuration))):
+    if not signature_matches(folder, plans, configuration):
         raise MedsegError(f"{folder}: preprocessed for a different plan (or an older medseg); rerun `medseg preprocess -c {configuration.name}`")
 
 
@@ -82,9 +86,8 @@ def preprocess_dataset(
     if problems:
         raise DatasetError(f"{description.folder}: " + "; ".join(problems[:5]) + " (run `medseg datasets check`)")
     output_folder.mkdir(parents=True, exist_ok=True)
-    signature = data_signature(plans, configuration)
     signature_path = output_folder / SIGNATURE_FILE
-    if not signature_path.is_file() or json.loads(signature_path.read_text()) != json.loads(json.dumps(signature)):
+    if not signature_matches(output_folder, plans, configuration):
         overwrite = True  # made for another plan: no old case may survive
         for stale in output_folder.glob("*.json"):
             stale.unlink()  # the per-case "done" markers first, so an interruption leaves nothing counted done
@@ -94,7 +97,7 @@ def preprocess_dataset(
     failures = [f"{case_id}: {error}" for case_id, error in results if error]
     if failures:
         raise DatasetError(f"{len(failures)} case(s) failed preprocessing (the others are saved; rerun to resume): " + "; ".join(failures[:5]))
-    write_json_atomic(signature_path, signature)
+    write_json_atomic(signature_path, data_signature(plans, configuration))
     return len(todo), len(cases) - len(todo)
 
 
