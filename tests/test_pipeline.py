@@ -128,7 +128,7 @@ def test_continue_after_kill_mid_epoch(prepared_root):
 def test_two_process_ddp_training(prepared_root):
     env = dict(os.environ, MEDSEG_ROOT=str(prepared_root), OMP_NUM_THREADS="1")
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",  # --standalone: a free port, never a fixed one that may be taken
         "-m", "medseg.cli", "--debug", "train", "AbdomenMRI-demo", "3d_fullres", "2", *TINY_TRAIN, "--no-validate",
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
