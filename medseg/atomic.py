@@ -4,6 +4,7 @@ hidden temporary beside the target (same suffix, so format-sniffing writers work
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -13,7 +14,7 @@ from typing import Iterator
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yields the temporary path to write; renamed onto ``path`` when the block succeeds."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp{path.suffix}")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")  # per process: DDP ranks write the same files
     try:
         yield temporary
         temporary.replace(path)
