@@ -221,7 +221,6 @@ def kernels() -> None:
             reason = backend.unavailable_reason(device, torch.float32)
             state = "available" if reason is None else f"unavailable: {reason}"
             console.print(f"  {backend.name:8s} {state} - {backend.summary}", highlight=False)
-    console.print("not implemented yet: a Triton mlstm backend (on GPUs mlstm runs the chunkwise PyTorch code)", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------- pipeline

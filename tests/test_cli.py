@@ -44,3 +44,5 @@ def test_plan_and_train_demo_builds_checks_and_trains(tmp_path):
 def test_kernels_command_lists_backends():
     listing = run_cli("kernels", check=True).stdout
     assert "selective_scan" in listing and "cpu      available" in listing and "ref      available" in listing
+    mlstm_section = listing[listing.index("mlstm"):listing.index("selective_scan")]
+    assert "triton" in mlstm_section and "chunkwise" in mlstm_section

@@ -6,7 +6,7 @@ import torch
 
 from medseg_kernels.mlstm import mlstm, mlstm_chunkwise, mlstm_parallel_ref, mlstm_recurrent_ref
 from medseg_kernels.registry import backends, resolve
-from tests.conftest import require_peer
+from tests.conftest import require_backend, require_peer
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 2e-4, torch.bfloat16: 3e-2}
 FAST_BACKENDS = [b.name for b in backends("mlstm") if b.name != "ref"]
@@ -40,6 +40,7 @@ def assert_close(got, want, tolerance, what):
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("length", [1, 2, 37, 64, 65, 300])
 def test_backend_matches_parallel_reference_fp32(backend, length):
+    require_backend("mlstm", backend)
     tensors = make_inputs(length)
     want = run(mlstm_parallel_ref, tensors)
     got = run(lambda *t: mlstm(*t, backend=backend), tensors)
@@ -64,6 +65,7 @@ def test_recurrence_and_parallel_form_agree():
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_backend_bf16(backend):
+    require_backend("mlstm", backend)
     tensors = make_inputs(97, dtype=torch.bfloat16)
     want = run(mlstm_parallel_ref, tensors)
     got = run(lambda *t: mlstm(*t, backend=backend), tensors)
@@ -74,6 +76,7 @@ def test_backend_bf16(backend):
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_long_sequence_with_strong_forgetting(backend):
+    require_backend("mlstm", backend)
     # 3000 steps of forget gates ~0.05: the cumulative log-forget reaches -18000, where the float32
     # parallel form already loses digits (its cumsum); the backend must stay at float32 accuracy
     q, k, v, i, f = (t.detach() for t in make_inputs(3000, batch=1, heads=2, dim=8))
@@ -101,3 +104,16 @@ def test_dispatcher_choices_and_errors():
         mlstm(q, k[:, :, :4], v, i, f)
     with pytest.raises(ValueError, match="gate pre-activations have length"):
         mlstm(q, k, v, i[..., :4], f)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_gradients_where_the_normaliser_floor_wins(backend):
+    # very negative input gates: |sum C| < exp(-m) on every row, so h and its gradients go through
+    # the floor branch of the normaliser and through the stabiliser itself
+    require_backend("mlstm", backend)
+    q, k, v, i, f = (t.detach() for t in make_inputs(45, dtype=torch.float64))
+    tensors = [t.requires_grad_() for t in (q, k, v, i - 8, f)]
+    want = run(mlstm_parallel_ref, tensors)
+    got = run(lambda *t: mlstm(*t, backend=backend), tensors)
+    for name, g, w in zip(NAMES, got, want):
+        assert_close(g, w, TOLERANCE[torch.float32], f"{backend}/floor/{name}")

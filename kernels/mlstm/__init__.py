@@ -1,8 +1,9 @@
 """mLSTM cell (xLSTM / Vision-LSTM matrix memory) with one dispatcher: ``mlstm(..., backend="auto")``.
 
 Backends, best first: ``cpu`` (chunkwise, linear in sequence length; CPU float tensors),
-``chunkwise`` (the same PyTorch code on any device: the GPU path until a Triton mLSTM exists) and
-``ref`` (the quadratic parallel form, runs anywhere: the executable spec, equal to the xlstm
+``triton`` (tiled parallel form with a precomputed exact stabiliser, forward and backward kernels;
+CUDA tensors, or CPU tensors under TRITON_INTERPRET=1 for testing), ``chunkwise`` (the chunkwise
+PyTorch code on any device: the GPU fallback without Triton) and ``ref`` (the quadratic parallel form, runs anywhere: the executable spec, equal to the xlstm
 package's ``parallel_stabilized_simple``). ``mlstm_recurrent_ref`` is the same function as a step-by-step
 recurrence, kept as a second spec for the tests. Gradients come from autograd on both.
 """
@@ -13,12 +14,14 @@ import torch
 
 from medseg_kernels.mlstm.chunkwise import mlstm_chunkwise
 from medseg_kernels.mlstm.ref import EPS, mlstm_parallel_ref, mlstm_recurrent_ref
+from medseg_kernels.mlstm.triton_mlstm import mlstm_triton, triton_unavailable_reason
 from medseg_kernels.registry import Backend, cpu_float_reason, floating_point_reason, register_backend, resolve
 from medseg_kernels.scan_orders import check_order, gather_steps, scatter_steps
 
 OP = "mlstm"
 
 register_backend(Backend(OP, "cpu", mlstm_chunkwise, cpu_float_reason, "chunkwise: exact stabiliser, batched chunk matmuls, linear in S"))
+register_backend(Backend(OP, "triton", mlstm_triton, triton_unavailable_reason, "tiled parallel form, exact precomputed stabiliser, recomputing backward"))
 register_backend(Backend(OP, "chunkwise", mlstm_chunkwise, floating_point_reason, "the chunkwise form on any device (batched matmuls)"))
 register_backend(Backend(OP, "ref", mlstm_parallel_ref, lambda device, dtype: None, "quadratic parallel form (xlstm's parallel_stabilized_simple)"))
 
@@ -29,7 +32,7 @@ def mlstm(
 ) -> torch.Tensor:
     """q, k, v: (batch, heads, S, d); i, f gate pre-activations: (batch, heads, S[, 1]) -> (batch, heads, S, d).
     ``order``: step t visits position order[t] (medseg_kernels.scan_orders); h keeps the inputs' layout.
-    Both backends work on whole-sequence tensors, so another order costs one gathered copy."""
+    Every backend works on whole-sequence tensors, so another order costs one gathered copy."""
     if q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
         raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)} and v {tuple(v.shape)} must agree as (batch, heads, S, d)")
     check_order(order, q.shape[-2])
@@ -42,4 +45,4 @@ def mlstm(
     return scatter_steps(chosen.function(q, k, v, i, f, eps), order, dim=-2)
 
 
-__all__ = ["mlstm", "mlstm_chunkwise", "mlstm_parallel_ref", "mlstm_recurrent_ref"]
+__all__ = ["mlstm", "mlstm_chunkwise", "mlstm_parallel_ref", "mlstm_recurrent_ref", "mlstm_triton"]

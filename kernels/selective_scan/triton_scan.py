@@ -14,32 +14,15 @@ Semantics: medseg_kernels.selective_scan.ref (mamba_ssm's selective_scan_fn).
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from medseg_kernels.selective_scan.ref import effective_delta, skip_and_gate
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the backend reports itself unavailable
-    triton = None
+from medseg_kernels.triton_support import tl, triton, triton_unavailable_reason
 
 CHUNK = 32
 MAX_BLOCK_D = 8
 
-
-def triton_unavailable_reason(device: torch.device | None, dtype: torch.dtype | None) -> str | None:
-    if triton is None:
-        return "triton is not installed (pip install 'medseg[triton]')"
-    if device is not None and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        return "needs a CUDA device (CPU tensors only under TRITON_INTERPRET=1, for testing)"
-    if device is not None and device.type not in ("cpu", "cuda"):
-        return f"runs on CUDA tensors, not {device.type}"
-    if dtype is not None and not dtype.is_floating_point:
-        return f"needs floating-point tensors, not {dtype}"
-    return None
+__all__ = ["selective_scan_triton", "triton_unavailable_reason"]
 
 
 if triton is not None:
