@@ -64,6 +64,22 @@ def peak_memory_mb(script: str, *args: str) -> float:
     return float(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
+def memory_bandwidth_gb_s() -> float:
+    """Copy bandwidth (read + write) of a 256 MB float32 buffer, GB/s."""
+    big = torch.empty(64 * 1024 * 1024)
+    out = torch.empty_like(big)
+    seconds = timed(lambda: out.copy_(big), 5)
+    return round(2 * big.numel() * 4 / seconds / 1e9, 2)
+
+
+def batched_matmul_gflops(batch: int = 512, size: int = 64) -> float:
+    """Rate of a batched (size x size) @ (size x size) float32 matmul, the chunkwise mLSTM's building block."""
+    a, b = torch.randn(batch, size, size), torch.randn(batch, size, size)
+    out = torch.empty_like(a)
+    seconds = timed(lambda: torch.bmm(a, b, out=out), 20)
+    return round(2 * batch * size**3 / seconds / 1e9, 2)
+
+
 def machine_info() -> dict:
     info = {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(), "torch": torch.__version__}
     if torch.cuda.is_available():

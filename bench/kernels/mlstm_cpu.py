@@ -7,6 +7,9 @@ Contenders, same inputs (batch 2, 4 heads, head dim 64, float32):
 - the xlstm package: ``parallel_stabilized_simple`` (xlstm.blocks.mlstm.backends) and mlstm_kernels'
   ``chunkwise--native_autograd`` (its fastest CPU path; its ``native_custbw`` backends return wrong
   gradients, see shared/ENVIRONMENT.md). Needs MEDSEG_EXTRAS=dev,peers; skipped when not installed.
+Roofline of medseg ``cpu``: its forward does about 4 B H S (c d + d (d + 1)) matmul FLOPs (chunk c = 64:
+q k^T and weights @ v inside each chunk, q @ memory and k^T v across chunks) and must move q, k, v and h
+once; the limit is the larger of FLOPs / measured batched-matmul rate and bytes / measured bandwidth.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, peak_growth_mb, peak_memory_mb, timed  # noqa: E402
+from common import batched_matmul_gflops, machine_info, memory_bandwidth_gb_s, peak_growth_mb, peak_memory_mb, timed  # noqa: E402
 
 from medseg_kernels.mlstm import mlstm  # noqa: E402
+from medseg_kernels.mlstm.chunkwise import DEFAULT_CHUNK  # noqa: E402
 
 
 def contenders() -> dict:
@@ -66,6 +70,19 @@ def measure(name, function, tensors, args):
     }
 
 
+def roofline(ours: dict, args) -> dict:
+    limits = {"memory_bandwidth_gb_s": memory_bandwidth_gb_s(), "batched_matmul_gflops": batched_matmul_gflops(size=args.dim)}
+    steps = args.batch * args.heads * args.length
+    flops = 4 * steps * (DEFAULT_CHUNK * args.dim + args.dim * (args.dim + 1))
+    bytes_moved = 4 * 4 * steps * args.dim  # q, k, v in and h out, float32
+    compute_s = flops / (limits["batched_matmul_gflops"] * 1e9)
+    memory_s = bytes_moved / (limits["memory_bandwidth_gb_s"] * 1e9)
+    return {
+        **limits, "flops": flops, "bytes": bytes_moved, "compute_bound_s": round(compute_s, 5), "memory_bound_s": round(memory_s, 5),
+        "binding": "compute" if compute_s >= memory_s else "memory", "forward_fraction_of_limit": round(max(compute_s, memory_s) / ours["forward_s"], 3),
+    }
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=2)
@@ -104,10 +121,11 @@ def main():
         "command": "python bench/kernels/mlstm_cpu.py " + " ".join(sys.argv[1:]),
         "results": results,
         "time_ratio_other_over_medseg_cpu": ratios,
+        "roofline_medseg_cpu": roofline(ours, args),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(ratios, indent=2))
+    print(json.dumps({"ratios": ratios, "roofline": report["roofline_medseg_cpu"]}, indent=2))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, peak_growth_mb, peak_memory_mb, timed  # noqa: E402
+from common import machine_info, memory_bandwidth_gb_s, peak_growth_mb, peak_memory_mb, timed  # noqa: E402
 
 from medseg_kernels.selective_scan import selective_scan  # noqa: E402
 
@@ -85,10 +85,6 @@ def measure(name, function, length, args, repeats_backward):
 
 def machine_limits() -> dict:
     """Memory bandwidth (a large copy) and elementwise multiply-add rate (cache-resident addcmul)."""
-    big = torch.empty(64 * 1024 * 1024)  # 256 MB of float32
-    out = torch.empty_like(big)
-    seconds = timed(lambda: out.copy_(big), 5)
-    bandwidth = 2 * big.numel() * 4 / seconds  # read + write
     state = torch.randn(2 * 192 * 16)  # the (batch, D, N) state of the benchmark shape
     a, b = torch.randn_like(state), torch.randn_like(state)
     steps = 20000
@@ -96,7 +92,7 @@ def machine_limits() -> dict:
     for _ in range(steps):
         torch.addcmul(b, a, state, out=state)
     fma_rate = 2 * state.numel() * steps / (time.perf_counter() - start)
-    return {"memory_bandwidth_gb_s": round(bandwidth / 1e9, 2), "elementwise_gflops": round(fma_rate / 1e9, 2)}
+    return {"memory_bandwidth_gb_s": memory_bandwidth_gb_s(), "elementwise_gflops": round(fma_rate / 1e9, 2)}
 
 
 def roofline(result: dict, args, limits: dict) -> dict:
