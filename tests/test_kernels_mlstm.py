@@ -117,3 +117,15 @@ def test_gradients_where_the_normaliser_floor_wins(backend):
     got = run(lambda *t: mlstm(*t, backend=backend), tensors)
     for name, g, w in zip(NAMES, got, want):
         assert_close(g, w, TOLERANCE[torch.float32], f"{backend}/floor/{name}")
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("dim", [1, 24, 80])
+def test_head_dims_that_are_not_tile_sized(backend, dim):
+    # the Triton tiles pad the head dim to a power of two >= 16 and mask the rest
+    require_backend("mlstm", backend)
+    tensors = make_inputs(70, batch=1, heads=2, dim=dim)
+    want = run(mlstm_parallel_ref, tensors)
+    got = run(lambda *t: mlstm(*t, backend=backend), tensors)
+    for name, g, w in zip(NAMES, got, want):
+        assert_close(g, w, TOLERANCE[torch.float32], f"{backend}/d={dim}/{name}")
