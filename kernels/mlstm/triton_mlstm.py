@@ -45,6 +45,28 @@ if triton is not None:
         return tl.where(keep, log_w, float("-inf"))
 
     @triton.jit
+    def _rows(ptr, base, rows, d, mask_rows, mask_d, dim):
+        # a (rows, BLOCK_D) float32 tile of a contiguous (batch * heads, S, d) tensor
+        return tl.load(ptr + (base + rows)[:, None] * dim + d[None, :], mask=mask_rows[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _query_side(q_ptr, grad_num_ptr, grad_row_sum_ptr, offset_ptr, stabiliser_ptr, base, t, d, mask_t, mask_d, dim):
+        # what the backward needs of query rows t: q, dL/dA, dL/dR, in-block forget offset, stabiliser
+        q = _rows(q_ptr, base, t, d, mask_t, mask_d, dim)
+        grad_num = _rows(grad_num_ptr, base, t, d, mask_t, mask_d, dim)
+        grad_row_sum = tl.load(grad_row_sum_ptr + base + t, mask=mask_t, other=0.0)
+        log_f_t = tl.load(offset_ptr + base + t, mask=mask_t, other=0.0)
+        stabiliser_t = tl.load(stabiliser_ptr + base + t, mask=mask_t, other=0.0)
+        return q, grad_num, grad_row_sum, log_f_t, stabiliser_t
+
+    @triton.jit
+    def _tile_gradients(q, k, v, grad_num, grad_row_sum, weight, scale):
+        # C = (q k^T) scale weight; dL/dC = dL/dA v^T + dL/dR; returns q k^T and dL/d(q k^T)
+        scores_qk = tl.dot(q, tl.trans(k), input_precision="ieee")
+        grad_qk = (tl.dot(grad_num, tl.trans(v), input_precision="ieee") + grad_row_sum[:, None]) * weight * scale
+        return scores_qk, grad_qk
+
+    @triton.jit
     def _mlstm_forward_kernel(
         q_ptr, k_ptr, v_ptr, igate_ptr, offset_ptr, block_start_ptr, stabiliser_ptr, h_ptr, row_sum_ptr,
         length, dim, blocks, scale, eps,
@@ -56,8 +78,7 @@ if triton is not None:
         d = tl.arange(0, BLOCK_D)
         mask_t, mask_d = t < length, d < dim
         base = sequence * length  # (batch * heads, S) gate tensors
-        tile_t = (base + t)[:, None] * dim + d[None, :]  # (batch * heads, S, d) contiguous
-        q = tl.load(q_ptr + tile_t, mask=mask_t[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+        q = _rows(q_ptr, base, t, d, mask_t, mask_d, dim)
         log_f_t = tl.load(offset_ptr + base + t, mask=mask_t, other=0.0)
         stabiliser_t = tl.load(stabiliser_ptr + base + t, mask=mask_t, other=0.0)
         numerator = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
@@ -65,9 +86,7 @@ if triton is not None:
         for s_block in range(0, t_block + 1):
             s = s_block * BLOCK_T + tl.arange(0, BLOCK_T)
             mask_s = s < length
-            tile_s = (base + s)[:, None] * dim + d[None, :]
-            k = tl.load(k_ptr + tile_s, mask=mask_s[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-            v = tl.load(v_ptr + tile_s, mask=mask_s[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+            k, v = _rows(k_ptr, base, s, d, mask_s, mask_d, dim), _rows(v_ptr, base, s, d, mask_s, mask_d, dim)
             log_w = _log_weights(
                 block_start_ptr, offset_ptr + base, igate_ptr + base, sequence * blocks, t_block, s_block, t, s, mask_t, mask_s,
                 log_f_t, stabiliser_t,
@@ -76,7 +95,7 @@ if triton is not None:
             numerator += tl.dot(scores, v, input_precision="ieee")
             row_sum += tl.sum(scores, axis=1)
         normaliser = tl.maximum(tl.abs(row_sum), tl.exp(-stabiliser_t)) + eps
-        tl.store(h_ptr + tile_t, numerator / normaliser[:, None], mask=mask_t[:, None] & mask_d[None, :])
+        tl.store(h_ptr + (base + t)[:, None] * dim + d[None, :], numerator / normaliser[:, None], mask=mask_t[:, None] & mask_d[None, :])
         tl.store(row_sum_ptr + base + t, row_sum, mask=mask_t)
 
     @triton.jit
@@ -92,31 +111,23 @@ if triton is not None:
         d = tl.arange(0, BLOCK_D)
         mask_t, mask_d = t < length, d < dim
         base = sequence * length
-        tile_t = (base + t)[:, None] * dim + d[None, :]
-        mask_td = mask_t[:, None] & mask_d[None, :]
-        q = tl.load(q_ptr + tile_t, mask=mask_td, other=0.0).to(tl.float32)
-        grad_num = tl.load(grad_num_ptr + tile_t, mask=mask_td, other=0.0)
-        grad_row_sum = tl.load(grad_row_sum_ptr + base + t, mask=mask_t, other=0.0)
-        log_f_t = tl.load(offset_ptr + base + t, mask=mask_t, other=0.0)
-        stabiliser_t = tl.load(stabiliser_ptr + base + t, mask=mask_t, other=0.0)
+        q, grad_num, grad_row_sum, log_f_t, stabiliser_t = _query_side(
+            q_ptr, grad_num_ptr, grad_row_sum_ptr, offset_ptr, stabiliser_ptr, base, t, d, mask_t, mask_d, dim,
+        )
         grad_q = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
         row_p = tl.zeros((BLOCK_T,), dtype=tl.float32)
         for s_block in range(0, t_block + 1):
             s = s_block * BLOCK_T + tl.arange(0, BLOCK_T)
             mask_s = s < length
-            tile_s = (base + s)[:, None] * dim + d[None, :]
-            k = tl.load(k_ptr + tile_s, mask=mask_s[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-            v = tl.load(v_ptr + tile_s, mask=mask_s[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+            k, v = _rows(k_ptr, base, s, d, mask_s, mask_d, dim), _rows(v_ptr, base, s, d, mask_s, mask_d, dim)
             weight = tl.exp(_log_weights(
                 block_start_ptr, offset_ptr + base, igate_ptr + base, sequence * blocks, t_block, s_block, t, s, mask_t, mask_s,
                 log_f_t, stabiliser_t,
             ))
-            grad_scores = tl.dot(grad_num, tl.trans(v), input_precision="ieee") + grad_row_sum[:, None]  # dL/dC
-            grad_qk = grad_scores * weight * scale
+            scores_qk, grad_qk = _tile_gradients(q, k, v, grad_num, grad_row_sum, weight, scale)
             grad_q += tl.dot(grad_qk, k, input_precision="ieee")
-            scores_qk = tl.dot(q, tl.trans(k), input_precision="ieee")
             row_p += tl.sum(grad_qk * scores_qk, axis=1)  # dC * C: the gradient of log D[t, s]
-        tl.store(grad_q_ptr + tile_t, grad_q, mask=mask_td)
+        tl.store(grad_q_ptr + (base + t)[:, None] * dim + d[None, :], grad_q, mask=mask_t[:, None] & mask_d[None, :])
         tl.store(row_p_ptr + base + t, row_p, mask=mask_t)
 
     @triton.jit
@@ -132,35 +143,27 @@ if triton is not None:
         d = tl.arange(0, BLOCK_D)
         mask_s, mask_d = s < length, d < dim
         base = sequence * length
-        tile_s = (base + s)[:, None] * dim + d[None, :]
-        mask_sd = mask_s[:, None] & mask_d[None, :]
-        k = tl.load(k_ptr + tile_s, mask=mask_sd, other=0.0).to(tl.float32)
-        v = tl.load(v_ptr + tile_s, mask=mask_sd, other=0.0).to(tl.float32)
+        k, v = _rows(k_ptr, base, s, d, mask_s, mask_d, dim), _rows(v_ptr, base, s, d, mask_s, mask_d, dim)
         grad_k = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
         grad_v = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
         column_p = tl.zeros((BLOCK_T,), dtype=tl.float32)
         for t_block in range(s_block, blocks):
             t = t_block * BLOCK_T + tl.arange(0, BLOCK_T)
             mask_t = t < length
-            tile_t = (base + t)[:, None] * dim + d[None, :]
-            mask_td = mask_t[:, None] & mask_d[None, :]
-            q = tl.load(q_ptr + tile_t, mask=mask_td, other=0.0).to(tl.float32)
-            grad_num = tl.load(grad_num_ptr + tile_t, mask=mask_td, other=0.0)
-            grad_row_sum = tl.load(grad_row_sum_ptr + base + t, mask=mask_t, other=0.0)
-            log_f_t = tl.load(offset_ptr + base + t, mask=mask_t, other=0.0)
-            stabiliser_t = tl.load(stabiliser_ptr + base + t, mask=mask_t, other=0.0)
+            q, grad_num, grad_row_sum, log_f_t, stabiliser_t = _query_side(
+                q_ptr, grad_num_ptr, grad_row_sum_ptr, offset_ptr, stabiliser_ptr, base, t, d, mask_t, mask_d, dim,
+            )
             weight = tl.exp(_log_weights(
                 block_start_ptr, offset_ptr + base, igate_ptr + base, sequence * blocks, t_block, s_block, t, s, mask_t, mask_s,
                 log_f_t, stabiliser_t,
             ))  # (t, s)
-            scores_qk = tl.dot(q, tl.trans(k), input_precision="ieee")
-            scores = scores_qk * scale * weight
-            grad_v += tl.dot(tl.trans(scores), grad_num, input_precision="ieee")
-            grad_qk = (tl.dot(grad_num, tl.trans(v), input_precision="ieee") + grad_row_sum[:, None]) * weight * scale
+            scores_qk, grad_qk = _tile_gradients(q, k, v, grad_num, grad_row_sum, weight, scale)
+            grad_v += tl.dot(tl.trans(scores_qk * scale * weight), grad_num, input_precision="ieee")
             grad_k += tl.dot(tl.trans(grad_qk), q, input_precision="ieee")
             column_p += tl.sum(grad_qk * scores_qk, axis=0)
-        tl.store(grad_k_ptr + tile_s, grad_k, mask=mask_sd)
-        tl.store(grad_v_ptr + tile_s, grad_v, mask=mask_sd)
+        tile_s = (base + s)[:, None] * dim + d[None, :]
+        tl.store(grad_k_ptr + tile_s, grad_k, mask=mask_s[:, None] & mask_d[None, :])
+        tl.store(grad_v_ptr + tile_s, grad_v, mask=mask_s[:, None] & mask_d[None, :])
         tl.store(column_p_ptr + base + s, column_p, mask=mask_s)
 
 
