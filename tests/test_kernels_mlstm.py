@@ -102,8 +102,12 @@ def test_dispatcher_choices_and_errors():
         mlstm(q, k, v, i, f, backend="nonsense")
     with pytest.raises(ValueError, match="must agree"):
         mlstm(q, k[:, :, :4], v, i, f)
-    with pytest.raises(ValueError, match="gate pre-activations have length"):
+    with pytest.raises(ValueError, match="gate pre-activations i must be"):
         mlstm(q, k, v, i[..., :4], f)
+    with pytest.raises(ValueError, match="gate pre-activations f must be"):
+        mlstm(q, k, v, i, f[:1])
+    with pytest.raises(ValueError, match="must agree"):
+        mlstm(q[0], k[0], v[0], i[0], f[0])
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)

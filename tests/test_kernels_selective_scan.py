@@ -92,6 +92,27 @@ def test_auto_picks_cpu_for_cpu_tensors_and_rejects_unknown():
         resolve("selective_scan", "nonsense", torch.device("cpu"), torch.float32)
 
 
+BAD_SHAPES = {
+    "delta": ({"delta": (2, 8, 9)}, "delta must have u's shape"),
+    "A": ({"A": (7, 4)}, "A must be"),
+    "B state": ({"B": (2, 5, 10)}, "B must be"),
+    "C length": ({"C": (2, 4, 9)}, "C must be"),
+    "groups": ({"B": (2, 3, 4, 10), "C": (2, 3, 4, 10)}, "with G dividing 8"),
+    "u": ({"u": (8, 10)}, "u must be"),
+    "D": ({"D": (7,)}, "D must be"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SHAPES)
+def test_bad_shapes_name_the_argument(case):
+    shapes, message = BAD_SHAPES[case]
+    arguments = {"u": (2, 8, 10), "delta": (2, 8, 10), "A": (8, 4), "B": (2, 4, 10), "C": (2, 4, 10), "D": None, **shapes}
+    tensors = {name: None if shape is None else torch.rand(shape) for name, shape in arguments.items()}
+    for backend in ("auto", "ref"):
+        with pytest.raises(ValueError, match=message):
+            selective_scan(**tensors, backend=backend)
+
+
 @pytest.mark.parametrize("layout", ["varying", "grouped", "invariant"])
 def test_reference_equals_mamba_ssm_reference(layout):
     """Our spec against mamba_ssm's own selective_scan_ref (a heavy peer, used only where installed)."""

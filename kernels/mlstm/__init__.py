@@ -33,8 +33,11 @@ def mlstm(
     """q, k, v: (batch, heads, S, d); i, f gate pre-activations: (batch, heads, S[, 1]) -> (batch, heads, S, d).
     ``order``: step t visits position order[t] (medseg_kernels.scan_orders); h keeps the inputs' layout.
     Every backend works on whole-sequence tensors, so another order costs one gathered copy."""
-    if q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
+    if q.dim() != 4 or q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
         raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)} and v {tuple(v.shape)} must agree as (batch, heads, S, d)")
+    for name, gate in (("i", i), ("f", f)):
+        if tuple(gate.shape) not in (tuple(q.shape[:-1]), (*q.shape[:-1], 1)):
+            raise ValueError(f"gate pre-activations {name} must be (batch, heads, S) = {tuple(q.shape[:-1])} or with a trailing 1, got {tuple(gate.shape)}")
     check_order(order, q.shape[-2])
     chosen = resolve(OP, backend, q.device, q.dtype)
     if order is None:

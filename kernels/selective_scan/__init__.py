@@ -12,6 +12,7 @@ import torch
 
 from medseg_kernels.registry import Backend, cpu_float_reason, register_backend, resolve
 from medseg_kernels.scan_orders import check_order
+from medseg_kernels.selective_scan.arguments import check_arguments
 from medseg_kernels.selective_scan.cpu import selective_scan_cpu
 from medseg_kernels.selective_scan.mamba_cuda import mamba_cuda_unavailable_reason, selective_scan_mamba_cuda
 from medseg_kernels.selective_scan.ref import selective_scan_ref
@@ -41,6 +42,7 @@ def selective_scan(
 ):
     """u, delta, z: (batch, D, L); A: (D, N); B, C: (D, N), (batch, N, L) or (batch, G, N, L).
     ``order``: scan step t visits position order[t] (medseg_kernels.scan_orders); y keeps u's layout."""
+    check_arguments(u, delta, A, B, C, D, z, delta_bias)
     check_order(order, u.shape[-1])
     chosen = resolve(OP, backend, u.device, u.dtype)
     return chosen.function(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, order=order)
