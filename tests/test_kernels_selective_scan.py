@@ -84,10 +84,10 @@ def test_long_sequence_without_optional_inputs(backend):
     assert_close(got.detach(), want.detach(), 1e-4, f"{backend}/L=2500")
 
 
-def test_auto_picks_cpu_for_cpu_tensors_and_rejects_unknown():
+def test_auto_picks_numba_for_cpu_tensors_and_rejects_unknown():
     from medseg_kernels.registry import resolve
 
-    assert resolve("selective_scan", "auto", torch.device("cpu"), torch.float32).name == "cpu"
+    assert resolve("selective_scan", "auto", torch.device("cpu"), torch.float32).name == "numba"  # numba is a dependency
     with pytest.raises(ValueError, match="unknown backend"):
         resolve("selective_scan", "nonsense", torch.device("cpu"), torch.float32)
 

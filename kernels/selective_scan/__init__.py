@@ -1,6 +1,7 @@
 """Selective scan (Mamba S6) with one dispatcher: ``selective_scan(..., backend="auto")``.
 
-Backends, best first for the tensors' device: ``cpu`` (chunked, hand-written backward; CPU tensors),
+Backends, best first for the tensors' device: ``numba`` (fused compiled loops, forward and backward;
+CPU tensors, when numba is installed), ``cpu`` (chunked PyTorch, hand-written backward; CPU tensors),
 ``cuda`` (mamba_ssm's CUDA kernel, when mamba_ssm is installed on a GPU machine), ``triton`` (our
 GPU kernels, forward and backward; on CPU tensors only under TRITON_INTERPRET=1, for testing) and
 ``ref`` (sequential pure PyTorch, runs anywhere: the executable spec).
@@ -14,12 +15,14 @@ from medseg_kernels.registry import Backend, cpu_float_reason, register_backend,
 from medseg_kernels.scan_orders import check_order
 from medseg_kernels.selective_scan.arguments import check_arguments
 from medseg_kernels.selective_scan.cpu import selective_scan_cpu
+from medseg_kernels.selective_scan.numba_scan import numba_unavailable_reason, selective_scan_numba
 from medseg_kernels.selective_scan.mamba_cuda import mamba_cuda_unavailable_reason, selective_scan_mamba_cuda
 from medseg_kernels.selective_scan.ref import selective_scan_ref
 from medseg_kernels.selective_scan.triton_scan import selective_scan_triton, triton_unavailable_reason
 
 OP = "selective_scan"
 
+register_backend(Backend(OP, "numba", selective_scan_numba, numba_unavailable_reason, "fused compiled loop per channel, checkpointed recomputing backward"))
 register_backend(Backend(OP, "cpu", selective_scan_cpu, cpu_float_reason, "chunked scan, fused per-step update, recomputing backward"))
 register_backend(Backend(OP, "cuda", selective_scan_mamba_cuda, mamba_cuda_unavailable_reason, "mamba_ssm's CUDA kernel (peer, when installed)"))
 register_backend(Backend(OP, "triton", selective_scan_triton, triton_unavailable_reason, "chunked associative scan per tile, recomputing backward"))
@@ -48,4 +51,4 @@ def selective_scan(
     return chosen.function(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, order=order)
 
 
-__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_cpu", "selective_scan_triton", "selective_scan_mamba_cuda"]
+__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_cpu", "selective_scan_numba", "selective_scan_triton", "selective_scan_mamba_cuda"]
