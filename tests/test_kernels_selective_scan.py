@@ -129,3 +129,32 @@ def test_reference_equals_mamba_ssm_reference(layout):
     their_y, their_last = theirs(*tensors, **extras, delta_softplus=True, return_last_state=True)
     assert_close(ours_y.detach(), their_y.detach(), 1e-5, f"{layout}/y")
     assert_close(ours_last.detach(), their_last.detach().float(), 1e-5, f"{layout}/last_state")
+
+
+CONCURRENT_CALLERS = """
+import torch
+from concurrent.futures import ThreadPoolExecutor
+from medseg_kernels.selective_scan import selective_scan
+g = torch.Generator().manual_seed(0)
+u, delta = torch.randn(2, 64, 2000, generator=g), torch.rand(2, 64, 2000, generator=g)
+A, B, C = -torch.rand(64, 16, generator=g), torch.randn(2, 16, 2000, generator=g), torch.randn(2, 16, 2000, generator=g)
+want = selective_scan(u, delta, A, B, C, backend="numba")
+with ThreadPoolExecutor(4) as pool:
+    results = list(pool.map(lambda _: selective_scan(u, delta, A, B, C, backend="numba"), range(16)))
+print("equal", all(torch.equal(r, want) for r in results))
+"""
+
+
+def test_numba_backend_survives_concurrent_callers():
+    # a threaded server calls the kernel from several threads at once; numba's "workqueue" threading
+    # layer (the default where no OpenMP/TBB is found) aborts the process on concurrent launches
+    # unless the calls take turns. A child process, so that an abort fails the test, not the run.
+    require_backend("selective_scan", "numba")
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
+    result = subprocess.run([sys.executable, "-c", CONCURRENT_CALLERS], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "equal True" in result.stdout

@@ -16,6 +16,7 @@ kernel. Semantics: medseg_kernels.selective_scan.ref (mamba_ssm's selective_scan
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
@@ -29,6 +30,9 @@ except ImportError:  # the backend reports itself unavailable
     numba = None
 
 CHUNK = 64
+# Numba's default "workqueue" threading layer aborts the process when two threads launch parallel
+# kernels at once (a threaded server, say); each call already uses every core, so calls take turns.
+_LAUNCH = threading.Lock()
 
 __all__ = ["numba_unavailable_reason", "selective_scan_numba"]
 
@@ -153,7 +157,8 @@ class _SelectiveScanNumba(torch.autograd.Function):
         y = torch.empty_like(u)
         checkpoints = u.new_empty(batch, channels, -(-length // CHUNK), A.shape[1])
         last = u.new_empty(batch, channels, A.shape[1])
-        _forward_kernel(_array(u), _array(delta), _array(A), _array(B_k), _array(C_k), _array(positions), CHUNK, _array(y), _array(checkpoints), _array(last))
+        with _LAUNCH:
+            _forward_kernel(_array(u), _array(delta), _array(A), _array(B_k), _array(C_k), _array(positions), CHUNK, _array(y), _array(checkpoints), _array(last))
         ctx.save_for_backward(u, delta, A, B, C, B_k, C_k, positions, checkpoints)
         return y, last
 
@@ -167,11 +172,12 @@ class _SelectiveScanNumba(torch.autograd.Function):
         grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
         grad_A_parts = u.new_zeros(parts, *A.shape)
         grad_B_parts, grad_C_parts = u.new_zeros(parts, *B_k.shape), u.new_zeros(parts, *C_k.shape)
-        _backward_kernel(
-            _array(u), _array(delta), _array(A), _array(B_k), _array(C_k), _array(positions), CHUNK, _array(checkpoints),
-            _array(grad_y), _array(grad_last), _array(grad_u), _array(grad_delta),
-            _array(grad_A_parts), _array(grad_B_parts), _array(grad_C_parts),
-        )
+        with _LAUNCH:
+            _backward_kernel(
+                _array(u), _array(delta), _array(A), _array(B_k), _array(C_k), _array(positions), CHUNK, _array(checkpoints),
+                _array(grad_y), _array(grad_last), _array(grad_u), _array(grad_delta),
+                _array(grad_A_parts), _array(grad_B_parts), _array(grad_C_parts),
+            )
         grad_B, grad_C = _to_layout(grad_B_parts.sum(0), B), _to_layout(grad_C_parts.sum(0), C)
         return grad_u, grad_delta, grad_A_parts.sum(0), grad_B, grad_C, None
 
