@@ -158,3 +158,18 @@ def test_numba_backend_survives_concurrent_callers():
     result = subprocess.run([sys.executable, "-c", CONCURRENT_CALLERS], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "equal True" in result.stdout
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_decays_below_the_exp_floor_keep_the_reference_results(backend):
+    # delta * A down to -160: the CPU kernels floor exp's argument at -87 (the slow denormal path);
+    # outputs and gradients must still match the reference, which does not
+    require_backend("selective_scan", backend)
+    tensors, extras = make_inputs("varying", 70)
+    with torch.no_grad():
+        tensors[1].mul_(0).add_(torch.linspace(0.1, 10, 70))
+        tensors[2].mul_(8)  # A in [-16, 0]
+    want = run("ref", tensors, extras, softplus=False)
+    got = run(backend, tensors, extras, softplus=False)
+    for name, g, w in zip(NAMES, got, want):
+        assert_close(g, w, TOLERANCE[torch.float32], f"{backend}/{name}")

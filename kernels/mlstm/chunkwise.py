@@ -18,19 +18,16 @@ import torch
 import torch.nn.functional as F
 
 from medseg_kernels.mlstm.ref import EPS, compute_dtype, gate_preactivations
+from medseg_kernels.numerics import EXP_FLOOR
 
 DEFAULT_CHUNK = 64
 _NEG = -1e30  # "no past yet": finite, so that no inf - inf reaches autograd
-# exp of arguments below about -87.3 (denormal or zero results) runs 30-100x slower on x86 CPUs:
-# arguments are floored where exp(floor) is the smallest normal float32 scale, a weight ~1e-38
-# beside the stabilised maximum of 1, i.e. no change to any result.
-_EXP_FLOOR = -87.0
 _EXP_CEILING = 30.0  # masked (future) entries only: keeps exp finite so that 0 * exp stays 0 in the backward
 
 
 def _exp_nonpositive(x: torch.Tensor) -> torch.Tensor:
-    """exp of stabilised log-weights (<= 0), with the floor above."""
-    return torch.exp(x.clamp_min(_EXP_FLOOR))
+    """exp of stabilised log-weights (<= 0), floored (medseg_kernels.numerics: the slow denormal path)."""
+    return torch.exp(x.clamp_min(EXP_FLOOR))
 
 
 class _ChunkStates(torch.autograd.Function):
@@ -113,7 +110,7 @@ def mlstm_chunkwise(q, k, v, i, f, eps: float = EPS, chunk: int = DEFAULT_CHUNK)
     row_max = torch.maximum(stabiliser_in[..., None], running)  # m_t - b_t, (b, h, n, c)
     past_weight = _exp_nonpositive(stabiliser_in[..., None] - row_max)[..., None]  # (b, h, n, c, 1)
     causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()
-    log_weight = (write_log[..., None, :] - row_max[..., :, None]).clamp(_EXP_FLOOR, _EXP_CEILING)  # (b, h, n, t, s)
+    log_weight = (write_log[..., None, :] - row_max[..., :, None]).clamp(EXP_FLOOR, _EXP_CEILING)  # (b, h, n, t, s)
     scores = (qc @ kc.transpose(-2, -1)) * torch.exp(log_weight).masked_fill(~causal, 0.0)
     sums = torch.baddbmm(  # (b * h * n, c, d + 1): numerator | row sum of the weights
         (scores @ vc).reshape(-1, chunk, dim + 1), (qc * past_weight).reshape(-1, chunk, dim), state_in.reshape(-1, dim, dim + 1)

@@ -20,6 +20,7 @@ import threading
 
 import torch
 
+from medseg_kernels.numerics import EXP_FLOOR
 from medseg_kernels.registry import cpu_float_reason
 from medseg_kernels.selective_scan.ref import effective_delta, skip_and_gate
 
@@ -44,6 +45,7 @@ def numba_unavailable_reason(device: torch.device | None, dtype: torch.dtype | N
 
 
 if numba is not None:
+    _FLOOR32 = np.float32(EXP_FLOOR)  # float32: a float64 constant would turn exp into the double-precision one (2x slower)
 
     @numba.njit(parallel=True, fastmath=True, cache=True)
     def _forward_kernel(u, delta, A, B, C, positions, chunk, y, checkpoints, last):  # pragma: no cover - compiled
@@ -66,7 +68,7 @@ if numba is not None:
                 drive = step * u[row, channel, p]
                 out = np.float32(0.0)
                 for n in range(state):
-                    h[n] = math.exp(step * A[channel, n]) * h[n] + drive * B[b_row, b_group, p * b_time, n]
+                    h[n] = math.exp(max(step * A[channel, n], _FLOOR32)) * h[n] + drive * B[b_row, b_group, p * b_time, n]
                     out += h[n] * C[c_row, c_group, p * c_time, n]
                 y[row, channel, p] = out
             last[row, channel, :] = h
@@ -102,7 +104,7 @@ if numba is not None:
                         drive = step * u[row, channel, p]
                         j = t - start
                         for n in range(state):
-                            decays[j, n] = math.exp(step * A[channel, n])
+                            decays[j, n] = math.exp(max(step * A[channel, n], _FLOOR32))
                             states[j + 1, n] = decays[j, n] * states[j, n] + drive * B[b_row, b_group, p * b_time, n]
                     for t in range(stop - 1, start - 1, -1):
                         p = positions[t]
