@@ -446,6 +446,7 @@ def plan_and_train(
     replan: bool = typer.Option(False, "--replan", help="Fingerprint and plan again even if plans exist."),
     device: Optional[str] = typer.Option(None, "--device"),
     workers: Optional[int] = typer.Option(None, "--workers"),
+    model: str = typer.Option("unet", "--model", help="Registered model family (see `medseg models`); plans are named medsegPlans_<model> for families other than unet."),
 ) -> None:
     """Run the whole self-configuring pipeline and print the cross-validation Dice table.
 
@@ -468,6 +469,7 @@ def plan_and_train(
     reports = run_plan_and_train(
         folder, configurations or None, fold_list, options_for, memory_gb, replan=replan, workers=workers,
         log=lambda m: console.print(m, highlight=False), training_seconds=time_budget * 60 / runs if time_budget else None,
+        model=model, plans_name="medsegPlans" if model == "unet" else f"medsegPlans_{model}",
     )
     print_dice_table({f"{name} cross-validation": report for name, report in reports.items()})
 

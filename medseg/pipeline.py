@@ -192,11 +192,12 @@ def run_plan_and_train(
     workers: int | None = None,
     log: Callable[[str], None] = print,
     training_seconds: float | None = None,
+    model: str = "unet",
 ) -> dict[str, dict]:
     """fingerprint -> plan -> preprocess -> train each fold -> cross-validation report per
     configuration. Resumable: finished folds are kept, interrupted ones continue from their
     latest checkpoint. ``options_factory(num_runs)`` gives the training options of each run;
-    ``training_seconds`` is one run's budget, for the plan."""
+    ``training_seconds`` is one run's budget, for the plan; ``model`` the registered family planned."""
     from medseg.evaluation.crossval import best_configuration, collect_crossval
     from medseg.planning.fingerprint import Fingerprint
 
@@ -213,11 +214,14 @@ def run_plan_and_train(
         log(f"fingerprint: {fingerprint_file}")
     plans_file = plans_path(raw_folder, plans_name)
     if replan or stale or not plans_file.is_file():
-        plans = run_plan(raw_folder, memory_gb=memory_gb, plans_name=plans_name, training_seconds=training_seconds)
+        plans = run_plan(raw_folder, model, memory_gb=memory_gb, plans_name=plans_name, training_seconds=training_seconds)
         log(f"plans: {plans_file} ({plans.planner['mode']} budget)")
     else:
         plans = load_plans(raw_folder, plans_name)
         log(f"plans: reusing {plans_file} (--replan to plan again)")
+        planned = {c.architecture["name"] for c in plans.configurations.values()}
+        if planned != {model}:
+            raise MedsegError(f"{plans_file} plans {', '.join(sorted(planned))}, not {model}: use another plans name or --replan")
     chosen = list(configurations) if configurations else default_configurations(plans)
     for name in chosen:
         c = plans.configuration(name)

@@ -170,3 +170,25 @@ def test_bad_case_is_named_and_the_rest_is_kept(tmp_path):
     assert done == ["demo_000.json", "demo_002.json"]
     result = run_cli("fingerprint", "AbdomenMRI-demo", root=root)
     assert result.returncode == 1 and "demo_001_0000.nii.gz" in result.stderr
+
+
+@pytest.mark.slow
+def test_umamba_bot_plans_trains_and_predicts_through_the_cli(prepared_root, tmp_path):
+    # another registered family through the same pipeline: its plans (under their own name) carry
+    # the Mamba layer's settings, and training and inference run on the selective-scan kernels
+    result = run_cli("plan-and-train", "--task", "AbdomenMRI", "--demo", "--model", "umamba_bot", "--folds", "0", *TINY_TRAIN, root=prepared_root, check=True)
+    assert "umamba_bot features" in result.stdout and "3d_fullres cross-validation" in result.stdout
+    plans = json.loads((prepared_root / "preprocessed" / DATASET / "medsegPlans_umamba_bot.json").read_text())
+    architecture = plans["configurations"]["3d_fullres"]["architecture"]
+    assert architecture["name"] == "umamba_bot" and architecture["kwargs"]["mamba_state"] == 16
+    folder = prepared_root / "results" / DATASET / "umamba_bot__medsegPlans_umamba_bot__3d_fullres"
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "demo_007_0000.nii.gz").write_bytes((prepared_root / "raw" / DATASET / "imagesTr" / "demo_007_0000.nii.gz").read_bytes())
+    run_cli("predict", "-i", inputs, "-o", tmp_path / "out", "-m", folder, "--no-tta", root=prepared_root, check=True)
+    prediction = read_image(tmp_path / "out" / "demo_007.nii.gz")
+    assert prediction.array.shape == read_image(inputs / "demo_007_0000.nii.gz").array.shape
+    # plans of another family under that name are refused, not silently trained as U-Mamba
+    run_cli("plan", "AbdomenMRI-demo", "--plans-name", "medsegPlans_umamba_bot", root=prepared_root, check=True)
+    refused = run_cli("plan-and-train", "--task", "AbdomenMRI", "--demo", "--model", "umamba_bot", "--folds", "0", *TINY_TRAIN, root=prepared_root)
+    assert refused.returncode == 1 and "plans unet, not umamba_bot" in refused.stderr

@@ -39,7 +39,7 @@ def register_model(family: ModelFamily) -> ModelFamily:
 
 def _load_families() -> None:
     # importing a family module registers it; heavy optional dependencies stay inside builders
-    from medseg.models import unet  # noqa: F401
+    from medseg.models import umamba, unet  # noqa: F401
 
 
 def list_models() -> list[ModelFamily]:

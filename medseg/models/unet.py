@@ -55,7 +55,10 @@ class PlainUNet(nn.Module):
         n_conv_per_stage: Sequence[int],
         n_conv_per_stage_decoder: Sequence[int],
         deep_supervision: bool = False,
+        bottleneck: nn.Module | None = None,
     ):
+        """``bottleneck``: a (B, C, *spatial) -> same module applied to the deepest features (other
+        families plug in here: U-Mamba Bot's Mamba layer); identity for the plain U-Net."""
         super().__init__()
         ndim = len(kernel_sizes[0])
         self.ndim, self.deep_supervision = ndim, deep_supervision
@@ -75,6 +78,7 @@ class PlainUNet(nn.Module):
             self.decoder.append(conv_stage(ndim, convs, 2 * skip, skip, kernel_sizes[level], [1] * ndim))
             self.heads.append(_conv(ndim)(skip, num_classes, 1, 1, 0, bias=True))
         self.apply(_init_he)
+        self.bottleneck = bottleneck if bottleneck is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """x: (B, C, *spatial) -> logits (B, K, *spatial); with deep supervision a list, full resolution first."""
@@ -83,7 +87,7 @@ class PlainUNet(nn.Module):
             x = stage(x)
             skips.append(x)
         outputs = []
-        x = skips[-1]
+        x = skips[-1] = self.bottleneck(skips[-1])
         for index, (up, stage, head) in enumerate(zip(self.upsample, self.decoder, self.heads)):
             x = stage(torch.cat((up(x), skips[-(index + 2)]), dim=1))
             if self.deep_supervision or index == len(self.decoder) - 1:
