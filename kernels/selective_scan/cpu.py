@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from medseg_kernels.numerics import EXP_FLOOR
-from medseg_kernels.selective_scan.ref import effective_delta, skip_and_gate
+from medseg_kernels.selective_scan.ref import around_core
 
 CHUNK = 64  # at B=2, D=192, N=16 on 2 cores: 32..128 within 10%, 256 is 30% slower (fwd+bwd)
 
@@ -183,9 +183,7 @@ def selective_scan_cpu(
     chunk: int = CHUNK,
 ):
     """Same signature and results as selective_scan_ref; computes in float32 (bf16/fp16 inputs too)."""
-    dtype_out = u.dtype
-    u32 = u.float().contiguous()
-    delta32 = effective_delta(delta, delta_bias, delta_softplus).contiguous()
-    y, last_state = _SelectiveScanCPU.apply(u32, delta32, A.float(), B.float(), C.float(), chunk, order)
-    y = skip_and_gate(y, u32, D, z).to(dtype_out)
-    return (y, last_state) if return_last_state else y
+    def core(*tensors):
+        return _SelectiveScanCPU.apply(*tensors, chunk, order)
+
+    return around_core(core, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

@@ -22,7 +22,7 @@ import torch
 
 from medseg_kernels.numerics import EXP_FLOOR
 from medseg_kernels.registry import cpu_float_reason
-from medseg_kernels.selective_scan.ref import effective_delta, skip_and_gate
+from medseg_kernels.selective_scan.ref import around_core
 
 try:
     import numba
@@ -198,10 +198,9 @@ def selective_scan_numba(
     order: torch.Tensor | None = None,
 ):
     """Same signature and results as selective_scan_ref; computes in float32 (bf16/fp16 inputs too)."""
-    dtype_out = u.dtype
-    u32 = u.float().contiguous()
-    delta32 = effective_delta(delta, delta_bias, delta_softplus).contiguous()
     positions = order.to(torch.int64).contiguous() if order is not None else None
-    y, last_state = _SelectiveScanNumba.apply(u32, delta32, A.float().contiguous(), B.float(), C.float(), positions)
-    y = skip_and_gate(y, u32, D, z).to(dtype_out)
-    return (y, last_state) if return_last_state else y
+
+    def core(*tensors):
+        return _SelectiveScanNumba.apply(*tensors, positions)
+
+    return around_core(core, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

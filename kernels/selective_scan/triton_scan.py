@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from medseg_kernels.selective_scan.ref import effective_delta, skip_and_gate
+from medseg_kernels.selective_scan.ref import around_core
 from medseg_kernels.triton_support import tl, triton, triton_unavailable_reason
 
 CHUNK = 32
@@ -255,9 +255,7 @@ def selective_scan_triton(
     order: torch.Tensor | None = None,
 ):
     """Same signature and results as selective_scan_ref; computes in float32."""
-    dtype_out = u.dtype
-    u32 = u.float().contiguous()
-    delta32 = effective_delta(delta, delta_bias, delta_softplus).contiguous()
-    y, last_state = _SelectiveScanTriton.apply(u32, delta32, A.float().contiguous(), B.float(), C.float(), order)
-    y = skip_and_gate(y, u32, D, z).to(dtype_out)
-    return (y, last_state) if return_last_state else y
+    def core(*tensors):
+        return _SelectiveScanTriton.apply(*tensors, order)
+
+    return around_core(core, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
