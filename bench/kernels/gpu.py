@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info  # noqa: E402
+from common import machine_info, timed  # noqa: E402
 
 from medseg_kernels.mlstm import mlstm  # noqa: E402
 from medseg_kernels.selective_scan import selective_scan  # noqa: E402
@@ -38,18 +36,14 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
-def timed(function, device, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls after two warm-up calls (compilation, autotuning)."""
-    for _ in range(2):
-        function()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def timed_on(function, device, repeats: int) -> float:
+    """common.timed with the device synchronised after each call, two warm-ups (compilation, autotuning)."""
+
+    def call():
         function()
         synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+
+    return timed(call, repeats, warmup=2)
 
 
 def peak_mb(function, device) -> float | None:
@@ -76,8 +70,8 @@ def measure(name, function, tensors, device, repeats) -> dict:
     try:
         result = {
             "name": name,
-            "forward_s": round(timed(forward, device, repeats), 6),
-            "forward_backward_s": round(timed(forward_backward, device, repeats), 6),
+            "forward_s": round(timed_on(forward, device, repeats), 6),
+            "forward_backward_s": round(timed_on(forward_backward, device, repeats), 6),
             "forward_backward_peak_mb": peak_mb(forward_backward, device),
         }
     except Exception as error:  # a peer that cannot run this shape is a result, not a crash

@@ -22,7 +22,7 @@ import torch
 
 from medseg_kernels.numerics import EXP_FLOOR
 from medseg_kernels.registry import cpu_float_reason
-from medseg_kernels.selective_scan.ref import around_core
+from medseg_kernels.selective_scan.ref import fast_backend
 
 try:
     import numba
@@ -184,23 +184,9 @@ class _SelectiveScanNumba(torch.autograd.Function):
         return grad_u, grad_delta, grad_A_parts.sum(0), grad_B, grad_C, None
 
 
-def selective_scan_numba(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-    return_last_state: bool = False,
-    order: torch.Tensor | None = None,
-):
-    """Same signature and results as selective_scan_ref; computes in float32 (bf16/fp16 inputs too)."""
+def _numba_core(u, delta, A, B, C, order):
     positions = order.to(torch.int64).contiguous() if order is not None else None
+    return _SelectiveScanNumba.apply(u, delta, A, B, C, positions)
 
-    def core(*tensors):
-        return _SelectiveScanNumba.apply(*tensors, positions)
 
-    return around_core(core, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+selective_scan_numba = fast_backend(_numba_core)

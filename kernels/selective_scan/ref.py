@@ -46,15 +46,20 @@ def skip_and_gate(y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: t
     return y
 
 
-def around_core(core, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, return_last_state: bool):
-    """What every fast backend does around its kernel: float32 contiguous u and effective delta (bias,
-    softplus), ``core(u32, delta32, A32, B32, C32) -> (y, last_state)``, then the D skip and z gate
-    and u's dtype."""
-    u32 = u.float().contiguous()
-    delta32 = effective_delta(delta, delta_bias, delta_softplus).contiguous()
-    y, last_state = core(u32, delta32, A.float().contiguous(), B.float(), C.float())
-    y = skip_and_gate(y, u32, D, z).to(u.dtype)
-    return (y, last_state) if return_last_state else y
+def fast_backend(core):
+    """A backend with selective_scan_ref's signature from its kernel ``core(u32, delta32, A32, B32,
+    C32, order) -> (y, last_state)``: every fast backend shares the framing around its kernel
+    (float32 contiguous u and effective delta, the D skip and z gate, u's dtype out)."""
+
+    def backend(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False, order=None):
+        u32 = u.float().contiguous()
+        delta32 = effective_delta(delta, delta_bias, delta_softplus).contiguous()
+        y, last_state = core(u32, delta32, A.float().contiguous(), B.float(), C.float(), order)
+        y = skip_and_gate(y, u32, D, z).to(u.dtype)
+        return (y, last_state) if return_last_state else y
+
+    backend.__doc__ = f"Same signature and results as selective_scan_ref, through {core.__name__}; computes in float32."
+    return backend
 
 
 def selective_scan_ref(

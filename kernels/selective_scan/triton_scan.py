@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from medseg_kernels.selective_scan.ref import around_core
+from medseg_kernels.selective_scan.ref import fast_backend
 from medseg_kernels.triton_support import tl, triton, triton_unavailable_reason
 
 CHUNK = 32
@@ -241,21 +241,8 @@ class _SelectiveScanTriton(torch.autograd.Function):
         return grad_u, grad_delta, grad_A.sum(dim=0), _to_layout(per_group(partial_B), B), _to_layout(per_group(partial_C), C), None
 
 
-def selective_scan_triton(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-    return_last_state: bool = False,
-    order: torch.Tensor | None = None,
-):
-    """Same signature and results as selective_scan_ref; computes in float32."""
-    def core(*tensors):
-        return _SelectiveScanTriton.apply(*tensors, order)
+def _triton_core(u, delta, A, B, C, order):
+    return _SelectiveScanTriton.apply(u, delta, A, B, C, order)
 
-    return around_core(core, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+selective_scan_triton = fast_backend(_triton_core)
