@@ -9,6 +9,7 @@ from pathlib import Path
 from medseg.data.builder import ConversionSummary
 from medseg.errors import DatasetError
 from medseg.paths import dataset_folder_name
+from medseg.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -30,32 +31,19 @@ class Recipe:
         return dataset_folder_name(self.dataset_id, self.name)
 
 
-RECIPES: dict[str, Recipe] = {}
+RECIPES: Registry[Recipe] = Registry("dataset recipe", error=DatasetError, casefold=True)
 
 
 def register_recipe(recipe: Recipe) -> Recipe:
-    if recipe.name in RECIPES:
-        raise ValueError(f"recipe {recipe.name} registered twice")
-    RECIPES[recipe.name] = recipe
-    return recipe
+    return RECIPES.register(recipe.name, recipe)
 
 
 def get_recipe(name: str) -> Recipe:
-    _load_all()
-    for recipe in RECIPES.values():
-        if recipe.name.lower() == name.lower():
-            return recipe
-    raise DatasetError(f"unknown dataset recipe '{name}' (known: {', '.join(sorted(RECIPES))})")
+    return RECIPES.get(name)
 
 
 def list_recipes() -> list[Recipe]:
-    _load_all()
     return sorted(RECIPES.values(), key=lambda r: r.dataset_id)
-
-
-def _load_all() -> None:
-    # importing each module registers its recipe
-    from medseg_datasets import abdomen_mri_demo, amos_mri, chestxray14, dsb2018, kvasir_seg, polyp_size  # noqa: F401
 
 
 def require_folder(path: Path, what: str) -> Path:

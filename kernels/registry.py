@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from medseg.registry import Registry
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -21,7 +23,7 @@ class Backend:
     summary: str
 
 
-_BACKENDS: dict[str, list[Backend]] = {}
+_OPS: dict[str, Registry[Backend]] = {}  # op -> its backends, best first
 
 
 def floating_point_reason(device: torch.device | None, dtype: torch.dtype | None) -> str | None:
@@ -38,31 +40,31 @@ def cpu_float_reason(device: torch.device | None, dtype: torch.dtype | None) -> 
     return floating_point_reason(device, dtype)
 
 
+def _op(op: str) -> Registry[Backend]:
+    if op not in _OPS:
+        _OPS[op] = Registry("backend", error=ValueError, scope=f"for {op}")
+    return _OPS[op]
+
+
 def register_backend(backend: Backend) -> Backend:
-    existing = _BACKENDS.setdefault(backend.op, [])
-    if any(b.name == backend.name for b in existing):
-        raise ValueError(f"backend {backend.op}/{backend.name} registered twice")
-    existing.append(backend)
-    return backend
+    return _op(backend.op).register(backend.name, backend)
 
 
 def backends(op: str) -> list[Backend]:
-    if op not in _BACKENDS:
-        raise KeyError(f"unknown kernel op '{op}' (known: {', '.join(sorted(_BACKENDS))})")
-    return list(_BACKENDS[op])
+    if op not in _OPS:
+        raise KeyError(f"unknown kernel op '{op}' (known: {', '.join(sorted(_OPS))})")
+    return _OPS[op].values()
 
 
 def all_ops() -> list[str]:
-    return sorted(_BACKENDS)
+    return sorted(_OPS)
 
 
 def resolve(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> Backend:
     """The backend to run: the named one (error if it cannot run here) or the best available."""
     candidates = backends(op)
     if backend != "auto":
-        chosen = next((b for b in candidates if b.name == backend), None)
-        if chosen is None:
-            raise ValueError(f"unknown backend '{backend}' for {op} (known: {', '.join(b.name for b in candidates)})")
+        chosen = _OPS[op].get(backend)
         reason = chosen.unavailable_reason(device, dtype)
         if reason:
             raise RuntimeError(f"{op} backend '{backend}' cannot run here: {reason}")

@@ -40,8 +40,15 @@ def _version(value: bool) -> None:
 def _main(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    plugins: list[str] = typer.Option(
+        [], "--plugin", help="Import this module first: a plug-in that registers model families, tasks, kernels or recipes (repeatable; also $MEDSEG_PLUGINS)."
+    ),
 ) -> None:
     _state["debug"] = debug
+    if plugins:
+        from medseg.plugins import add_plugin_modules
+
+        add_plugin_modules(plugins)  # through the environment, so torchrun workers and other children load them too
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -232,10 +239,13 @@ def _progress(label: str):
     return report
 
 
-def _raw_folder(task: str) -> Path:
+def _raw_folder(dataset: str) -> Path:
     from medseg.pipeline import prepare_task
 
-    return prepare_task(task)
+    return prepare_task(dataset)
+
+
+DATASET_HELP = "Raw dataset: name, id or folder."
 
 
 @app.command()
@@ -255,41 +265,75 @@ def models() -> None:
 
 
 @app.command()
+def tasks() -> None:
+    """List the registered tasks: what each learns and from which dataset layouts."""
+    from rich.table import Table
+
+    from medseg.models import list_models
+    from medseg.tasks import list_tasks
+
+    table = Table("task", "datasets", "model families", "summary")
+    for task in list_tasks():
+        families = ", ".join(f.name for f in list_models() if f.task_type == task.name) or "-"
+        table.add_row(task.name, "/".join(task.dataset_types), families, task.summary)
+    console.print(table)
+
+
+@app.command("plans")
+def plans_command() -> None:
+    """List the preset plans shipped with medseg (use one with `plan --preset NAME`)."""
+    from rich.table import Table
+
+    from medseg_plans import list_presets
+
+    table = Table("preset", "task", "models", "settings", "summary")
+    for preset in list_presets():
+        settings = ", ".join(f"{k}={v}" for k, v in preset.settings.items())
+        table.add_row(preset.name, preset.task, ", ".join(preset.models) if preset.models else "all", settings, preset.summary)
+    console.print(table)
+
+
+@app.command()
 def fingerprint(
-    task: str = typer.Argument(..., help="Raw dataset: name, id or folder."),
+    dataset: str = typer.Argument(..., metavar="DATASET", help=DATASET_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes [default: CPU count]."),
 ) -> None:
     """Extract the dataset fingerprint (spacings, cropped shapes, foreground intensities)."""
     from medseg.pipeline import run_fingerprint
 
-    path = run_fingerprint(_raw_folder(task), workers, _progress("fingerprint"))
+    path = run_fingerprint(_raw_folder(dataset), workers, _progress("fingerprint"))
     console.print(f"wrote {path}")
+
+
+PLANS_NAME_HELP = "Name of the plans file [default: medsegPlans for unet, medsegPlans_<model> for other families]."
+PRESET_HELP = "Preset planner settings shipped with medseg (see `medseg plans`), e.g. fast, cpu, nnunet."
 
 
 @app.command()
 def plan(
-    task: str = typer.Argument(..., help="Raw dataset: name, id or folder."),
+    dataset: str = typer.Argument(..., metavar="DATASET", help=DATASET_HELP),
     model: str = typer.Option("unet", "--model", help="Registered model family (see `medseg models`)."),
     memory_gb: Optional[float] = typer.Option(None, "--memory-gb", help="Size for this much GPU memory, nnU-Net's rule [default: GPU memory on a GPU, a time budget per step on a CPU]."),
     step_seconds: Optional[float] = typer.Option(None, "--step-seconds", help="CPU planning: target seconds per training step [default: 1]."),
-    plans_name: str = typer.Option("medsegPlans", "--plans-name", help="Name of the plans file."),
+    plans_name: Optional[str] = typer.Option(None, "--plans-name", help=PLANS_NAME_HELP),
     time_budget: Optional[float] = typer.Option(
         None, "--time-budget", help="CPU planning: training minutes of one run; too few passes over the data at full resolution plan a coarser one."
     ),
+    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
 ) -> None:
     """Plan configurations (2d, 3d_fullres, 3d_lowres) from the fingerprint."""
     from medseg.pipeline import plans_path, run_plan
 
-    folder = _raw_folder(task)
-    plans = run_plan(folder, model, memory_gb, step_seconds, plans_name, time_budget * 60 if time_budget else None)
+    folder = _raw_folder(dataset)
+    plans = run_plan(folder, model, memory_gb, step_seconds, plans_name, time_budget * 60 if time_budget else None, preset)
     for name, c in plans.configurations.items():
-        console.print(f"{name}: patch {c.patch_size} batch {c.batch_size} spacing {[round(s, 4) for s in c.spacing]} strides {c.architecture['kwargs']['strides']}")
-    console.print(f"wrote {plans_path(folder, plans_name)} ({plans.planner})")
+        console.print(f"{name}: patch {c.patch_size} batch {c.batch_size} spacing {[round(s, 4) for s in c.spacing]} strides {c.architecture['kwargs'].get('strides')}")
+    console.print(f"wrote {plans_path(folder, plans.plans_name)} ({plans.planner})")
 
 
 @app.command()
 def preprocess(
-    task: str = typer.Argument(..., help="Raw dataset: name, id or folder."),
+    dataset: str = typer.Argument(..., metavar="DATASET", help=DATASET_HELP),
     configurations: list[str] = typer.Option(["3d_fullres"], "-c", "--configuration", help="Configuration(s) to preprocess (repeatable)."),
     plans_name: str = typer.Option("medsegPlans", "--plans-name"),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes [default: CPU count]."),
@@ -297,7 +341,7 @@ def preprocess(
     """Crop, normalise and resample the training cases (resumable: finished cases are kept)."""
     from medseg.pipeline import run_preprocess
 
-    done = run_preprocess(_raw_folder(task), configurations, plans_name, workers, _progress)
+    done = run_preprocess(_raw_folder(dataset), configurations, plans_name, workers, _progress)
     for name, (new, kept) in done.items():
         console.print(f"{name}: {new} case(s) preprocessed, {kept} already done")
 
@@ -317,7 +361,7 @@ BUDGET_HELP = "Training time budget in minutes: epochs are fitted to it from the
 
 @app.command()
 def train(
-    task: str = typer.Argument(..., help="Raw dataset: name, id or folder."),
+    dataset: str = typer.Argument(..., metavar="DATASET", help=DATASET_HELP),
     configuration: str = typer.Argument(..., help="Configuration, e.g. 2d or 3d_fullres."),
     fold: str = typer.Argument(..., help="Fold 0-4, or 'all'."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help=EPOCHS_HELP),
@@ -337,9 +381,10 @@ def train(
 
     options = _training_options(epochs, iterations, learning_rate, optimizer, batch_size, time_budget, device, validate, seed)
     options.continue_training = resume
-    report = run_train(_raw_folder(task), configuration, fold, options, plans_name, log=lambda m: console.print(m, highlight=False))
+    folder = _raw_folder(dataset)
+    report = run_train(folder, configuration, fold, options, plans_name, log=lambda m: console.print(m, highlight=False))
     if report:
-        print_dice_table({configuration: report})
+        print_report_tables(_plans_task(folder, plans_name), {configuration: report})
 
 
 @app.command()
@@ -355,21 +400,17 @@ def predict(
     save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write CASE.probabilities.npz (K, *spatial)."),
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
-    """Segment images with a trained model (fold ensemble), in their original geometry."""
-    import json
+    """Apply a trained model folder to images (fold ensemble); segmentations come out in their original geometry."""
+    from medseg.model_folder import ModelFolder
+    from medseg.tasks import PredictRequest, get_task
 
-    from medseg.errors import MedsegError
-    from medseg.inference.batch import predict_folder
-    from medseg.inference.predictor import Predictor
-
-    if not 0 <= overlap < 1:
-        raise MedsegError(f"--overlap must be in [0, 1), got {overlap}")
-    predictor = Predictor(
-        model, folds.split(",") if folds else None, checkpoint, device, step_fraction=1 - overlap, mirror=tta, windows_per_batch=windows_per_batch
+    folder = ModelFolder.open(model)
+    request = PredictRequest(
+        source=input, output=output, folds=folds.split(",") if folds else None, checkpoint=checkpoint, device=device,
+        overlap=overlap, mirror=tta, windows_per_batch=windows_per_batch, save_probabilities=save_probabilities, progress=_progress("predict"),
     )
-    ending = json.loads((model / "model.json").read_text())["file_ending"]
-    result = predict_folder(predictor, input, output, ending, save_probabilities, _progress("predict"))
-    console.print(f"wrote {len(result.written)} segmentation(s) to {output} (folds {', '.join(predictor.folds)})")
+    result = get_task(folder.info.task).predict(folder, request)
+    console.print(f"wrote {len(result.written)} output(s) to {output} (folds {', '.join(result.folds)})")
     for case_id, error in result.failed.items():
         err_console.print(f"[red]failed[/red] {case_id}: {error}", highlight=False, soft_wrap=True)
     if result.failed:
@@ -404,27 +445,31 @@ def evaluate(
         except ValueError:
             raise MedsegError(f"--nsd-tolerance {item!r}: expected MM or CLASS=MM") from None
     report = evaluate_folder(predictions, references, labels, ending, tolerances, output=output or predictions / "summary.json", progress=_progress("evaluate"))
-    print_dice_table({"evaluation": report})
+    from medseg.tasks import get_task
+
+    print_report_tables(get_task("segmentation"), {"evaluation": report})
     for case_id, error in report["errors"].items():
         err_console.print(f"[red]failed[/red] {case_id}: {error}", highlight=False, soft_wrap=True)
     if report["missing_predictions"]:
         err_console.print(f"missing predictions: {', '.join(report['missing_predictions'][:10])}")
 
 
-def print_dice_table(reports: dict) -> None:
+def _plans_task(folder: Path, plans_name: str):
+    from medseg.pipeline import load_plans, plans_task
+
+    return plans_task(load_plans(folder, plans_name))
+
+
+def print_report_tables(task, reports: dict) -> None:
+    """One table per report, laid out by the task that made it."""
     from rich.table import Table
 
     for name, report in reports.items():
-        table = Table("class", "Dice", "NSD", "HD95 (mm)", title=f"{name}: {report['num_cases']} cases")
-        def fmt(value):
-            return "-" if value is None else f"{value:.4f}" if value <= 1.0 else f"{value:.2f}"
-        for cls, metrics in report["mean"].items():
-            table.add_row(cls, fmt(metrics["dice"]), fmt(metrics["nsd"]), fmt(metrics["hd95"]))
-        fg = report["foreground_mean"]
-        table.add_row("[bold]foreground mean[/bold]", fmt(fg["dice"]), fmt(fg["nsd"]), fmt(fg["hd95"]))
-        if "postprocessed" in report:
-            post = report["postprocessed"]["foreground_mean"]
-            table.add_row("after postprocessing", fmt(post["dice"]), fmt(post["nsd"]), fmt(post["hd95"]))
+        header, rows = task.report_rows(report)
+        console.print(f"[bold]{name}[/bold]: {report['num_cases']} cases", highlight=False)  # not a table title: narrow tables wrap it
+        table = Table(*header)
+        for row in rows:
+            table.add_row(*row)
         console.print(table)
 
 
@@ -433,8 +478,9 @@ DEMO_TIME_BUDGET_MINUTES = 12.0
 
 @app.command("plan-and-train")
 def plan_and_train(
-    task: str = typer.Option(..., "--task", help="Dataset name, id or folder (e.g. AbdomenMRI)."),
-    demo: bool = typer.Option(False, "--demo", help="Use the built-in synthetic demo of the task (built if missing)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name, id or folder (e.g. AbdomenMRI)."),
+    task: Optional[str] = typer.Option(None, "--task", help="Same as --dataset (the name nnU-Net users know)."),
+    demo: bool = typer.Option(False, "--demo", help="Use the built-in synthetic demo of the dataset (built if missing)."),
     configurations: list[str] = typer.Option([], "-c", "--configuration", help="Configurations to train [default: all on a GPU; 3d_fullres (or 2d) on a CPU]."),
     folds: str = typer.Option("0,1,2,3,4", "--folds", help="Comma-separated folds, or 'all'."),
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Total training minutes, split over configurations x folds [default with --demo: 12]."),
@@ -447,13 +493,21 @@ def plan_and_train(
     device: Optional[str] = typer.Option(None, "--device"),
     workers: Optional[int] = typer.Option(None, "--workers"),
     model: str = typer.Option("unet", "--model", help="Registered model family (see `medseg models`); plans are named medsegPlans_<model> for families other than unet."),
+    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
 ) -> None:
-    """Run the whole self-configuring pipeline and print the cross-validation Dice table.
+    """Run the whole self-configuring pipeline and print the cross-validation table.
 
     Resumable: rerunning keeps finished folds and continues interrupted ones."""
+    from medseg.errors import MedsegError
     from medseg.pipeline import prepare_task, run_plan_and_train
+    from medseg.tasks.registry import task_for_model
 
-    folder = prepare_task(task, demo, progress_console=err_console)
+    if dataset and task and dataset != task:
+        raise MedsegError(f"--dataset {dataset} and --task {task} name different datasets; give one")
+    name = dataset or task
+    if not name:
+        raise MedsegError("name the dataset: --dataset NAME (or --task NAME)")
+    folder = prepare_task(name, demo, progress_console=err_console)
     if not run_dataset_check(folder, strict=False, workers=workers):
         raise typer.Exit(1)
     if demo and time_budget is None and epochs is None:
@@ -469,9 +523,9 @@ def plan_and_train(
     reports = run_plan_and_train(
         folder, configurations or None, fold_list, options_for, memory_gb, replan=replan, workers=workers,
         log=lambda m: console.print(m, highlight=False), training_seconds=time_budget * 60 / runs if time_budget else None,
-        model=model, plans_name="medsegPlans" if model == "unet" else f"medsegPlans_{model}",
+        model=model, preset=preset,
     )
-    print_dice_table({f"{name} cross-validation": report for name, report in reports.items()})
+    print_report_tables(task_for_model(model), {f"{name} cross-validation": report for name, report in reports.items()})
 
 
 def main() -> None:

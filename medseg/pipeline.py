@@ -1,14 +1,13 @@
 """The self-configuring pipeline, stage by stage: dataset -> fingerprint -> plans -> preprocessed
 data -> trained folds -> cross-validation report. Each stage reads and writes files under
-MEDSEG_ROOT, so every stage can also be run on its own from the CLI."""
+MEDSEG_ROOT, so every stage can also be run on its own from the CLI. What a stage does for a kind
+of problem comes from the registered task (medseg.tasks) of the model family being trained."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
-from medseg.atomic import write_json_atomic
 from medseg.errors import DatasetError, MedsegError
 from medseg.paths import find_raw_dataset, model_folder, preprocessed_root, raw_root
 
@@ -45,6 +44,15 @@ def prepare_task(task: str, demo: bool = False, progress_console=None) -> Path:
         raise DatasetError(f"{error}{hint}") from None
 
 
+DEFAULT_PLANS_NAME = "medsegPlans"
+
+
+def default_plans_name(model: str) -> str:
+    """The plain U-Net plans as nnU-Net names them; every other family plans into its own file,
+    so planning a second family never overwrites the first one's plans."""
+    return DEFAULT_PLANS_NAME if model == "unet" else f"{DEFAULT_PLANS_NAME}_{model}"
+
+
 def preprocessed_folder(raw_folder: Path) -> Path:
     return preprocessed_root() / raw_folder.name
 
@@ -53,12 +61,31 @@ def plans_path(raw_folder: Path, plans_name: str) -> Path:
     return preprocessed_folder(raw_folder) / f"{plans_name}.json"
 
 
-def run_fingerprint(raw_folder: Path, workers: int | None = None, progress: Progress = None) -> Path:
+def _description(raw_folder: Path):
     from medseg.data.layout import load_dataset_description
-    from medseg.planning.fingerprint import extract_fingerprint
 
-    description = load_dataset_description(raw_folder)
-    fingerprint = extract_fingerprint(description, workers, progress)
+    return load_dataset_description(raw_folder)
+
+
+def plans_task(plans, description=None):
+    """The task that trains the plans' model family, checked against the dataset's layout."""
+    from medseg.tasks.registry import task_for_model
+
+    models = {c.architecture["name"] for c in plans.configurations.values()}
+    if len(models) != 1:
+        raise MedsegError(f"plans {plans.plans_name} of {plans.dataset_name} mix model families ({', '.join(sorted(models))})")
+    dataset_type = description.task_type if description is not None else None
+    return task_for_model(models.pop(), dataset_type, description.folder.name if description is not None else "the dataset")
+
+
+def run_fingerprint(raw_folder: Path, workers: int | None = None, progress: Progress = None) -> Path:
+    import shutil
+
+    from medseg.tasks.registry import task_for_dataset
+
+    description = _description(raw_folder)
+    task = task_for_dataset(description.task_type, raw_folder.name)
+    fingerprint = task.fingerprint(description, workers, progress)
     target = preprocessed_folder(raw_folder)
     fingerprint.save(target / "fingerprint.json")
     shutil.copyfile(raw_folder / "dataset.json", target / "dataset.json")
@@ -66,50 +93,46 @@ def run_fingerprint(raw_folder: Path, workers: int | None = None, progress: Prog
 
 
 def run_plan(
-    raw_folder: Path, model: str = "unet", memory_gb: float | None = None, step_seconds: float | None = None, plans_name: str = "medsegPlans",
-    training_seconds: float | None = None,
+    raw_folder: Path, model: str = "unet", memory_gb: float | None = None, step_seconds: float | None = None, plans_name: str | None = None,
+    training_seconds: float | None = None, preset: str | None = None,
 ):
     """Plan from the fingerprint; ``training_seconds`` (one run's budget) lets a CPU plan trade
-    resolution for passes over the data."""
-    from medseg.data.layout import load_dataset_description
-    from medseg.planning.device import default_budget
-    from medseg.planning.fingerprint import Fingerprint
-    from medseg.planning.planner import plan_experiment
+    resolution for passes over the data; ``preset`` names shipped planner settings (medseg_plans)."""
+    from medseg.tasks.registry import PlanRequest, task_for_model
+    from medseg_plans import get_preset
 
+    description = _description(raw_folder)
+    task = task_for_model(model, description.task_type, raw_folder.name)
+    settings = get_preset(preset).settings_for(task.name, model) if preset else None
     fingerprint_file = preprocessed_folder(raw_folder) / "fingerprint.json"
     if not fingerprint_file.is_file():
         raise MedsegError(f"{fingerprint_file}: missing; run `medseg fingerprint {raw_folder.name}` first")
-    fingerprint = Fingerprint.load(fingerprint_file)
-    description = load_dataset_description(raw_folder)
-    budget = default_budget(model, memory_gb, step_seconds, training_seconds=training_seconds)
-    plans = plan_experiment(fingerprint, description, budget, model, plans_name)
+    plans_name = plans_name or default_plans_name(model)
+    request = PlanRequest(model, plans_name, memory_gb, step_seconds, training_seconds, settings)
+    plans = task.plan(fingerprint_file, description, request)
     plans.save(plans_path(raw_folder, plans_name))
     return plans
 
 
-def load_plans(raw_folder: Path, plans_name: str = "medsegPlans"):
+def load_plans(raw_folder: Path, plans_name: str = DEFAULT_PLANS_NAME):
     from medseg.planning.plans import Plans
 
     return Plans.load(plans_path(raw_folder, plans_name))
 
 
 def run_preprocess(
-    raw_folder: Path, configurations: Sequence[str], plans_name: str = "medsegPlans", workers: int | None = None,
+    raw_folder: Path, configurations: Sequence[str], plans_name: str = DEFAULT_PLANS_NAME, workers: int | None = None,
     progress_factory: Callable[[str], Progress] | None = None,
 ) -> dict[str, tuple[int, int]]:
-    from medseg.data.layout import load_dataset_description
-    from medseg.preprocessing.dataset import preprocess_dataset
-
     plans = load_plans(raw_folder, plans_name)
-    description = load_dataset_description(raw_folder)
+    description = _description(raw_folder)
+    task = plans_task(plans, description)
     done = {}
     for name in configurations:
         configuration = plans.configuration(name)
-        if configuration.previous_stage:
-            raise MedsegError(f"configuration {name} is a cascade stage; cascades are not supported yet (train {configuration.previous_stage} and 3d_fullres)")
         folder = preprocessed_folder(raw_folder) / configuration.data_identifier
         progress = progress_factory(name) if progress_factory else None
-        done[name] = preprocess_dataset(description, plans, configuration, folder, workers, progress)
+        done[name] = task.preprocess(description, plans, configuration, folder, workers, progress)
     return done
 
 
@@ -118,51 +141,50 @@ def configuration_model_folder(raw_folder: Path, plans, configuration_name: str)
     return model_folder(raw_folder.name, architecture, plans.plans_name, configuration_name)
 
 
-def write_model_folder(raw_folder: Path, plans, configuration_name: str) -> Path:
+def write_model_folder(raw_folder: Path, plans, configuration_name: str):
     """Make the model folder self-describing: plans, dataset.json and what inference needs."""
-    from medseg.data.layout import load_dataset_description
-    from medseg.training.trainer import augmentation_for
+    from medseg.model_folder import ModelFolder, ModelInfo
 
+    description = _description(raw_folder)
+    task = plans_task(plans, description)
     configuration = plans.configuration(configuration_name)
-    folder = configuration_model_folder(raw_folder, plans, configuration_name)
-    folder.mkdir(parents=True, exist_ok=True)
-    plans.save(folder / "plans.json")
-    shutil.copyfile(raw_folder / "dataset.json", folder / "dataset.json")
-    description = load_dataset_description(raw_folder)
-    info = {
-        "configuration": configuration_name,
-        "model": configuration.architecture["name"],
-        "dataset_name": raw_folder.name,
-        "raw_folder": str(raw_folder),
-        "preprocessed_folder": str(preprocessed_folder(raw_folder) / configuration.data_identifier),
-        "file_ending": description.file_ending,
-        "labels": description.labels,
-        "mirror_axes": list(augmentation_for(configuration).mirror_axes),
-    }
-    write_json_atomic(folder / "model.json", info)
-    return folder
+    info = ModelInfo(
+        configuration=configuration_name,
+        model=configuration.architecture["name"],
+        dataset_name=raw_folder.name,
+        raw_folder=str(raw_folder),
+        preprocessed_folder=str(preprocessed_folder(raw_folder) / configuration.data_identifier),
+        file_ending=description.file_ending,
+        labels={name: int(value) for name, value in description.labels.items()},
+        task=task.name,
+        **task.model_info(configuration),
+    )
+    return ModelFolder.create(configuration_model_folder(raw_folder, plans, configuration_name), plans, raw_folder / "dataset.json", info)
 
 
-def run_train(raw_folder: Path, configuration_name: str, fold: str, options, plans_name: str = "medsegPlans", log=print) -> dict | None:
-    from medseg.preprocessing.dataset import check_signature, preprocessed_case_ids
+def run_train(raw_folder: Path, configuration_name: str, fold: str, options, plans_name: str = DEFAULT_PLANS_NAME, log=print) -> dict | None:
+    from medseg.tasks.registry import RunContext
     from medseg.training.splits import fold_cases, load_or_create_splits
     from medseg.training.trainer import Trainer
 
     plans = load_plans(raw_folder, plans_name)
+    task = plans_task(plans, _description(raw_folder))
     configuration = plans.configuration(configuration_name)
     data_folder = preprocessed_folder(raw_folder) / configuration.data_identifier
-    case_ids = preprocessed_case_ids(data_folder) if data_folder.is_dir() else []
+    case_ids = task.preprocessed_cases(data_folder, plans, configuration)
     if not case_ids:
         raise MedsegError(f"{data_folder}: no preprocessed cases; run `medseg preprocess {raw_folder.name} -c {configuration_name}` first")
-    check_signature(data_folder, plans, configuration)
     splits = load_or_create_splits(preprocessed_folder(raw_folder), raw_folder, case_ids)
     train, val = fold_cases(splits, fold, case_ids)
     missing = sorted(set(train + val) - set(case_ids))
     if missing:
         raise MedsegError(f"{data_folder}: cases in the splits are not preprocessed: {', '.join(missing[:5])}; rerun `medseg preprocess`")
     folder = write_model_folder(raw_folder, plans, configuration_name)
-    trainer = Trainer(plans, configuration, data_folder, folder / f"fold_{fold}", train, val, options, log)
-    return trainer.run()
+    context = RunContext(
+        plans=plans, configuration=configuration, model_folder=folder, fold_folder=folder.fold_folder(fold), data_folder=data_folder,
+        train_cases=train, val_cases=val, options=options, device=None, world_size=1, log=log,
+    )
+    return Trainer(task, context, log).run()
 
 
 def default_configurations(plans, device: str | None = None) -> list[str]:
@@ -174,11 +196,10 @@ def default_configurations(plans, device: str | None = None) -> list[str]:
     on_gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if on_gpu:
         return trainable
-    return ["3d_fullres"] if "3d_fullres" in trainable else ["2d"]
-
-
-def fold_finished(folder: Path) -> bool:
-    return (folder / "checkpoint_final.pt").is_file() and (folder / "validation" / "summary.json").is_file()
+    for preferred in ("3d_fullres", "2d"):
+        if preferred in trainable:
+            return [preferred]
+    return trainable[:1]
 
 
 def run_plan_and_train(
@@ -187,20 +208,24 @@ def run_plan_and_train(
     folds: Sequence[str],
     options_factory: Callable[[int], object],
     memory_gb: float | None = None,
-    plans_name: str = "medsegPlans",
+    plans_name: str | None = None,
     replan: bool = False,
     workers: int | None = None,
     log: Callable[[str], None] = print,
     training_seconds: float | None = None,
     model: str = "unet",
+    preset: str | None = None,
 ) -> dict[str, dict]:
     """fingerprint -> plan -> preprocess -> train each fold -> cross-validation report per
     configuration. Resumable: finished folds are kept, interrupted ones continue from their
     latest checkpoint. ``options_factory(num_runs)`` gives the training options of each run;
     ``training_seconds`` is one run's budget, for the plan; ``model`` the registered family planned."""
-    from medseg.evaluation.crossval import best_configuration, collect_crossval
+    from medseg.model_folder import ModelFolder
     from medseg.planning.fingerprint import Fingerprint
+    from medseg.tasks.registry import task_for_model
 
+    task = task_for_model(model, _description(raw_folder).task_type, raw_folder.name)  # a mismatch fails before any work
+    plans_name = plans_name or default_plans_name(model)
     fingerprint_file = preprocessed_folder(raw_folder) / "fingerprint.json"
     stale = None
     if fingerprint_file.is_file() and not replan:
@@ -214,8 +239,8 @@ def run_plan_and_train(
         log(f"fingerprint: {fingerprint_file}")
     plans_file = plans_path(raw_folder, plans_name)
     if replan or stale or not plans_file.is_file():
-        plans = run_plan(raw_folder, model, memory_gb=memory_gb, plans_name=plans_name, training_seconds=training_seconds)
-        log(f"plans: {plans_file} ({plans.planner['mode']} budget)")
+        plans = run_plan(raw_folder, model, memory_gb=memory_gb, plans_name=plans_name, training_seconds=training_seconds, preset=preset)
+        log(f"plans: {plans_file} ({plans.planner['mode']} budget{', preset ' + preset if preset else ''})")
     else:
         plans = load_plans(raw_folder, plans_name)
         log(f"plans: reusing {plans_file} (--replan to plan again)")
@@ -230,22 +255,34 @@ def run_plan_and_train(
     run_preprocess(raw_folder, chosen, plans_name, workers)
     log("preprocessing: done")
     runs = [(name, fold) for name in chosen for fold in folds]
-    remaining = [(n, f) for n, f in runs if not fold_finished(configuration_model_folder(raw_folder, plans, n) / f"fold_{f}")]
-    reports = {}
+
+    def finished(name: str, fold: str) -> bool:
+        folder = configuration_model_folder(raw_folder, plans, name)
+        return ModelFolder.open(folder).fold_finished(fold) if (folder / "model.json").is_file() else False
+
+    remaining = [(n, f) for n, f in runs if not finished(n, f)]
     for name, fold in runs:
-        folder = configuration_model_folder(raw_folder, plans, name) / f"fold_{fold}"
-        if fold_finished(folder):
+        if finished(name, fold):
             log(f"{name} fold {fold}: already trained")
             continue
         options = options_factory(len(remaining))
-        options.continue_training = (folder / "checkpoint_latest.pt").is_file()
+        options.continue_training = (configuration_model_folder(raw_folder, plans, name) / f"fold_{fold}" / "checkpoint_latest.pt").is_file()
         log(f"{name} fold {fold}:")
         run_train(raw_folder, name, fold, options, plans_name, log)
-    for name in chosen:
-        folder = configuration_model_folder(raw_folder, plans, name)
-        if all(f != "all" for f in folds):
-            reports[name] = collect_crossval(folder, [f for f in folds])
+    reports = {}
+    if all(f != "all" for f in folds):
+        for name in chosen:
+            reports[name] = task.crossval(ModelFolder.open(configuration_model_folder(raw_folder, plans, name)), list(folds))
     if len(reports) > 1:
-        best = best_configuration(folder.parent, reports)
+        best = best_configuration(model_folder(raw_folder.name, model, plans_name, chosen[0]).parent, reports, task.report_score)
         log(f"best configuration: {best}")
     return reports
+
+
+def best_configuration(dataset_results: Path, reports: dict[str, dict], score: Callable[[dict], float]) -> str:
+    """The configuration whose cross-validation report scores highest; written to best_configuration.json."""
+    from medseg.atomic import write_json_atomic
+
+    best = max(reports, key=lambda name: score(reports[name]))
+    write_json_atomic(dataset_results / "best_configuration.json", {"best": best, "scores": {name: score(r) for name, r in reports.items()}})
+    return best

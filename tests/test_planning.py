@@ -18,7 +18,7 @@ from medseg.io.image import default_direction
 from medseg.planning.fingerprint import extract_fingerprint
 from medseg.planning.planner import Budget, augmentation_plan, has_laterality, plan_experiment
 from medseg.planning.plans import Plans
-from medseg.planning.topology import plan_topology
+from medseg.models.topology import plan_topology
 from tests.conftest import require_peer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from medseg.preprocessing.resampling import coarse_axis, resample_image, resampl
 from medseg.training.augmentation import AugmentationSettings, spatial_transform
 from medseg.training.losses import DiceCELoss, deep_supervision_weights
 from medseg.training.splits import make_splits
-from medseg.training.trainer import deep_supervision_scales
+from medseg.training.losses import deep_supervision_scales
 
 
 def test_dice_ce_loss_prefers_the_right_answer():

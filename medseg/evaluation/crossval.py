@@ -1,42 +1,39 @@
-"""Cross-validation report of a model folder: pool the folds' held-out predictions, score them,
-decide postprocessing, and pick the best configuration among several."""
+"""Cross-validation report of a segmentation model folder: pool the folds' held-out predictions,
+score them and decide postprocessing."""
 
 from __future__ import annotations
 
-import json
 import shutil
-from pathlib import Path
 
-from medseg.atomic import write_json_atomic
 from medseg.errors import MedsegError
 from medseg.evaluation.postprocessing import apply_postprocessing, choose_postprocessing
 from medseg.evaluation.report import evaluate_folder, write_report
 from medseg.io import read_image, write_image
+from medseg.model_folder import ModelFolder
 
 
-def collect_crossval(model_folder: Path, folds: list[str]) -> dict:
-    info = json.loads((model_folder / "model.json").read_text())
-    ending, labels = info["file_ending"], {k: int(v) for k, v in info["labels"].items()}
-    pooled = model_folder / "crossval_predictions"
+def collect_crossval(model_folder: ModelFolder, folds: list[str]) -> dict:
+    ending, labels = model_folder.info.file_ending, model_folder.info.labels
+    pooled = model_folder.path / "crossval_predictions"
     if pooled.exists():
         shutil.rmtree(pooled)
     pooled.mkdir()
     for fold in folds:
-        source = model_folder / f"fold_{fold}" / "validation"
+        source = model_folder.fold_folder(fold) / "validation"
         if not (source / "summary.json").is_file():
             raise MedsegError(f"{source}: fold {fold} has no finished validation")
         for path in source.glob(f"*{ending}"):
             shutil.copyfile(path, pooled / path.name)
     case_ids = [p.name[: -len(ending)] for p in sorted(pooled.glob(f"*{ending}"))]
-    references_folder = Path(info["raw_folder"]) / "labelsTr"
+    references_folder = model_folder.reference_labels
     report = evaluate_folder(pooled, references_folder, labels, ending, case_ids=case_ids)
     # largest-component postprocessing, kept where it helps
     predictions = {c: read_image(pooled / f"{c}{ending}").array[0] for c in case_ids}
     references = {c: read_image(references_folder / f"{c}{ending}").array[0] for c in case_ids}
     decision = choose_postprocessing(predictions, references, [v for v in labels.values() if v != 0])
-    write_json_atomic(model_folder / "postprocessing.json", decision)
+    model_folder.write_postprocessing(decision)
     if decision["largest_component_classes"]:
-        processed = model_folder / "crossval_predictions_postprocessed"
+        processed = model_folder.path / "crossval_predictions_postprocessed"
         processed.mkdir(exist_ok=True)
         for case_id in case_ids:
             image = read_image(pooled / f"{case_id}{ending}")
@@ -44,17 +41,5 @@ def collect_crossval(model_folder: Path, folds: list[str]) -> dict:
         report_post = evaluate_folder(processed, references_folder, labels, ending, case_ids=case_ids)
         report["postprocessed"] = {"mean": report_post["mean"], "foreground_mean": report_post["foreground_mean"]}
     report["folds"] = folds
-    write_report(model_folder / "crossval_summary.json", report)
+    write_report(model_folder.crossval_summary_path(), report)
     return report
-
-
-def best_configuration(dataset_results: Path, reports: dict[str, dict]) -> str:
-    """The configuration with the highest cross-validation foreground Dice (after postprocessing)."""
-    def score(report: dict) -> float:
-        chosen = report.get("postprocessed", report)
-        return chosen["foreground_mean"]["dice"] or 0.0
-
-    best = max(reports, key=lambda name: score(reports[name]))
-    content = {"best": best, "scores": {name: score(r) for name, r in reports.items()}}
-    write_json_atomic(dataset_results / "best_configuration.json", content)
-    return best

@@ -3,9 +3,6 @@ cross-validation Dice."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 from scipy import ndimage
 
@@ -43,10 +40,3 @@ def choose_postprocessing(predictions: dict[str, np.ndarray], references: dict[s
         mean_before, mean_after = np.nanmean(before), np.nanmean(after)
         decisions[str(value)] = {"dice_before": float(mean_before), "dice_after": float(mean_after), "apply": bool(mean_after > mean_before + 1e-4)}
     return {"largest_component_classes": [int(v) for v, d in decisions.items() if d["apply"]], "decisions": decisions}
-
-
-def load_postprocessing(model_folder: Path) -> list[int]:
-    path = model_folder / "postprocessing.json"
-    if not path.is_file():
-        return []
-    return list(json.loads(path.read_text()).get("largest_component_classes", []))

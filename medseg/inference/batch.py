@@ -22,6 +22,7 @@ _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 class BatchResult:
     written: list[Path] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    folds: list[str] = field(default_factory=list)  # the folds that made the outputs
 
 
 def group_inputs(source: Path, num_channels: int) -> dict[str, list[Path]]:

@@ -3,8 +3,7 @@ the original geometry. The trainer's final validation runs through the same code
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -13,7 +12,7 @@ import torch
 
 from medseg.errors import MedsegError
 from medseg.io import MedicalImage
-from medseg.planning.plans import Plans
+from medseg.model_folder import ModelFolder
 from medseg.preprocessing.case import CaseProperties, preprocess_case
 from medseg.preprocessing.resampling import coarse_axis, resample_probabilities
 from medseg.inference.sliding_window import predict_logits
@@ -21,26 +20,15 @@ from medseg.inference.sliding_window import predict_logits
 
 @dataclass
 class Prediction:
-    segmentation: MedicalImage  # (1, *original spatial) label values
+    segmentation: MedicalImage  # (1, *original spatial) label values; metadata["source"]: the input image's metadata
     probabilities: np.ndarray | None  # (K, *original spatial) float32, when asked for
-
-
-def available_folds(folder: Path) -> list[str]:
-    return sorted(p.name.removeprefix("fold_") for p in folder.glob("fold_*") if p.is_dir())
-
-
-def _checkpoint_path(fold_folder: Path, checkpoint: str) -> Path:
-    names = ["checkpoint_final.pt", "checkpoint_best.pt"] if checkpoint == "auto" else [f"checkpoint_{checkpoint}.pt"]
-    for name in names:
-        if (fold_folder / name).is_file():
-            return fold_folder / name
-    raise MedsegError(f"{fold_folder}: no {' or '.join(names)} (has this fold finished training?)")
+    source: dict = field(default_factory=dict)  # what the input image knew (format; for DICOM: SOP instance UIDs, files)
 
 
 class Predictor:
     def __init__(
         self,
-        model_folder: Path,
+        model_folder: Path | ModelFolder,
         folds: Sequence[str] | None = None,
         checkpoint: str = "auto",
         device: str | None = None,
@@ -52,22 +40,24 @@ class Predictor:
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._load_folder(model_folder, device, step_fraction, windows_per_batch, mirror)
-        folds = list(folds) if folds else available_folds(self.folder)
+        folds = list(folds) if folds else self.model_folder.folds()
         if not folds:
             raise MedsegError(f"{self.folder}: no trained folds (fold_*/)")
         self.networks = []
         for fold in folds:
-            state = torch.load(_checkpoint_path(self.folder / f"fold_{fold}", checkpoint), map_location="cpu", weights_only=False)
+            states = self.model_folder.load_module_states(fold, checkpoint)
             network = build_model(self.configuration.architecture, len(self.plans.channel_names), self.plans.num_classes)
-            network.load_state_dict(state["network"])
+            try:
+                network.load_state_dict(states["network"])
+            except (KeyError, RuntimeError) as error:
+                path = self.model_folder.checkpoint_path(fold, checkpoint)
+                raise MedsegError(f"{path}: does not fit the network in {self.folder / 'plans.json'} ({str(error).splitlines()[0]})") from None
             self.networks.append(network.to(self.device).eval())
         self.folds = folds
-        from medseg.evaluation.postprocessing import load_postprocessing
-
-        self.postprocess = load_postprocessing(self.folder)
+        self.postprocess = list(self.model_folder.postprocessing().get("largest_component_classes", []))
 
     @classmethod
-    def from_networks(cls, model_folder: Path, networks: list, device: torch.device, mirror: bool = True, step_fraction: float = 0.5):
+    def from_networks(cls, model_folder: ModelFolder, networks: list, device: torch.device, mirror: bool = True, step_fraction: float = 0.5):
         """A predictor around networks already in memory (the trainer's final validation)."""
         predictor = cls.__new__(cls)
         predictor._load_folder(model_folder, device, step_fraction, 2, mirror)
@@ -75,16 +65,13 @@ class Predictor:
         predictor.postprocess = []  # cross-validation scores the raw prediction
         return predictor
 
-    def _load_folder(self, model_folder: Path, device: torch.device, step_fraction: float, windows_per_batch: int, mirror: bool) -> None:
-        self.folder = Path(model_folder)
-        info_path = self.folder / "model.json"
-        if not info_path.is_file():
-            raise MedsegError(f"{self.folder}: not a medseg model folder (no model.json)")
-        self.info = json.loads(info_path.read_text())
-        self.plans = Plans.load(self.folder / "plans.json")
-        self.configuration = self.plans.configuration(self.info["configuration"])
+    def _load_folder(self, model_folder: Path | ModelFolder, device: torch.device, step_fraction: float, windows_per_batch: int, mirror: bool) -> None:
+        self.model_folder = model_folder if isinstance(model_folder, ModelFolder) else ModelFolder.open(model_folder)
+        self.folder = self.model_folder.path
+        self.plans = self.model_folder.plans
+        self.configuration = self.model_folder.configuration
         self.device, self.step_fraction, self.windows_per_batch = device, step_fraction, windows_per_batch
-        self.mirror_axes = tuple(self.info.get("mirror_axes", [])) if mirror else ()
+        self.mirror_axes = tuple(self.model_folder.info.mirror_axes) if mirror else ()
 
     def _logits(self, data: np.ndarray) -> torch.Tensor:
         """data: (C, *S) preprocessed -> fold-averaged logits (K, *S)."""
@@ -108,7 +95,10 @@ class Predictor:
             self.step_fraction, axes, self.windows_per_batch, self.device,
         )
 
-    def predict_preprocessed(self, data: np.ndarray, properties: CaseProperties | dict, probabilities: bool = False) -> Prediction:
+    def predict_preprocessed(
+        self, data: np.ndarray, properties: CaseProperties | dict, probabilities: bool = False, source: dict | None = None
+    ) -> Prediction:
+        """data: (C, *S) preprocessed; ``source``: the input image's metadata, carried to the prediction."""
         props = properties if isinstance(properties, dict) else properties.to_dict()
         logits = self._logits(data).numpy()
         axis = coarse_axis(props["target_spacing"], props["spacing_after_crop"], self.configuration.resampling["anisotropy_threshold"])
@@ -125,17 +115,19 @@ class Predictor:
             from medseg.evaluation.postprocessing import apply_postprocessing
 
             labels = apply_postprocessing(labels, self.postprocess)
+        source = dict(source or {})
         segmentation = MedicalImage(
             labels[None],
             spacing=tuple(props["original_spacing"]),
             origin=tuple(props["origin"]),
             direction=np.asarray(props["direction"]),
+            metadata={"source": source},
         )
-        return Prediction(segmentation, full if probabilities else None)
+        return Prediction(segmentation, full if probabilities else None, source)
 
     def predict_image(self, image: MedicalImage, probabilities: bool = False, case_id: str = "case") -> Prediction:
         expected = len(self.plans.channel_names)
         if image.num_channels != expected:
             raise MedsegError(f"{case_id}: has {image.num_channels} channel(s), the model expects {expected} ({', '.join(self.plans.channel_names)})")
         data, _, properties = preprocess_case(image, None, self.plans, self.configuration, case_id)
-        return self.predict_preprocessed(data, properties, probabilities)
+        return self.predict_preprocessed(data, properties, probabilities, source=image.metadata)

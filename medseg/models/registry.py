@@ -1,14 +1,16 @@
 """Model registry: every family registers a builder and what the planner needs to size it.
 
 Architecture is data: plans store ``{"name": family, "kwargs": {...}}`` and the trainer, predictor
-and server rebuild the network from that alone, so a new family never needs a trainer subclass."""
+and server rebuild the network from that alone, so a new family never needs a trainer subclass.
+This module imports no family: families register when ``medseg.models`` imports them (or when a
+plug-in module is imported, see ``medseg.plugins``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from medseg.errors import MedsegError
+from medseg.registry import Registry
 
 ModelBuilder = Callable[..., "object"]  # (in_channels, num_classes, **kwargs) -> torch.nn.Module
 
@@ -17,7 +19,7 @@ ModelBuilder = Callable[..., "object"]  # (in_channels, num_classes, **kwargs) -
 class ModelFamily:
     name: str
     build: ModelBuilder
-    task_type: str  # "segmentation" or "classification"
+    task_type: str  # the registered task that trains it (medseg.tasks), e.g. "segmentation"
     dims: tuple[int, ...]  # spatial dimensionalities supported (2, 3)
     summary: str
     kernels: tuple[str, ...] = ()  # kernel ops (medseg_kernels) the family runs on
@@ -27,33 +29,19 @@ class ModelFamily:
     flops_per_sample: Callable[..., float] | None = None  # (patch_size, in_channels, num_classes, kwargs) -> fwd FLOPs
 
 
-_REGISTRY: dict[str, ModelFamily] = {}
+MODELS: Registry[ModelFamily] = Registry("model")
 
 
 def register_model(family: ModelFamily) -> ModelFamily:
-    if family.name in _REGISTRY:
-        raise ValueError(f"model family '{family.name}' is registered twice")
-    _REGISTRY[family.name] = family
-    return family
-
-
-def _load_families() -> None:
-    # importing a family module registers it; heavy optional dependencies stay inside builders
-    from medseg.models import umamba, unet  # noqa: F401
+    return MODELS.register(family.name, family)
 
 
 def list_models() -> list[ModelFamily]:
-    _load_families()
-    return sorted(_REGISTRY.values(), key=lambda family: family.name)
+    return sorted(MODELS.values(), key=lambda family: family.name)
 
 
 def get_model_family(name: str) -> ModelFamily:
-    _load_families()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
-        raise MedsegError(f"unknown model '{name}' (registered: {known})") from None
+    return MODELS.get(name)
 
 
 def build_model(architecture: dict, in_channels: int, num_classes: int, deep_supervision: bool = False):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from medseg.models.registry import ModelFamily, register_model, stage_sizes
-from medseg.planning.topology import plan_topology
+from medseg.models.topology import plan_topology
 
 BASE_FEATURES = 32
 MAX_FEATURES = {2: 512, 3: 320}

@@ -36,17 +36,24 @@ def measure_throughput(model: str, ndim: int, base_features: int, repeats: int =
 
 def default_budget(
     model: str = "unet", memory_gb: float | None = None, step_seconds: float | None = None, device: str | None = None,
-    training_seconds: float | None = None,
+    training_seconds: float | None = None, preset: dict | None = None,
 ) -> Budget:
     """--memory-gb selects nnU-Net's memory sizing; otherwise a GPU plans for its memory and a CPU
-    for time (and for one run's training budget, when known)."""
-    if memory_gb is not None:
-        return Budget("memory", memory_gb=memory_gb)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        total_gb = torch.cuda.get_device_properties(0).total_memory / 1024**3
-        return Budget("memory", memory_gb=min(8.0, 0.9 * total_gb))  # nnU-Net's default target, or less
-    features = CPU_BASE_FEATURES
+    for time (and for one run's training budget, when known). A preset's settings (medseg_plans)
+    choose the mode, memory, step time and width; explicit options win over them."""
+    preset = preset or {}
+    memory_gb = memory_gb if memory_gb is not None else preset.get("memory_gb")
+    step_seconds = step_seconds or preset.get("step_seconds")
+    mode = preset.get("mode") or ("memory" if memory_gb is not None else None)
+    if mode is None:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        mode = "memory" if device.startswith("cuda") else "time"
+    if mode == "memory":
+        if memory_gb is None:
+            total_gb = torch.cuda.get_device_properties(0).total_memory / 1024**3
+            memory_gb = min(8.0, 0.9 * total_gb)  # nnU-Net's default target, or less
+        return Budget("memory", memory_gb=memory_gb, base_features=int(preset.get("base_features", 32)))
+    features = int(preset.get("base_features", CPU_BASE_FEATURES))
     rates = {ndim: measure_throughput(model, ndim, features) for ndim in (2, 3)}
     return Budget(
         "time", step_seconds=step_seconds or CPU_STEP_SECONDS, flops_per_second=rates, base_features=features, training_seconds=training_seconds

@@ -26,7 +26,7 @@ from medseg.errors import MedsegError
 from medseg.models.registry import ModelFamily, get_model_family
 from medseg.planning.fingerprint import Fingerprint
 from medseg.planning.plans import ConfigurationPlan, Plans
-from medseg.planning.topology import plan_topology
+from medseg.models.topology import plan_topology
 
 ANISOTROPY_THRESHOLD = 3.0
 REFERENCE_ACTIVATIONS = {2: 85_000_000, 3: 560_000_000}  # nnU-Net's values for an 8 GB GPU ...
@@ -213,12 +213,18 @@ def plan_experiment(
     budget: Budget,
     model: str = "unet",
     plans_name: str = "medsegPlans",
+    preset: dict | None = None,
 ) -> Plans:
+    """``preset``: a preset's settings (medseg_plans); the budget already holds its sizing, the
+    planner applies ``min_spacing_mm`` and records the preset's name."""
+    preset = preset or {}
     family = get_model_family(model)
     labels = {name: int(value) for name, value in description.labels.items()}
     num_classes = max(labels.values()) + 1
     sizer = ConfigurationSizer(family, budget, description.num_channels, num_classes)
     target = fullres_target_spacing(fingerprint)
+    if "min_spacing_mm" in preset:
+        target = np.maximum(target, float(preset["min_spacing_mm"]))
     forward, backward = transpose_for(target)
     target_t = target[forward]
     new_shapes = [resampled_shape(shape, spacing, target) for shape, spacing in zip(fingerprint.shapes_after_crop, fingerprint.spacings)]
@@ -274,7 +280,7 @@ def plan_experiment(
     return Plans(
         dataset_name=fingerprint.dataset_name,
         plans_name=plans_name,
-        planner={**budget.describe(), "model": family.name},
+        planner={**budget.describe(), "model": family.name, **({"preset": preset["preset"]} if "preset" in preset else {})},
         transpose_forward=forward,
         transpose_backward=backward,
         original_median_spacing=[float(s) for s in np.median(spacings, axis=0)[forward]],

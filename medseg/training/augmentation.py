@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medseg.errors import MedsegError
+
 
 @dataclass(frozen=True)
 class AugmentationSettings:
@@ -27,6 +29,16 @@ class AugmentationSettings:
     p_contrast: float = 0.15
     p_low_resolution: float = 0.25
     p_gamma: float = 0.3
+
+
+def augmentation_for(configuration) -> AugmentationSettings:
+    """A configuration's planned spatial augmentation (see medseg.planning.planner.augmentation_plan)."""
+    plan = configuration.augmentation
+    if not plan:
+        raise MedsegError(f"configuration {configuration.name} has no augmentation plan; re-plan with `medseg plan`")
+    return AugmentationSettings(
+        rotation_degrees=float(plan["rotation_degrees"]), in_plane_only=bool(plan["in_plane_only"]), mirror_axes=tuple(plan["mirror_axes"])
+    )
 
 
 def _rotation_matrix(angles: Sequence[float], ndim: int) -> np.ndarray:

@@ -34,3 +34,13 @@ def load_checkpoint(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
         raise MedsegError(f"{path}: unreadable checkpoint ({type(error).__name__}: {error})") from None
+
+
+def module_states(content: dict, path: Path) -> dict[str, dict]:
+    """The modules' state dicts by name; checkpoints written before tasks were plug-ins hold one
+    network under "network"."""
+    if isinstance(content.get("modules"), dict):
+        return content["modules"]
+    if isinstance(content.get("network"), dict):
+        return {"network": content["network"]}
+    raise MedsegError(f"{path}: not a medseg checkpoint (no trained modules in it)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,3 +57,9 @@ class DeepSupervisionLoss(nn.Module):
             else:  # keep unused heads in the graph: DDP expects a gradient for every parameter
                 total = total + 0.0 * output.sum()
         return total
+
+
+def deep_supervision_scales(strides: list[list[int]]) -> list[list[float]]:
+    """Resolution of each decoder output relative to the patch, full resolution first."""
+    cumulative = np.cumprod(np.array(strides, dtype=float), axis=0)
+    return [list(1.0 / row) for row in cumulative[:-1]]

@@ -1,0 +1,164 @@
+"""The one reader and writer of a model folder (``results/DatasetNNN/MODEL__PLANS__CONFIG/``):
+
+    plans.json            the plans the folds were trained with
+    dataset.json          the raw dataset's description (labels, channels, file ending)
+    model.json            what inference needs besides the plans (ModelInfo below)
+    postprocessing.json   what cross-validation decided to apply after prediction
+    crossval_summary.json the pooled cross-validation report
+    fold_K/               checkpoint_{latest,best,final}.pt, log.json, progress.png, validation/
+
+The trainer, the final validation, cross-validation, the predictor and the CLI all go through
+``ModelFolder``, so a malformed folder gives one clear error naming the file and what is wrong."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
+from pathlib import Path
+
+from medseg.atomic import write_json_atomic
+from medseg.errors import MedsegError
+from medseg.planning.plans import ConfigurationPlan, Plans
+
+MODEL_INFO_VERSION = 1
+CHECKPOINTS = ("final", "best", "latest")
+
+
+@dataclass
+class ModelInfo:
+    """model.json: the model's identity and where its training data came from."""
+
+    configuration: str
+    model: str  # registered model family
+    dataset_name: str
+    raw_folder: str
+    preprocessed_folder: str
+    file_ending: str
+    labels: dict[str, int]
+    task: str = "segmentation"  # registered task (medseg.tasks); folders written before tasks were plug-ins are segmentation
+    mirror_axes: list[int] = field(default_factory=list)  # test-time mirroring allowed by the training augmentation
+    extra: dict = field(default_factory=dict)  # task-specific entries
+    medseg_version: str = ""
+    version: int = MODEL_INFO_VERSION
+
+    @classmethod
+    def from_dict(cls, content: dict, source: Path) -> "ModelInfo":
+        if not isinstance(content, dict):
+            raise MedsegError(f"{source}: expected a JSON object")
+        known = {f.name for f in fields(cls)}
+        missing = [name for name in REQUIRED_INFO if name not in content]
+        if missing:
+            raise MedsegError(f"{source}: model.json lacks {', '.join(missing)}; the folder is damaged or was not written by medseg")
+        version = content.get("version", MODEL_INFO_VERSION)
+        if version != MODEL_INFO_VERSION:
+            raise MedsegError(f"{source}: model.json version {version!r} is not supported (expected {MODEL_INFO_VERSION})")
+        try:
+            info = cls(**{k: v for k, v in content.items() if k in known})
+            info.labels = {str(name): int(value) for name, value in info.labels.items()}
+        except (TypeError, ValueError, AttributeError) as error:
+            raise MedsegError(f"{source}: malformed model.json ({error})") from None
+        return info
+
+
+REQUIRED_INFO = ("configuration", "model", "dataset_name", "raw_folder", "preprocessed_folder", "file_ending", "labels")
+
+
+class ModelFolder:
+    def __init__(self, path: Path, info: ModelInfo):
+        self.path, self.info = Path(path), info
+
+    # ----------------------------------------------------------------------------- read / write
+    @classmethod
+    def open(cls, path: Path) -> "ModelFolder":
+        path = Path(path)
+        if not path.is_dir():
+            raise MedsegError(f"{path}: no such model folder")
+        info_path = path / "model.json"
+        if not info_path.is_file():
+            raise MedsegError(f"{path}: not a medseg model folder (no model.json)")
+        try:
+            content = json.loads(info_path.read_text())
+        except (OSError, ValueError) as error:
+            raise MedsegError(f"{info_path}: unreadable ({error})") from None
+        return cls(path, ModelInfo.from_dict(content, info_path))
+
+    @classmethod
+    def create(cls, path: Path, plans: Plans, dataset_json: Path, info: ModelInfo) -> "ModelFolder":
+        """Write plans.json, dataset.json and model.json (atomically), so the folder describes itself."""
+        from medseg import __version__
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        plans.save(path / "plans.json")
+        shutil.copyfile(dataset_json, path / "dataset.json")
+        info.medseg_version = __version__
+        write_json_atomic(path / "model.json", asdict(info))
+        return cls(path, info)
+
+    @cached_property
+    def plans(self) -> Plans:
+        return Plans.load(self.path / "plans.json")
+
+    @property
+    def configuration(self) -> ConfigurationPlan:
+        return self.plans.configuration(self.info.configuration)
+
+    @property
+    def raw_folder(self) -> Path:
+        return Path(self.info.raw_folder)
+
+    @property
+    def preprocessed_folder(self) -> Path:
+        return Path(self.info.preprocessed_folder)
+
+    @property
+    def reference_labels(self) -> Path:
+        """The raw dataset's training labels, which cross-validation scores against."""
+        return self.raw_folder / "labelsTr"
+
+    # ------------------------------------------------------------------------------------ folds
+    def fold_folder(self, fold: str) -> Path:
+        return self.path / f"fold_{fold}"
+
+    def folds(self) -> list[str]:
+        return sorted(p.name.removeprefix("fold_") for p in self.path.glob("fold_*") if p.is_dir())
+
+    def fold_finished(self, fold: str) -> bool:
+        folder = self.fold_folder(fold)
+        return (folder / "checkpoint_final.pt").is_file() and (folder / "validation" / "summary.json").is_file()
+
+    def checkpoint_path(self, fold: str, checkpoint: str = "auto") -> Path:
+        """``auto``: final, else best."""
+        if checkpoint != "auto" and checkpoint not in CHECKPOINTS:
+            raise MedsegError(f"unknown checkpoint '{checkpoint}' (choose auto, {', '.join(CHECKPOINTS)})")
+        folder = self.fold_folder(fold)
+        names = ["checkpoint_final.pt", "checkpoint_best.pt"] if checkpoint == "auto" else [f"checkpoint_{checkpoint}.pt"]
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+        raise MedsegError(f"{folder}: no {' or '.join(names)} (has this fold finished training?)")
+
+    def load_module_states(self, fold: str, checkpoint: str = "auto") -> dict[str, dict]:
+        """The trained modules' state dicts of a fold, by module name ("network", ...)."""
+        from medseg.training.checkpoint import load_checkpoint, module_states
+
+        path = self.checkpoint_path(fold, checkpoint)
+        return module_states(load_checkpoint(path), path)
+
+    # ---------------------------------------------------------------------- cross-validation results
+    def postprocessing(self) -> dict:
+        path = self.path / "postprocessing.json"
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise MedsegError(f"{path}: unreadable ({error})") from None
+
+    def write_postprocessing(self, decision: dict) -> None:
+        write_json_atomic(self.path / "postprocessing.json", decision)
+
+    def crossval_summary_path(self) -> Path:
+        return self.path / "crossval_summary.json"

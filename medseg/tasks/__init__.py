@@ -1,0 +1,8 @@
+"""Tasks behind one registry (see registry.py). Each task module registers itself when imported
+here; adding a task is one new module plus its import line below (or a plug-in, medseg.plugins)."""
+
+from medseg.tasks.registry import PlanRequest, PredictRequest, RunContext, Task, TrainingRun, get_task, list_tasks, register_task
+
+from medseg.tasks import segmentation  # noqa: E402,F401  (registers the built-in tasks)
+
+__all__ = ["PlanRequest", "PredictRequest", "RunContext", "Task", "TrainingRun", "get_task", "list_tasks", "register_task"]

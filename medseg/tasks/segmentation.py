@@ -1,0 +1,212 @@
+"""The segmentation task: label maps from images, 2D and 3D, nnU-Net style.
+
+Planning from the dataset fingerprint, patch batches with foreground oversampling and
+augmentation, deep-supervised Dice + CE, SGD-Nesterov or AdamW under a poly learning-rate decay,
+pseudo-Dice on validation patches as the score that picks "best", sliding-window prediction in the
+original geometry, Dice/NSD/HD95 cross-validation with largest-component postprocessing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from medseg.errors import MedsegError
+from medseg.tasks.registry import PlanRequest, PredictRequest, RunContext, Task, register_task
+from medseg.training.optimizers import DEFAULT_LR, make_optimizer, poly_learning_rate
+
+GRADIENT_CLIP = 12.0
+
+
+class SegmentationRun:
+    score_name = "pseudo_dice"
+
+    def __init__(self, context: RunContext):
+        from medseg.models.registry import build_model
+        from medseg.training.augmentation import augmentation_for
+        from medseg.training.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_scales, deep_supervision_weights
+
+        self.context = context
+        plans, configuration, options = context.plans, context.configuration, context.options
+        self.num_classes = plans.num_classes
+        self.network = build_model(configuration.architecture, len(plans.channel_names), self.num_classes, deep_supervision=True)
+        self.modules = {"network": self.network}
+        self.scales = deep_supervision_scales(configuration.architecture["kwargs"]["strides"])
+        self.loss = DeepSupervisionLoss(DiceCELoss(configuration.batch_dice), deep_supervision_weights(len(self.scales)))
+        optimizer = options.optimizer or configuration.training.get("optimizer", "sgd")
+        planned_rate = configuration.training.get("learning_rate") if optimizer == configuration.training.get("optimizer") else None
+        self.learning_rate = options.learning_rate or planned_rate or DEFAULT_LR[optimizer]
+        self.optimizer_name = optimizer
+        self.optimizers = {"network": make_optimizer(optimizer, self.network.parameters(), self.learning_rate)}
+        total_batch = options.batch_size or configuration.batch_size
+        self.total_batch = total_batch
+        self.batch_size = max(1, total_batch // context.world_size)
+        self.augmentation = augmentation_for(configuration)
+
+    def describe(self) -> str:
+        c = self.context.configuration
+        return (
+            f"training {c.name} ({c.architecture['name']}), patch {c.patch_size}, batch {self.batch_size * self.context.world_size}, "
+            f"{self.optimizer_name} lr {self.learning_rate:g}"
+        )
+
+    def batches(self, split: str, seed: int, background: bool) -> Iterator:
+        from medseg.training.loader import PatchSampler, batch_stream
+
+        context = self.context
+        cases = context.train_cases if split == "train" else (context.val_cases or context.train_cases)
+        sampler = PatchSampler(
+            context.data_folder, cases, patch_size=context.configuration.patch_size, batch_size=self.batch_size,
+            augmentation=self.augmentation if split == "train" else None, deep_supervision_scales=self.scales, seed=seed,
+        )
+        return batch_stream(sampler, seed, background)
+
+    def set_progress(self, progress: float) -> None:
+        poly_learning_rate(self.optimizers["network"], self.learning_rate, progress)
+
+    def _to_device(self, batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        data, targets = batch
+        device = self.context.device
+        return data.to(device, non_blocking=True), [t.to(device, non_blocking=True) for t in targets]
+
+    def train_step(self, batch, models) -> float:
+        data, targets = self._to_device(batch)
+        optimizer = self.optimizers["network"]
+        optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(models["network"](data), targets)
+        if not torch.isfinite(loss):
+            return float(loss.item())  # the loop stops with a clear error before a bad step is taken
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), GRADIENT_CLIP)
+        optimizer.step()
+        return float(loss.item())
+
+    def val_step(self, batch, models) -> tuple[float, np.ndarray]:
+        """-> loss and (3, K-1) true positive, false positive, false negative voxel counts per class."""
+        data, targets = self._to_device(batch)
+        outputs = models["network"](data)
+        loss = float(self.loss(outputs, targets).item())
+        prediction, reference = outputs[0].argmax(1), targets[0][:, 0]
+        counts = np.zeros((3, self.num_classes - 1))
+        for value in range(1, self.num_classes):
+            p, r = prediction == value, reference == value
+            counts[:, value - 1] = [(p & r).sum().item(), (p & ~r).sum().item(), (~p & r).sum().item()]
+        return loss, counts
+
+    def score(self, totals: np.ndarray) -> tuple[float, dict]:
+        """Pseudo-Dice: Dice per class over all validation patches pooled, then the mean over classes."""
+        tp, fp, fn = totals
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_class = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+        pseudo_dice = float(np.nanmean(per_class)) if np.any(~np.isnan(per_class)) else 0.0
+        return pseudo_dice, {"pseudo_dice": [None if np.isnan(v) else round(float(v), 4) for v in per_class]}
+
+    def final_validation(self) -> dict:
+        """Sliding-window prediction of the held-out cases from their raw images, then metrics."""
+        from medseg.training.validation import validate_fold
+
+        context = self.context
+        return validate_fold(context.model_folder, context.fold_folder, [self.network], context.device, context.val_cases, context.options.mirror_tta, context.log)
+
+
+# ------------------------------------------------------------------------------------- stage hooks
+def fingerprint(description, workers, progress):
+    from medseg.planning.fingerprint import extract_fingerprint
+
+    return extract_fingerprint(description, workers, progress)
+
+
+def plan(fingerprint_file, description, request: PlanRequest):
+    from medseg.planning.device import default_budget
+    from medseg.planning.fingerprint import Fingerprint
+    from medseg.planning.planner import plan_experiment
+
+    fingerprint = Fingerprint.load(fingerprint_file)
+    budget = default_budget(request.model, request.memory_gb, request.step_seconds, training_seconds=request.training_seconds, preset=request.preset)
+    return plan_experiment(fingerprint, description, budget, request.model, request.plans_name, preset=request.preset)
+
+
+def preprocess(description, plans, configuration, folder, workers, progress):
+    from medseg.preprocessing.dataset import preprocess_dataset
+
+    if configuration.previous_stage:
+        raise MedsegError(
+            f"configuration {configuration.name} is a cascade stage; cascades are not supported yet (train {configuration.previous_stage} and 3d_fullres)"
+        )
+    return preprocess_dataset(description, plans, configuration, folder, workers, progress)
+
+
+def preprocessed_cases(data_folder, plans, configuration) -> list[str]:
+    from medseg.preprocessing.dataset import check_signature, preprocessed_case_ids
+
+    case_ids = preprocessed_case_ids(data_folder) if data_folder.is_dir() else []
+    if case_ids:
+        check_signature(data_folder, plans, configuration)
+    return case_ids
+
+
+def model_info(configuration) -> dict:
+    from medseg.training.augmentation import augmentation_for
+
+    return {"mirror_axes": list(augmentation_for(configuration).mirror_axes)}
+
+
+def predict(folder, request: PredictRequest):
+    from medseg.inference.batch import predict_folder
+    from medseg.inference.predictor import Predictor
+
+    if not 0 <= request.overlap < 1:
+        raise MedsegError(f"--overlap must be in [0, 1), got {request.overlap}")
+    predictor = Predictor(
+        folder, request.folds, request.checkpoint, request.device, step_fraction=1 - request.overlap, mirror=request.mirror,
+        windows_per_batch=request.windows_per_batch,
+    )
+    result = predict_folder(predictor, request.source, request.output, folder.info.file_ending, request.save_probabilities, request.progress)
+    result.folds = list(predictor.folds)
+    return result
+
+
+def crossval(folder, folds) -> dict:
+    from medseg.evaluation.crossval import collect_crossval
+
+    return collect_crossval(folder, folds)
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.4f}" if value <= 1.0 else f"{value:.2f}"
+
+
+def report_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    rows = [[cls, *(_number(metrics[m]) for m in ("dice", "nsd", "hd95"))] for cls, metrics in report["mean"].items()]
+    fg = report["foreground_mean"]
+    rows.append(["[bold]foreground mean[/bold]", *(_number(fg[m]) for m in ("dice", "nsd", "hd95"))])
+    if "postprocessed" in report:
+        post = report["postprocessed"]["foreground_mean"]
+        rows.append(["after postprocessing", *(_number(post[m]) for m in ("dice", "nsd", "hd95"))])
+    return ["class", "Dice", "NSD", "HD95 (mm)"], rows
+
+
+def report_score(report: dict) -> float:
+    """Cross-validation foreground Dice (after postprocessing, when it was applied)."""
+    chosen = report.get("postprocessed", report)
+    return chosen["foreground_mean"]["dice"] or 0.0
+
+
+register_task(
+    Task(
+        name="segmentation",
+        summary="label maps (2D/3D): patch training with deep supervision, sliding-window prediction, Dice/NSD/HD95",
+        dataset_types=("segmentation",),
+        fingerprint=fingerprint,
+        plan=plan,
+        preprocess=preprocess,
+        preprocessed_cases=preprocessed_cases,
+        start_run=SegmentationRun,
+        model_info=model_info,
+        predict=predict,
+        crossval=crossval,
+        report_rows=report_rows,
+        report_score=report_score,
+    )
+)
