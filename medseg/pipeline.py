@@ -250,8 +250,9 @@ def run_plan_and_train(
     chosen = list(configurations) if configurations else default_configurations(plans)
     for name in chosen:
         c = plans.configuration(name)
+        features = c.architecture["kwargs"].get("features_per_stage")
         log(f"  {name}: patch {c.patch_size}, batch {c.batch_size}, spacing {[round(s, 3) for s in c.spacing]}, "
-            f"{c.architecture['name']} features {c.architecture['kwargs'].get('features_per_stage')}")
+            f"{c.architecture['name']}" + (f" features {features}" if features else ""))
     run_preprocess(raw_folder, chosen, plans_name, workers)
     log("preprocessing: done")
     runs = [(name, fold) for name in chosen for fold in folds]

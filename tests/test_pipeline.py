@@ -192,3 +192,57 @@ def test_umamba_bot_plans_trains_and_predicts_through_the_cli(prepared_root, tmp
     run_cli("plan", "AbdomenMRI-demo", "--plans-name", "medsegPlans_umamba_bot", root=prepared_root, check=True)
     refused = run_cli("plan-and-train", "--task", "AbdomenMRI", "--demo", "--model", "umamba_bot", "--folds", "0", *TINY_TRAIN, root=prepared_root)
     assert refused.returncode == 1 and "plans unet, not umamba_bot" in refused.stderr
+
+
+@pytest.mark.slow
+def test_prediction_carries_the_source_metadata(prepared_root, shared_data):
+    """A DICOM series' SOP instances travel with its segmentation (for a DICOM SEG writer to reference)."""
+    from medseg.inference.predictor import Predictor
+    from medseg.io import read_image as read
+
+    image = read(shared_data / "dicom-series-dicom2nifti" / "siemens" / "anatomical" / "001")
+    if not (model_folder(prepared_root) / "fold_0" / "checkpoint_final.pt").is_file():
+        run_cli("train", "AbdomenMRI-demo", "3d_fullres", "0", *TINY_TRAIN, "--no-validate", root=prepared_root, check=True)
+    prediction = Predictor(model_folder(prepared_root), folds=["0"], mirror=False).predict_image(image, case_id="siemens")
+    source = prediction.segmentation.metadata["source"]
+    assert source["sop_instance_uids"] == image.metadata["sop_instance_uids"] and len(source["sop_instance_uids"]) == 4
+    assert prediction.source == source and not prediction.segmentation.geometry_differences(image)
+
+
+def test_model_folder_defects_are_named(prepared_root, tmp_path):
+    import shutil
+
+    if not (model_folder(prepared_root) / "fold_0" / "checkpoint_final.pt").is_file():
+        run_cli("train", "AbdomenMRI-demo", "3d_fullres", "0", *TINY_TRAIN, "--no-validate", root=prepared_root, check=True)
+    broken = tmp_path / "model"
+    shutil.copytree(model_folder(prepared_root), broken, ignore=shutil.ignore_patterns("validation", "checkpoint_latest.pt", "checkpoint_best.pt"))
+    inputs = prepared_root / "raw" / DATASET / "imagesTr" / "demo_000_0000.nii.gz"
+    info = json.loads((broken / "model.json").read_text())
+    (broken / "model.json").write_text(json.dumps({k: v for k, v in info.items() if k != "configuration"}))
+    result = run_cli("predict", "-i", inputs, "-o", tmp_path / "out", "-m", broken, root=prepared_root)
+    assert result.returncode == 1 and "model.json lacks configuration" in result.stderr
+    (broken / "model.json").write_text(json.dumps(info))
+    checkpoint = broken / "fold_0" / "checkpoint_final.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    result = run_cli("predict", "-i", inputs, "-o", tmp_path / "out", "-m", broken, root=prepared_root)
+    assert result.returncode == 1 and "checkpoint_final.pt: unreadable checkpoint" in result.stderr
+
+
+def test_presets_are_listed_and_shape_the_plan(prepared_root):
+    listing = run_cli("plans", root=prepared_root, check=True).stdout
+    assert all(name in listing for name in ("fast", "cpu", "nnunet"))
+    run_cli("plan", "AbdomenMRI-demo", "--preset", "fast", "--plans-name", "fastPlans", root=prepared_root, check=True)
+    plans = json.loads((prepared_root / "preprocessed" / DATASET / "fastPlans.json").read_text())
+    assert plans["planner"]["preset"] == "fast" and min(plans["configurations"]["3d_fullres"]["spacing"]) >= 3.0
+    run_cli("plan", "AbdomenMRI-demo", "--preset", "nnunet", "--plans-name", "nnPlans", root=prepared_root, check=True)
+    plans = json.loads((prepared_root / "preprocessed" / DATASET / "nnPlans.json").read_text())
+    assert plans["planner"]["mode"] == "memory" and plans["configurations"]["3d_fullres"]["training"]["optimizer"] == "sgd"
+    unknown = run_cli("plan", "AbdomenMRI-demo", "--preset", "turbo", root=prepared_root)
+    assert unknown.returncode == 1 and "unknown preset 'turbo'" in unknown.stderr and "fast" in unknown.stderr
+
+
+def test_dataset_and_task_options_name_the_same_thing(prepared_root):
+    both = run_cli("plan-and-train", "--dataset", "AbdomenMRI-demo", "--task", "KvasirSEG", root=prepared_root)
+    assert both.returncode == 1 and "name different datasets" in both.stderr
+    neither = run_cli("plan-and-train", "--epochs", "1", root=prepared_root)
+    assert neither.returncode == 1 and "--dataset" in neither.stderr

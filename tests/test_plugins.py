@@ -135,3 +135,21 @@ def test_registry_rules():
 def test_repository_folders_name_their_import(folder, installed):
     result = subprocess.run([sys.executable, "-c", f"import {folder}"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 1 and f"ImportError: medseg's" in result.stderr and f"use `import {installed}`" in result.stderr
+
+
+@pytest.mark.slow
+def test_plugin_trains_under_torchrun(toy_root):
+    """torchrun's workers find the plug-in through the environment the CLI passes on."""
+    run_cli("plan", "AbdomenMRI-demo", "--model", "toy_regressor", root=toy_root, check=True)
+    run_cli("preprocess", "AbdomenMRI-demo", "-c", "3d", "--plans-name", PLANS, root=toy_root, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "MEDSEG_PLUGINS"}
+    env.update(MEDSEG_ROOT=str(toy_root), OMP_NUM_THREADS="1")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "medseg.cli", "--plugin", "toy_regression", "train", "AbdomenMRI-demo", "3d", "4", "--plans-name", PLANS,
+        "--epochs", "2", "--iterations-per-epoch", "2", "--no-validate",
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "2 process(es)" in result.stdout and "training toy_regression" in result.stdout
+    assert (toy_root / "results" / DATASET / f"toy_regressor__{PLANS}__3d" / "fold_4" / "checkpoint_final.pt").is_file()
