@@ -56,7 +56,7 @@ def convert(src: Path, out: Path, overwrite: bool = False, progress=None) -> Con
                 try:
                     if not label_path.is_file():
                         raise MedsegError(f"{label_path}: missing label")
-                    differences = read_image(image_path).geometry_differences(read_image(label_path))
+                    differences = read_image(image_path).geometry_differences(read_image(label_path), names=("image", "label"))
                     if differences:
                         raise MedsegError(f"{label_path}: geometry differs from image: {'; '.join(differences)}")
                 except MedsegError as error:

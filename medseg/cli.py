@@ -25,7 +25,7 @@ console = Console()
 err_console = Console(stderr=True)
 _state = {"debug": False}
 
-SERIES_HELP = "Which DICOM series when a folder holds several: largest, an index, a SeriesInstanceUID, number:N, description:TEXT."
+SERIES_HELP = "Which DICOM series when a folder holds several: largest, an index, a SeriesInstanceUID (or uid:UID), number:N, description:TEXT."
 
 
 def _version(value: bool) -> None:
@@ -77,10 +77,18 @@ def convert(
     source: Path = typer.Argument(..., help="Image file or DICOM folder."),
     target: Path = typer.Argument(..., help="Output file; format from the suffix (.nii.gz, .nrrd, .mha, .png, .tif)."),
     series: Optional[str] = typer.Option(None, "--series", help=SERIES_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
     """Convert an image between formats, keeping its geometry (e.g. a DICOM series to NIfTI)."""
+    from medseg.errors import MedsegError
     from medseg.io import read_image, write_image
 
+    if target.exists() and source.exists() and target.resolve() == source.resolve():
+        raise MedsegError(f"{target}: is the input itself; choose another output")
+    if target.is_dir():
+        raise MedsegError(f"{target}: is a folder; give an output file name (its suffix picks the format)")
+    if target.exists() and not overwrite:
+        raise MedsegError(f"{target}: exists; pass --overwrite to replace it")
     image = read_image(source, series=series)
     write_image(image, target)
     console.print(f"wrote {target} {tuple(image.array.shape)}")
@@ -399,6 +407,7 @@ def predict(
     tta: bool = typer.Option(True, "--tta/--no-tta", help="Mirroring test-time augmentation."),
     save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write CASE.probabilities.npz (K, *spatial)."),
     device: Optional[str] = typer.Option(None, "--device"),
+    series: Optional[str] = typer.Option(None, "--series", help="A DICOM folder input holding several series: " + SERIES_HELP),
 ) -> None:
     """Apply a trained model folder to images (fold ensemble); segmentations come out in their original geometry."""
     from medseg.model_folder import ModelFolder
@@ -408,11 +417,12 @@ def predict(
     request = PredictRequest(
         source=input, output=output, folds=folds.split(",") if folds else None, checkpoint=checkpoint, device=device,
         overlap=overlap, mirror=tta, windows_per_batch=windows_per_batch, save_probabilities=save_probabilities, progress=_progress("predict"),
+        series=series,
     )
     result = get_task(folder.info.task).predict(folder, request)
     console.print(f"wrote {len(result.written)} output(s) to {output} (folds {', '.join(result.folds)})")
     for case_id, error in result.failed.items():
-        err_console.print(f"[red]failed[/red] {case_id}: {error}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]failed[/red] {case_id}: {one_line(error)}", highlight=False, soft_wrap=True)
     if result.failed:
         raise typer.Exit(1)
 
@@ -424,6 +434,9 @@ def evaluate(
     dataset_json: Path = typer.Option(..., "-j", "--dataset-json", help="dataset.json naming the labels and file ending."),
     tolerance: list[str] = typer.Option([], "--nsd-tolerance", help="NSD tolerance in mm: a number for all classes or CLASS=MM (repeatable) [default: 2]."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Summary JSON [default: PREDICTIONS/summary.json]."),
+    allow_missing: bool = typer.Option(
+        False, "--allow-missing", help="Score missing or unusable predictions as empty (Dice 0) instead of failing; they are listed."
+    ),
 ) -> None:
     """Dice, NSD and HD95 per class and case, with a summary JSON."""
     import json
@@ -444,14 +457,15 @@ def evaluate(
             tolerances[name or "default"] = float(value)
         except ValueError:
             raise MedsegError(f"--nsd-tolerance {item!r}: expected MM or CLASS=MM") from None
-    report = evaluate_folder(predictions, references, labels, ending, tolerances, output=output or predictions / "summary.json", progress=_progress("evaluate"))
+    report = evaluate_folder(
+        predictions, references, labels, ending, tolerances, output=output or predictions / "summary.json", progress=_progress("evaluate"),
+        allow_missing=allow_missing,
+    )
     from medseg.tasks import get_task
 
     print_report_tables(get_task("segmentation"), {"evaluation": report})
-    for case_id, error in report["errors"].items():
-        err_console.print(f"[red]failed[/red] {case_id}: {error}", highlight=False, soft_wrap=True)
-    if report["missing_predictions"]:
-        err_console.print(f"missing predictions: {', '.join(report['missing_predictions'][:10])}")
+    for case_id, problem in report["scored_as_empty"].items():
+        err_console.print(f"[yellow]scored as empty[/yellow] {case_id}: {problem}", highlight=False, soft_wrap=True)
 
 
 def _plans_task(folder: Path, plans_name: str):
@@ -528,6 +542,13 @@ def plan_and_train(
     print_report_tables(task_for_model(model), {f"{name} cross-validation": report for name, report in reports.items()})
 
 
+def one_line(error: Exception) -> str:
+    """An error as one line: libraries put newlines in their messages."""
+    from rich.markup import escape
+
+    return escape(" ".join(str(error).split()))  # and no rich markup taken from file names or messages
+
+
 def main() -> None:
     from medseg.errors import MedsegError
 
@@ -536,7 +557,7 @@ def main() -> None:
     except MedsegError as error:
         if _state["debug"]:
             raise
-        err_console.print(f"[red]error:[/red] {error}", soft_wrap=True, highlight=False)
+        err_console.print(f"[red]error:[/red] {one_line(error)}", soft_wrap=True, highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -545,7 +566,7 @@ def main() -> None:
         if _state["debug"]:
             raise
         err_console.print(
-            f"[red]error:[/red] unexpected {type(error).__name__}: {error} (rerun with --debug for the traceback)",
+            f"[red]error:[/red] unexpected {type(error).__name__}: {one_line(error)} (rerun with --debug for the traceback)",
             soft_wrap=True,
             highlight=False,
         )

@@ -96,9 +96,15 @@ def test_train_predict_evaluate(prepared_root, tmp_path):
     assert not prediction.geometry_differences(original) and prediction.array.shape == original.array.shape
     probabilities = np.load(out / "demo_006.probabilities.npz")["probabilities"]
     assert probabilities.shape == (5, *original.spatial_shape)
-    evaluation = run_cli("evaluate", out, raw / "labelsTr", "-j", raw / "dataset.json", "--nsd-tolerance", "3", root=prepared_root, check=True)
+    evaluate = ("evaluate", out, raw / "labelsTr", "-j", raw / "dataset.json", "--nsd-tolerance", "3")
+    refused = run_cli(*evaluate, root=prepared_root)  # the other references have no prediction: no mean over the rest
+    assert refused.returncode == 1 and "6 of 8 case(s) cannot be scored" in refused.stderr and "missing prediction" in refused.stderr
+    assert not (out / "summary.json").exists()
+    evaluation = run_cli(*evaluate, "--allow-missing", root=prepared_root, check=True)
     assert "foreground mean" in evaluation.stdout and (out / "summary.json").is_file()
-    assert "missing predictions" in evaluation.stderr  # the other references have no prediction
+    assert "scored as empty" in evaluation.stderr and "demo_000" in evaluation.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_cases"] == 8 and summary["per_case"]["demo_000"]["liver"]["dice"] == 0.0
 
 
 @pytest.mark.slow

@@ -67,7 +67,7 @@ def test_plugin_task_trains_continues_and_predicts_through_the_cli(toy_root, tmp
 
     train = ("train", "AbdomenMRI-demo", "3d", "0", "--plans-name", PLANS, "--iterations-per-epoch", "3")
     first = run_cli(*train, "--epochs", "2", "--no-validate", root=toy_root, check=True)
-    assert "training toy_regression (toy_regressor)" in first.stdout and "neg-rmse" in first.stdout
+    assert "training toy_regression (toy_regressor)" in first.stdout and "neg_rmse" in first.stdout
     folder = toy_root / "results" / DATASET / f"toy_regressor__{PLANS}__3d"
     fold = folder / "fold_0"
     for name in ("checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt", "log.json", "progress.png"):

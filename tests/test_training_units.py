@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from medseg.evaluation.metrics import case_metrics, dice, surface_metrics
@@ -11,9 +12,8 @@ from medseg.inference.sliding_window import gaussian_importance, predict_logits,
 from medseg.preprocessing.normalization import normalize_channel
 from medseg.preprocessing.resampling import coarse_axis, resample_image, resample_labels
 from medseg.training.augmentation import AugmentationSettings, spatial_transform
-from medseg.training.losses import DiceCELoss, deep_supervision_weights
+from medseg.training.losses import DiceCELoss, deep_supervision_scales, deep_supervision_weights
 from medseg.training.splits import make_splits
-from medseg.training.losses import deep_supervision_scales
 
 
 def test_dice_ce_loss_prefers_the_right_answer():
@@ -111,3 +111,38 @@ def test_splits_are_disjoint_and_cover_all_cases():
     assert sorted(c for s in splits for c in s["val"]) == sorted(ids)
     assert all(not set(s["train"]) & set(s["val"]) for s in splits)
     assert make_splits(ids) == splits
+
+
+def _random_masks(rng, shape, kind):
+    if kind == "empty_both":
+        return np.zeros(shape, bool), np.zeros(shape, bool)
+    if kind == "full":
+        return np.ones(shape, bool), np.ones(shape, bool)
+    from scipy import ndimage
+
+    blobs = [ndimage.gaussian_filter(rng.random(shape), 2) for _ in range(2)]
+    return blobs[0] > np.percentile(blobs[0], 70), blobs[1] > np.percentile(blobs[1], 65)
+
+
+@pytest.mark.parametrize("kind", ["random", "full", "empty_both"])
+@pytest.mark.parametrize(("shape", "spacing"), [((40, 36), (0.7, 1.3)), ((14, 30, 26), (3.0, 0.8, 0.8))])
+def test_metrics_equal_monai(shape, spacing, kind):
+    """Dice, NSD and HD95 against MONAI's reference implementation, anisotropic spacing."""
+    from tests.conftest import require_peer
+
+    require_peer("monai")
+    import torch
+    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
+
+    rng = np.random.default_rng(len(shape) + len(kind))
+    for _ in range(3):
+        prediction, reference = _random_masks(rng, shape, kind)
+        as_onehot = lambda mask: torch.from_numpy(np.stack([~mask, mask]))[None].float()  # noqa: E731
+        p, r = as_onehot(prediction), as_onehot(reference)
+        theirs_dice = float(compute_dice(p, r, include_background=False, ignore_empty=True)[0, 0])
+        theirs_nsd = float(compute_surface_dice(p, r, class_thresholds=[1.5], include_background=False, spacing=list(spacing))[0, 0])
+        theirs_hd = float(compute_hausdorff_distance(p, r, include_background=False, percentile=95, spacing=list(spacing))[0, 0])
+        ours_nsd, ours_hd = surface_metrics(prediction, reference, spacing, tolerance_mm=1.5)
+        ours_dice = dice(prediction, reference)
+        for ours, theirs in ((ours_dice, theirs_dice), (ours_nsd, theirs_nsd), (ours_hd, theirs_hd)):
+            assert (np.isnan(ours) and np.isnan(theirs)) or ours == pytest.approx(theirs, rel=1e-5, abs=1e-6), (kind, ours, theirs)  # MONAI returns float32

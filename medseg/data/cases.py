@@ -16,7 +16,7 @@ def stack_channel_files(paths: list[Path]) -> MedicalImage:
     images = [read_image(path) for path in paths]
     first = images[0]
     for path, image in zip(paths[1:], images[1:]):
-        differences = first.geometry_differences(image)
+        differences = first.geometry_differences(image, names=(paths[0].name, path.name))
         if differences:
             raise DatasetError(f"{path}: geometry differs from {paths[0].name}: {'; '.join(differences)}")
     array = np.concatenate([image.array.astype(np.float32, copy=False) for image in images], axis=0)
@@ -32,7 +32,7 @@ def load_case_label(case: Case, reference: MedicalImage) -> MedicalImage:
     if case.label is None:
         raise DatasetError(f"case {case.case_id}: has no label file")
     label = read_image(case.label)
-    differences = reference.geometry_differences(label)
+    differences = reference.geometry_differences(label, names=("image", "label"))
     if differences:
         raise DatasetError(f"{case.label}: geometry differs from its image: {'; '.join(differences)}")
     if label.num_channels != 1:

@@ -67,8 +67,8 @@ def _read(path: Path, problems: list[Problem]):
         return read_image(path)
     except MedsegError as error:
         problems.append(_error(str(error)))
-    except Exception as error:  # a reader library failing in an unexpected way is still a bad file
-        problems.append(_error(f"{path}: unreadable ({type(error).__name__}: {error})"))
+    except Exception as error:  # a reader failing without saying why: a medseg bug, reported against the file
+        problems.append(_error(f"{path}: unreadable (unexpected {type(error).__name__}: {error})"))
     return None
 
 
@@ -95,7 +95,7 @@ def check_case(case: Case, description: DatasetDescription) -> _CaseResult:
         if reference is None:
             reference = (path, image)
         else:
-            differences = reference[1].geometry_differences(image)
+            differences = reference[1].geometry_differences(image, names=(reference[0].name, path.name))
             if differences:
                 problems.append(_error(f"{path}: geometry differs from {reference[0].name}: {'; '.join(differences)}"))
         digest.update(np.ascontiguousarray(image.array).tobytes())
@@ -104,7 +104,7 @@ def check_case(case: Case, description: DatasetDescription) -> _CaseResult:
         if label is not None:
             _check_label(case.label, label, description, problems)
             if reference is not None:
-                differences = reference[1].geometry_differences(label)
+                differences = reference[1].geometry_differences(label, names=("image", "label"))
                 if differences:
                     problems.append(
                         _error(f"{case.label}: geometry differs from image {reference[0].name}: {'; '.join(differences)}")

@@ -1,5 +1,10 @@
 """Dice, normalised surface Dice (NSD) and the 95th-percentile Hausdorff distance, per class,
-with distances in millimetres (the voxel spacing is honoured)."""
+with distances in millimetres (the voxel spacing is honoured). Tested equal to MONAI's
+compute_dice, compute_surface_dice and compute_hausdorff_distance(percentile=95).
+
+Empty masks: both empty gives NaN for every metric (nothing to find, nothing found: left out of
+the means); an empty reference with a non-empty prediction, or the reverse, gives Dice 0, NSD 0
+and HD95 = the image diagonal in mm (MONAI gives NaN or infinity there, which a mean cannot hold)."""
 
 from __future__ import annotations
 
@@ -18,11 +23,11 @@ def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
 
 
 def surface(mask: np.ndarray) -> np.ndarray:
-    """Voxels of the mask that touch the outside (full connectivity)."""
+    """Voxels of the mask with a face-neighbour outside it (or on the image border): the edge that
+    MONAI's surface metrics use, so NSD and HD95 equal theirs."""
     if not mask.any():
         return mask
-    structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
-    return mask & ~ndimage.binary_erosion(mask, structure, border_value=0)
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
 def _distances_to(surface_from: np.ndarray, surface_to: np.ndarray, spacing: Sequence[float]) -> np.ndarray:

@@ -30,19 +30,40 @@ def summarize(per_case: dict[str, dict[str, dict[str, float]]], labels: dict[str
 
 
 def _evaluate_job(job) -> tuple[str, dict | None, str | None]:
+    """-> (case id, metrics, problem). An unusable prediction is an error, or with ``allow_missing``
+    it is scored as an empty prediction and its problem kept beside the metrics."""
     from medseg.io import read_image
 
-    case_id, prediction_path, reference_path, labels, tolerances = job
+    case_id, prediction_path, reference_path, labels, tolerances, allow_missing = job
     try:
-        prediction = read_image(prediction_path)
         reference = read_image(reference_path)
-        differences = reference.geometry_differences(prediction)
-        if differences:
-            raise MedsegError(f"{prediction_path}: geometry differs from {reference_path}: {'; '.join(differences)}")
-        metrics = case_metrics(prediction.array[0], reference.array[0], reference.spacing, labels, tolerances)
-        return case_id, metrics, None
     except MedsegError as error:
         return case_id, None, str(error)
+    try:
+        prediction = read_prediction(prediction_path, reference, reference_path, labels)
+    except MedsegError as error:
+        if not allow_missing:
+            return case_id, None, str(error)
+        empty = np.zeros(reference.spatial_shape, dtype=np.uint8)
+        return case_id, case_metrics(empty, reference.array[0], reference.spacing, labels, tolerances), str(error)
+    return case_id, case_metrics(prediction, reference.array[0], reference.spacing, labels, tolerances), None
+
+
+def read_prediction(path: Path, reference, reference_path: Path, labels: dict[str, int]) -> np.ndarray:
+    """The predicted label map (*spatial), checked against its reference and the declared labels."""
+    from medseg.io import read_image
+
+    if not path.is_file():
+        raise MedsegError(f"{path}: missing prediction")
+    prediction = read_image(path)
+    differences = reference.geometry_differences(prediction, names=("reference", "prediction"))
+    if differences:
+        raise MedsegError(f"{path}: geometry differs from {reference_path}: {'; '.join(differences)}")
+    values = prediction.array[0]
+    undeclared = sorted(set(np.unique(values).tolist()) - set(labels.values()))
+    if undeclared:
+        raise MedsegError(f"{path}: label value(s) {', '.join(map(str, undeclared[:5]))} are not declared in dataset.json ({labels})")
+    return values
 
 
 def evaluate_folder(
@@ -55,28 +76,31 @@ def evaluate_folder(
     progress: Callable[[int, int], None] | None = None,
     output: Path | None = None,
     case_ids: list[str] | None = None,
+    allow_missing: bool = False,
 ) -> dict:
-    """Every reference with a prediction of the same name is scored; missing predictions are errors."""
+    """Every reference (of ``case_ids``) is scored against the prediction of the same name. A
+    missing or unusable prediction fails the evaluation, naming the cases: a mean over only the
+    cases that worked would look better than the truth. ``allow_missing`` scores them as empty
+    predictions (Dice 0 wherever the reference has the class) and lists them in the report."""
     references = sorted(reference_folder.glob(f"*{file_ending}"))
     if case_ids is not None:
         wanted = set(case_ids)
         references = [r for r in references if r.name[: -len(file_ending)] in wanted]
     if not references:
         raise MedsegError(f"{reference_folder}: no reference files ending in {file_ending}")
-    jobs, missing = [], []
-    for reference in references:
-        case_id = reference.name[: -len(file_ending)]
-        prediction = prediction_folder / reference.name
-        if prediction.is_file():
-            jobs.append((case_id, prediction, reference, labels, tolerances_mm or {}))
-        else:
-            missing.append(case_id)
-    if not jobs:
+    missing = [r.name[: -len(file_ending)] for r in references if not (prediction_folder / r.name).is_file()]
+    if len(missing) == len(references):
         raise MedsegError(f"{prediction_folder}: holds none of the {len(references)} cases of {reference_folder}")
+    jobs = [(r.name[: -len(file_ending)], prediction_folder / r.name, r, labels, tolerances_mm or {}, allow_missing) for r in references]
     results = map_parallel(_evaluate_job, jobs, workers, progress)
-    per_case = {case_id: metrics for case_id, metrics, error in results if metrics is not None}
-    errors = {case_id: error for case_id, _, error in results if error}
-    report = {**summarize(per_case, labels), "per_case": per_case, "errors": errors, "missing_predictions": missing}
+    problems = {case_id: problem for case_id, _, problem in results if problem}
+    unscored = {case_id: problems[case_id] for case_id, metrics, _ in results if metrics is None}
+    if unscored:
+        listing = "; ".join(list(unscored.values())[:5])
+        hint = "" if allow_missing else " (--allow-missing scores missing or unusable predictions as empty)"
+        raise MedsegError(f"{len(unscored)} of {len(references)} case(s) cannot be scored, so no mean is reported{hint}: {listing}")
+    per_case = {case_id: metrics for case_id, metrics, _ in results}
+    report = {**summarize(per_case, labels), "per_case": per_case, "scored_as_empty": problems, "missing_predictions": missing}
     if output is not None:
         write_report(output, report)
     return report

@@ -1,5 +1,7 @@
-"""Predict a folder (nnU-Net imagesTs naming: CASE_XXXX.ext per channel) or single images, one
-case at a time; a failing case is reported and skipped, never the end of the batch."""
+"""Predict a folder (nnU-Net imagesTs naming: CASE_XXXX.ext per channel), single images, or one
+DICOM series folder, one case at a time; a failing case is reported and skipped, never the end of
+the batch. A DICOM folder is always one input (a series, chosen with ``series`` when it holds
+several), never read file by file."""
 
 from __future__ import annotations
 
@@ -10,10 +12,10 @@ from typing import Callable
 
 import numpy as np
 
-from medseg.atomic import atomic_path
+from medseg.atomic import atomic_path, prepare_output_folder, remove_stale_temporaries
 from medseg.errors import MedsegError
 from medseg.data.cases import stack_channel_files
-from medseg.io import image_suffix, write_image
+from medseg.io import DICOM_SUFFIXES, image_suffix, read_image, write_image
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -25,9 +27,34 @@ class BatchResult:
     folds: list[str] = field(default_factory=list)  # the folds that made the outputs
 
 
+def is_dicom_file(path: Path) -> bool:
+    """A DICOM suffix, or no suffix and the 'DICM' marker of a DICOM file (PACS exports often have no suffix)."""
+    suffix = image_suffix(path)
+    if suffix in DICOM_SUFFIXES:
+        return True
+    if suffix:
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
 def group_inputs(source: Path, num_channels: int) -> dict[str, list[Path]]:
-    """Case id -> channel files. A file not named CASE_XXXX is a single-channel case of its own."""
-    files = [source] if source.is_file() else sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
+    """Case id -> channel files. A file not named CASE_XXXX is a single-channel case of its own. A
+    folder of DICOM files (or of folders only, as a DICOM study is) is one case: [the folder]."""
+    if source.is_dir():
+        entries = [p for p in source.iterdir() if not p.name.startswith(".")]
+        files = sorted(p for p in entries if p.is_file())
+        dicom = [p for p in files if is_dicom_file(p)]
+        if dicom and len(dicom) < len(files):
+            others = ", ".join([p.name for p in files if p not in dicom][:3])
+            raise MedsegError(f"{source}: mixes DICOM files with other files ({others}); give a DICOM series folder or a folder of images")
+        if dicom or (not files and any(p.is_dir() for p in entries)):
+            return {source.name: [source]}
+    else:
+        files = [source]
     cases: dict[str, dict[int, Path]] = {}
     for path in files:
         suffix = image_suffix(path)
@@ -42,19 +69,21 @@ def group_inputs(source: Path, num_channels: int) -> dict[str, list[Path]]:
 
 def predict_folder(
     predictor, source: Path, output: Path, file_ending: str, save_probabilities: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, series: str | None = None,
 ) -> BatchResult:
+    """``series``: which series of a DICOM folder input (medseg.io.dicom.select_series rules)."""
     if not source.exists():
         raise MedsegError(f"{source}: no such file or folder")
     num_channels = len(predictor.plans.channel_names)
     cases = group_inputs(source, num_channels)
     if not cases:
         raise MedsegError(f"{source}: no input images")
-    output.mkdir(parents=True, exist_ok=True)
+    prepare_output_folder(output)
+    remove_stale_temporaries(output)  # left by a run that was killed mid-write
     result = BatchResult()
     for index, (case_id, files) in enumerate(sorted(cases.items())):
         try:
-            image = stack_channel_files(files)
+            image = read_image(files[0], series=series) if files[0].is_dir() else stack_channel_files(files)
             prediction = predictor.predict_image(image, probabilities=save_probabilities, case_id=str(files[0]))
             target = output / f"{case_id}{file_ending}"
             write_image(prediction.segmentation, target)
@@ -65,7 +94,7 @@ def predict_folder(
         except MedsegError as error:
             result.failed[case_id] = str(error)
         except Exception as error:  # an unexpected failure on one case must not end the batch
-            result.failed[case_id] = f"{files[0]}: {type(error).__name__}: {error}"
+            result.failed[case_id] = f"{files[0]}: unexpected {type(error).__name__}: {error} (a medseg bug: please report it)"
         if progress:
             progress(index + 1, len(cases))
     return result

@@ -25,6 +25,24 @@ class Prediction:
     source: dict = field(default_factory=dict)  # what the input image knew (format; for DICOM: SOP instance UIDs, files)
 
 
+def check_input(image: MedicalImage, plans, case_id: str) -> None:
+    """Refuse what would give a wrong segmentation that looks right: other channels or
+    dimensionality than the model was trained on, NaN/Inf intensities."""
+    expected = len(plans.channel_names)
+    if image.num_channels != expected:
+        raise MedsegError(f"{case_id}: has {image.num_channels} channel(s), the model expects {expected} ({', '.join(plans.channel_names)})")
+    ndim = len(plans.transpose_forward)  # the training images' dimensionality
+    if image.ndim != ndim:
+        raise MedsegError(f"{case_id}: is a {image.ndim}D image {image.spatial_shape}; the model was trained on {ndim}D images")
+    if image.array.dtype.kind in "fc":
+        finite = np.isfinite(image.array)
+        if not finite.all():
+            raise MedsegError(
+                f"{case_id}: {int(finite.size - finite.sum())} of {finite.size} voxels are NaN or infinite; "
+                "medseg does not segment images with undefined intensities (replace or mask them first)"
+            )
+
+
 class Predictor:
     def __init__(
         self,
@@ -126,8 +144,6 @@ class Predictor:
         return Prediction(segmentation, full if probabilities else None, source)
 
     def predict_image(self, image: MedicalImage, probabilities: bool = False, case_id: str = "case") -> Prediction:
-        expected = len(self.plans.channel_names)
-        if image.num_channels != expected:
-            raise MedsegError(f"{case_id}: has {image.num_channels} channel(s), the model expects {expected} ({', '.join(self.plans.channel_names)})")
+        check_input(image, self.plans, case_id)
         data, _, properties = preprocess_case(image, None, self.plans, self.configuration, case_id)
         return self.predict_preprocessed(data, properties, probabilities, source=image.metadata)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
+from medseg.atomic import atomic_path
 from medseg.errors import ImageReadError, ImageWriteError
 from medseg.io.image import MedicalImage, orientation_code, to_canonical
 
@@ -76,13 +76,14 @@ def write_image(image: MedicalImage, path: str | Path) -> Path:
         from medseg.io.natural import write_natural as writer
     else:
         raise ImageWriteError(path, f"cannot write format '{suffix}' (known: {', '.join(IMAGE_SUFFIXES)})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(handle)
     try:
-        writer(image, Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK | os.X_OK):  # some writers (SimpleITK) would say less
+            raise ImageWriteError(path, f"cannot write: the folder {path.parent} is not writable")
+        with atomic_path(path, suffix) as temporary:  # a temporary of the same format, renamed into place
+            writer(image, temporary)
+    except ImageWriteError as error:  # a writer names the temporary it was given: name the output instead
+        raise ImageWriteError(path, error.problem) from None
+    except OSError as error:  # no permission, a file where a folder should be, disk full
+        raise ImageWriteError(path, f"cannot write ({error.strerror or error})") from None
     return path

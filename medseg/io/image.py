@@ -91,16 +91,21 @@ class MedicalImage:
             raise ValueError(f"spatial shape {array.shape[1:]} differs from {self.spatial_shape}")
         return replace(self, array=array, metadata=dict(self.metadata))
 
-    def geometry_differences(self, other: "MedicalImage", tolerance_mm: float = 1e-3) -> list[str]:
-        """Human-readable list of geometry mismatches (empty when the two grids coincide)."""
+    def geometry_differences(self, other: "MedicalImage", tolerance_mm: float = 1e-3, names: tuple[str, str] = ("", "")) -> list[str]:
+        """Human-readable list of geometry mismatches (empty when the two grids coincide). ``names``
+        label the two values in each message, this image's first: "spacing (1, 1) (image) vs (2, 2) (label)"."""
+        mine, theirs = (f" ({name})" if name else "" for name in names)
         problems = []
+
+        def mismatch(what: str, a, b) -> str:
+            return f"{what} {a}{mine} vs {b}{theirs}"
+
         if self.spatial_shape != other.spatial_shape:
-            problems.append(f"shape {self.spatial_shape} vs {other.spatial_shape}")
-            return problems
+            return [mismatch("shape", self.spatial_shape, other.spatial_shape)]
         if not np.allclose(self.spacing, other.spacing, atol=tolerance_mm, rtol=1e-4):
-            problems.append(f"spacing {_fmt(self.spacing)} vs {_fmt(other.spacing)}")
+            problems.append(mismatch("spacing", _fmt(self.spacing), _fmt(other.spacing)))
         if not np.allclose(self.origin, other.origin, atol=max(tolerance_mm, 1e-4 * max(self.spacing))):
-            problems.append(f"origin {_fmt(self.origin)} vs {_fmt(other.origin)}")
+            problems.append(mismatch("origin", _fmt(self.origin), _fmt(other.origin)))
         if not np.allclose(self.direction, other.direction, atol=1e-4):
             problems.append("direction differs")
         return problems

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from medseg.errors import ImageReadError
 from medseg.io.image import MedicalImage
+from medseg.io.limits import check_claimed_size
 
 
 def image_from_sitk(sitk_image) -> MedicalImage:
@@ -45,14 +50,40 @@ def image_to_sitk(image: MedicalImage):
     return sitk_image
 
 
+@contextmanager
+def native_stderr_captured() -> Iterator[list[str]]:
+    """Collect what C++ libraries print to file descriptor 2 (ITK's MetaIO and NRRD readers print
+    their real reason there and raise a vaguer one), instead of letting it reach the terminal."""
+    collected: list[str] = []
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield collected
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            collected.extend(" ".join(sink.read().decode(errors="replace").split()).splitlines())
+
+
 def read_itk(path: Path) -> MedicalImage:
     import SimpleITK as sitk
 
-    try:
-        sitk_image = sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
-        raise ImageReadError(path, f"SimpleITK cannot read it ({first_line})") from error
+    with native_stderr_captured() as printed:
+        try:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()  # the header only: its size is checked before the pixels are allocated
+            check_claimed_size(path, reader.GetSize(), 8 * reader.GetNumberOfComponents())  # 8 bytes: the widest pixel type
+            sitk_image = reader.Execute()
+            error = None
+        except RuntimeError as caught:
+            error = caught
+    if error is not None:
+        lines = str(error).strip().splitlines()
+        reason = " ".join(printed).strip() or (lines[-1] if lines else "unknown error")
+        raise ImageReadError(path, f"SimpleITK cannot read it ({reason})") from None
     if sitk_image.GetDimension() not in (2, 3):
         raise ImageReadError(path, f"expected a 2D or 3D image, got {sitk_image.GetDimension()}D")
     image = image_from_sitk(sitk_image)

@@ -24,8 +24,10 @@ def read_natural(path: Path) -> MedicalImage:
             elif mode in ("CMYK", "YCbCr", "HSV", "LAB", "1"):
                 pil = pil.convert("RGB" if mode != "1" else "L")
             data = np.asarray(pil)  # palette ('P') images keep their indices: label maps
+    except Image.DecompressionBombError as error:  # a small file that would unpack to gigabytes
+        raise ImageReadError(path, f"refused: {error}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageReadError(path, f"not a readable image ({error})") from error
+        raise ImageReadError(path, f"not a readable image ({error or type(error).__name__})") from None
     array = data[None] if data.ndim == 2 else np.moveaxis(data, -1, 0)
     return MedicalImage(
         np.ascontiguousarray(array), (1.0, 1.0), (0.0, 0.0), default_direction(2), {"source_format": path.suffix.lower()}

@@ -3,14 +3,34 @@ medseg images use LPS world and (Z, Y, X) array order, so both are converted her
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from medseg.errors import ImageReadError
 from medseg.io.image import MedicalImage
+from medseg.io.limits import check_claimed_size
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def check_data_size(path: Path, header) -> None:
+    """Refuse a header whose shape the file cannot hold, or that exceeds the size limit."""
+    shape = tuple(int(n) for n in header.get_data_shape())
+    needed = check_claimed_size(path, shape, header.get_data_dtype().itemsize)
+    try:
+        offset = int(header["vox_offset"])
+    except (KeyError, ValueError, TypeError):
+        offset = 0
+    if str(path).endswith(".gz"):
+        with open(path, "rb") as handle:  # gzip's last 4 bytes: the uncompressed size modulo 2**32
+            handle.seek(-4, os.SEEK_END)
+            stored = int.from_bytes(handle.read(4), "little")
+        if (offset + needed) < 2**32 and stored < offset + needed:
+            raise ImageReadError(path, f"header claims shape {shape} ({offset + needed} bytes) but the file unpacks to {stored} bytes (truncated?)")
+    elif path.stat().st_size < offset + needed:
+        raise ImageReadError(path, f"header claims shape {shape} ({offset + needed} bytes) but the file has {path.stat().st_size} (truncated?)")
 
 
 def read_nifti(path: Path) -> MedicalImage:
@@ -18,9 +38,13 @@ def read_nifti(path: Path) -> MedicalImage:
 
     try:
         nifti = nib.load(str(path))
-        data = np.asanyarray(nifti.dataobj)
     except Exception as error:  # nibabel raises many types for corrupt files
-        raise ImageReadError(path, f"not a readable NIfTI file ({error})") from error
+        raise ImageReadError(path, f"not a readable NIfTI file ({error or type(error).__name__})") from None
+    check_data_size(path, nifti.header)
+    try:
+        data = np.asanyarray(nifti.dataobj)
+    except Exception as error:
+        raise ImageReadError(path, f"not a readable NIfTI file ({error or type(error).__name__})") from None
     if data.ndim == 2:
         data = data[:, :, None]
     if data.ndim == 5 and data.shape[3] == 1:  # (x, y, z, t=1, c): vector images written by ITK

@@ -47,6 +47,7 @@ class PredictRequest:
     mirror: bool = True  # test-time mirroring, where the task allows it
     windows_per_batch: int = 2
     save_probabilities: bool = False
+    series: str | None = None  # which series of a DICOM folder input (medseg.io.dicom.select_series rules)
     progress: Callable[[int, int], None] | None = None
 
 
@@ -73,6 +74,7 @@ class TrainingRun(Protocol):
     modules: dict[str, torch.nn.Module]  # saved in checkpoints; those with trainable parameters are wrapped in DDP
     optimizers: dict[str, torch.optim.Optimizer]  # saved in checkpoints and restored by --continue
     score_name: str  # the validation score (higher is better) whose moving average picks checkpoint_best
+    # optional: score_label, how the epoch line prints it (default: score_name)
 
     def describe(self) -> str:
         """One log line: what is trained, with which batch and optimizers."""

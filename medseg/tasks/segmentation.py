@@ -20,7 +20,7 @@ GRADIENT_CLIP = 12.0
 
 
 class SegmentationRun:
-    score_name = "pseudo_dice"
+    score_name, score_label = "pseudo_dice", "pseudo-Dice"
 
     def __init__(self, context: RunContext):
         from medseg.models.registry import build_model
@@ -162,7 +162,9 @@ def predict(folder, request: PredictRequest):
         folder, request.folds, request.checkpoint, request.device, step_fraction=1 - request.overlap, mirror=request.mirror,
         windows_per_batch=request.windows_per_batch,
     )
-    result = predict_folder(predictor, request.source, request.output, folder.info.file_ending, request.save_probabilities, request.progress)
+    result = predict_folder(
+        predictor, request.source, request.output, folder.info.file_ending, request.save_probabilities, request.progress, request.series
+    )
     result.folds = list(predictor.folds)
     return result
 

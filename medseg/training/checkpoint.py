@@ -1,7 +1,12 @@
-"""Checkpoints that are written atomically and hold everything --continue needs."""
+"""Checkpoints that are written atomically and hold everything --continue needs.
+
+They hold only tensors and plain Python values (numbers, strings, lists, dicts), so they are read
+with ``torch.load(weights_only=True)``: a model folder from elsewhere (a vendor, a colleague) cannot
+run code when it is loaded. Anything else in a file is refused, naming it."""
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 
@@ -13,13 +18,18 @@ from medseg.errors import MedsegError
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The random generators' states as tensors and plain values."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    numpy_state = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position), "has_gauss": int(has_gauss), "cached": float(cached)}
+    return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
 
 
 def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["position"], n["has_gauss"], n["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 def save_checkpoint(path: Path, content: dict) -> None:
@@ -31,9 +41,20 @@ def load_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise MedsegError(f"{path}: no such checkpoint")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            raise MedsegError(
+                f"{path}: holds Python objects besides tensors and plain values (written by an earlier medseg, or not a "
+                "medseg checkpoint); medseg loads checkpoints without running code, so it refuses this one"
+            ) from None
+        raise MedsegError(f"{path}: unreadable checkpoint ({type(error).__name__}: {_first_line(error)})") from None
     except Exception as error:
-        raise MedsegError(f"{path}: unreadable checkpoint ({type(error).__name__}: {error})") from None
+        raise MedsegError(f"{path}: unreadable checkpoint ({type(error).__name__}: {_first_line(error)})") from None
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [""])[0]
 
 
 def module_states(content: dict, path: Path) -> dict[str, dict]:

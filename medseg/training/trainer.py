@@ -298,7 +298,7 @@ class Trainer:
             self._write_log(score_name)
             self.log_line(
                 f"epoch {self.state.epoch}/{self.state.planned_epochs}: train {record['train_loss']:.4f} "
-                f"val {record['val_loss']:.4f} {score_name.replace('_', '-')} {score:.4f} (ema {self.state.ema:.4f}{', best' if improved else ''}) "
+                f"val {record['val_loss']:.4f} {getattr(self.run_, 'score_label', score_name)} {score:.4f} (ema {self.state.ema:.4f}{', best' if improved else ''}) "
                 f"{record['epoch_seconds']:.1f} s"
             )
             if self.options.time_budget_s:

@@ -75,12 +75,20 @@ class DicomSeries:
         return f"{' '.join(parts)} [{self.key}]" if parts else f"[{self.key}]"
 
 
+UNREADABLE_DICOM = "unreadable DICOM"
+
+
 @dataclass
 class FolderScan:
     root: Path
     series: list[DicomSeries]
     non_image: list[tuple[Path, str]]  # DICOM objects that are not images (SEG, SR, ...)
     skipped: list[tuple[Path, str]]  # files that are not DICOM or cannot be parsed
+
+    @property
+    def unreadable(self) -> list[tuple[Path, str]]:
+        """DICOM files (by their marker) that could not be parsed: possibly slices of a series."""
+        return [(path, why) for path, why in self.skipped if why.startswith(UNREADABLE_DICOM)]
 
 
 def _series_key(header, path: Path, root: Path) -> tuple[str, str | None]:
@@ -131,8 +139,11 @@ def scan_folder(root: str | Path) -> FolderScan:
             except Exception:
                 skipped.append((path, "not a DICOM file"))
                 continue
+        except RecursionError:  # pydicom parses nested sequences recursively
+            skipped.append((path, f"{UNREADABLE_DICOM} (sequences nested too deeply)"))
+            continue
         except Exception as error:
-            skipped.append((path, f"unreadable DICOM ({error})"))
+            skipped.append((path, f"{UNREADABLE_DICOM} ({error})"))
             continue
         sop_class = str(header.get("SOPClassUID", ""))
         if sop_class in NON_IMAGE_SOP_CLASSES:
@@ -151,9 +162,12 @@ def scan_folder(root: str | Path) -> FolderScan:
 
 
 def select_series(scan: FolderScan, rule: str | None = None) -> DicomSeries:
-    """Pick one series. ``rule``: None (the only one), 'largest', an index ('0'), a SeriesInstanceUID,
-    'number:N' (SeriesNumber) or 'description:TEXT' (case-insensitive substring)."""
+    """Pick one series. ``rule``: None (the only one), 'largest', an index ('0'), a SeriesInstanceUID
+    (bare or 'uid:UID'), 'number:N' (SeriesNumber) or 'description:TEXT' (case-insensitive substring)."""
     series = scan.series
+    if scan.unreadable:  # a series read without some of its slices would be silently wrong
+        path, why = scan.unreadable[0]
+        raise ImageReadError(path, f"{why}; {len(scan.unreadable)} unreadable DICOM file(s) under {scan.root}, so no series is read from it")
     if not series:
         found = f"; {len(scan.non_image)} non-image objects" if scan.non_image else ""
         raise ImageReadError(scan.root, f"no DICOM image series found ({len(scan.skipped)} non-DICOM files{found})")
@@ -162,13 +176,15 @@ def select_series(scan: FolderScan, rule: str | None = None) -> DicomSeries:
         if len(series) == 1:
             return series[0]
         raise ImageReadError(
-            scan.root, f"holds {len(series)} image series, choose one (largest, index, UID, number:N, description:TEXT): {listing}"
+            scan.root, f"holds {len(series)} image series, choose one (largest, index, uid:UID, number:N, description:TEXT): {listing}"
         )
     if rule == "largest":
         return series[0]
     if rule.isdigit() and int(rule) < len(series):
         return series[int(rule)]
-    if rule.startswith("number:"):
+    if rule.startswith("uid:"):
+        matches = [s for s in series if s.key == rule.split(":", 1)[1] or s.uid == rule.split(":", 1)[1]]
+    elif rule.startswith("number:"):
         matches = [s for s in series if s.series_number == rule.split(":", 1)[1]]
     elif rule.startswith("description:"):
         text = rule.split(":", 1)[1].lower()

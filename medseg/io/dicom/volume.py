@@ -173,6 +173,23 @@ def _slice_geometry(series: DicomSeries, frames: list[Frame]) -> tuple[list[Fram
     return ordered, direction, float(np.mean(steps))
 
 
+def read_with_pixels(path):
+    """The whole dataset. Files without the file meta header (no preamble, no transfer syntax) are
+    read as the scan read them (forced, as SimpleITK does), their encoding taken from the data."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    dataset = pydicom.dcmread(path, force=True)
+    meta = getattr(dataset, "file_meta", None)
+    if meta is None:
+        meta = dataset.file_meta = FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = getattr(dataset, "original_encoding", (True, True))
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    return dataset
+
+
 def _decode(series: DicomSeries, frames: list[Frame]) -> np.ndarray:
     """Stored pixel values for ``frames`` in order: (S, rows, cols) or (S, rows, cols, samples)."""
     import pydicom
@@ -183,9 +200,9 @@ def _decode(series: DicomSeries, frames: list[Frame]) -> np.ndarray:
         if frame.instance_index not in cache:
             instance = series.instances[frame.instance_index]
             try:
-                dataset = pydicom.dcmread(instance.path)
+                dataset = read_with_pixels(instance.path)
             except Exception as error:
-                raise DicomSeriesError(series.label, f"cannot read {instance.path.name} ({error})") from error
+                raise DicomSeriesError(series.label, f"cannot read {instance.path.name} ({error})") from None
             try:
                 pixels = dataset.pixel_array
             except Exception as error:
