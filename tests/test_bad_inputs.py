@@ -386,3 +386,11 @@ def test_geometry_messages_label_each_value():
     image = _volume()
     label = MedicalImage(np.zeros_like(image.array), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
     assert image.geometry_differences(label, names=("image", "label")) == ["spacing (3, 1, 1) (image) vs (2, 1, 1) (label)"]
+
+
+def test_dicom_folders_are_one_input(shared_data):
+    """Files without a suffix, or with UID-like names (CT.1.3.12...), are recognised as one DICOM input."""
+    from medseg.inference.batch import group_inputs
+
+    for folder in (shared_data / "ct-mr-totalsegmentator" / "example_ct_dicom", shared_data / "dicom-series-dicom2nifti" / "ge" / "anatomical" / "001"):
+        assert group_inputs(folder, 1) == {folder.name: [folder]}

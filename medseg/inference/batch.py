@@ -15,7 +15,7 @@ import numpy as np
 from medseg.atomic import atomic_path, prepare_output_folder, remove_stale_temporaries
 from medseg.errors import MedsegError
 from medseg.data.cases import stack_channel_files
-from medseg.io import DICOM_SUFFIXES, image_suffix, read_image, write_image
+from medseg.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, image_suffix, read_image, write_image
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -28,11 +28,12 @@ class BatchResult:
 
 
 def is_dicom_file(path: Path) -> bool:
-    """A DICOM suffix, or no suffix and the 'DICM' marker of a DICOM file (PACS exports often have no suffix)."""
+    """A DICOM suffix, or no known image suffix and the 'DICM' marker of a DICOM file (PACS exports
+    have no suffix or UID-like names such as CT.1.3.12.2...)."""
     suffix = image_suffix(path)
     if suffix in DICOM_SUFFIXES:
         return True
-    if suffix:
+    if suffix in IMAGE_SUFFIXES:
         return False
     try:
         with open(path, "rb") as handle:
