@@ -141,12 +141,12 @@ def configuration_model_folder(raw_folder: Path, plans, configuration_name: str)
     return model_folder(raw_folder.name, architecture, plans.plans_name, configuration_name)
 
 
-def write_model_folder(raw_folder: Path, plans, configuration_name: str):
+def write_model_folder(raw_folder: Path, plans, configuration_name: str, description=None, task=None):
     """Make the model folder self-describing: plans, dataset.json and what inference needs."""
     from medseg.model_folder import ModelFolder, ModelInfo
 
-    description = _description(raw_folder)
-    task = plans_task(plans, description)
+    description = description or _description(raw_folder)
+    task = task or plans_task(plans, description)
     configuration = plans.configuration(configuration_name)
     info = ModelInfo(
         configuration=configuration_name,
@@ -168,7 +168,8 @@ def run_train(raw_folder: Path, configuration_name: str, fold: str, options, pla
     from medseg.training.trainer import Trainer
 
     plans = load_plans(raw_folder, plans_name)
-    task = plans_task(plans, _description(raw_folder))
+    description = _description(raw_folder)
+    task = plans_task(plans, description)
     configuration = plans.configuration(configuration_name)
     data_folder = preprocessed_folder(raw_folder) / configuration.data_identifier
     case_ids = task.preprocessed_cases(data_folder, plans, configuration)
@@ -179,7 +180,7 @@ def run_train(raw_folder: Path, configuration_name: str, fold: str, options, pla
     missing = sorted(set(train + val) - set(case_ids))
     if missing:
         raise MedsegError(f"{data_folder}: cases in the splits are not preprocessed: {', '.join(missing[:5])}; rerun `medseg preprocess`")
-    folder = write_model_folder(raw_folder, plans, configuration_name)
+    folder = write_model_folder(raw_folder, plans, configuration_name, description, task)
     context = RunContext(
         plans=plans, configuration=configuration, model_folder=folder, fold_folder=folder.fold_folder(fold), data_folder=data_folder,
         train_cases=train, val_cases=val, options=options, device=None, world_size=1, log=log,

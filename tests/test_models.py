@@ -61,3 +61,58 @@ def test_unet_memory_model_equals_nnunet(spacing, patch):
     assert feature_map_size(topology.patch_size, 1, 3, kwargs) == int(theirs.compute_conv_feature_map_size(topology.patch_size))
     ours = build_model({"name": "unet", "kwargs": kwargs}, 1, 3)
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+
+
+@pytest.mark.parametrize(("name", "ndim"), FAMILIES)
+def test_autocast_training_step_has_no_nan(name, ndim):
+    """bf16 autocast (CPU; fp16/bf16 on GPU alike): the mixers keep their recurrences in float32."""
+    from medseg.models import get_model_family
+
+    spacing, patch = TINY[ndim]
+    kwargs, topology = get_model_family(name).architecture_for_patch(spacing, patch, base_features=4)
+    torch.manual_seed(0)
+    network = build_model({"name": name, "kwargs": kwargs}, in_channels=1, num_classes=2, deep_supervision=True)
+    optimizer = torch.optim.AdamW(network.parameters(), 1e-3)
+    x = torch.randn(2, 1, *topology.patch_size) * 50  # large activations, as unnormalised scans give
+    for _ in range(2):
+        optimizer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs = network(x)
+            loss = sum(o.float().pow(2).mean() for o in outputs)
+        assert torch.isfinite(loss)
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in network.parameters() if p.grad is not None)
+        optimizer.step()
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_vil_backward_direction_scans_the_reversed_sequence(ndim):
+    """A backward ViL layer equals the forward layer (same weights) on the reversed positions."""
+    from medseg.models.vil_layer import ViLLayer
+
+    torch.manual_seed(0)
+    forward = ViLLayer(8, ndim, heads=2, direction="forward")
+    backward = ViLLayer(8, ndim, heads=2, direction="backward")
+    backward.load_state_dict(forward.state_dict())
+    shape = (2, 8, 5, 6) if ndim == 2 else (2, 8, 3, 4, 5)
+    x = torch.randn(shape)
+    flat = lambda t: t.flatten(2)  # noqa: E731
+    reversed_input = flat(x).flip(-1).reshape(shape)
+    expected = flat(forward(reversed_input)).flip(-1)
+    assert torch.allclose(flat(backward(x)), expected, atol=1e-5)
+    assert not torch.allclose(flat(backward(x)), flat(forward(x)), atol=1e-3)  # the direction matters
+
+
+@pytest.mark.parametrize("name", ["xlstm_unet_bot", "xlstm_unet_enc"])
+def test_xlstm_unet_options(name):
+    """ViL v2's map convolution and the published forward-only traversal build and run in 2D and 3D."""
+    from medseg.models import get_model_family
+
+    for ndim in (2, 3):
+        spacing, patch = TINY[ndim]
+        kwargs, topology = get_model_family(name).architecture_for_patch(spacing, patch, base_features=4)
+        for options in ({"vil_conv": "map"}, {"vil_directions": "forward"}):
+            network = build_model({"name": name, "kwargs": {**kwargs, **options}}, 1, 2)
+            assert network(torch.randn(1, 1, *topology.patch_size)).shape == (1, 2, *topology.patch_size)
+        layers = [m for m in network.modules() if type(m).__name__ == "ViLLayer"]
+        assert layers and all(layer.direction == "forward" for layer in layers)

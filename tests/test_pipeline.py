@@ -252,3 +252,18 @@ def test_dataset_and_task_options_name_the_same_thing(prepared_root):
     assert both.returncode == 1 and "name different datasets" in both.stderr
     neither = run_cli("plan-and-train", "--epochs", "1", root=prepared_root)
     assert neither.returncode == 1 and "--dataset" in neither.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("family", "setting"), [("umamba_enc", "patch_size"), ("xlstm_unet_bot", "vil_blocks"), ("xlstm_unet_enc", "vil_stages")])
+def test_sequence_mixer_families_train_and_predict_through_the_cli(prepared_root, tmp_path, family, setting):
+    result = run_cli("plan-and-train", "--task", "AbdomenMRI", "--demo", "--model", family, "--folds", "0", *TINY_TRAIN, root=prepared_root, check=True)
+    assert f"{family} features" in result.stdout and "3d_fullres cross-validation" in result.stdout
+    plans = json.loads((prepared_root / "preprocessed" / DATASET / f"medsegPlans_{family}.json").read_text())
+    architecture = plans["configurations"]["3d_fullres"]["architecture"]
+    assert architecture["name"] == family and setting in architecture["kwargs"]
+    folder = prepared_root / "results" / DATASET / f"{family}__medsegPlans_{family}__3d_fullres"
+    assert (folder / "crossval_summary.json").is_file()
+    image = prepared_root / "raw" / DATASET / "imagesTr" / "demo_007_0000.nii.gz"
+    run_cli("predict", "-i", image, "-o", tmp_path / "out", "-m", folder, "--no-tta", root=prepared_root, check=True)
+    assert read_image(tmp_path / "out" / "demo_007.nii.gz").array.shape == read_image(image).array.shape

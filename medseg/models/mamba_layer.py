@@ -51,9 +51,10 @@ class MambaLayer(nn.Module):
         xs = F.silu(self.conv(xs)[..., :length])  # causal: the padded tail is cut
         dt, B, C = self.x_proj(xs.transpose(1, 2)).split([self.rank, self.state, self.state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, E, L); bias and softplus in the scan
-        y = selective_scan(
-            xs, delta, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z,
-            delta_bias=self.dt_proj.bias.float(), delta_softplus=True, backend=self.backend,
-        )
-        out = self.out_proj(y.transpose(1, 2))  # (B, L, C)
+        with torch.autocast(device_type=x.device.type, enabled=False):  # the recurrence in float32, also under AMP
+            y = selective_scan(
+                xs.float(), delta.float(), -torch.exp(self.A_log.float()), B.transpose(1, 2).float(), C.transpose(1, 2).float(),
+                self.D.float(), z.float(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True, backend=self.backend,
+            )
+        out = self.out_proj(y.transpose(1, 2).to(xs.dtype))  # (B, L, C)
         return x + out.transpose(1, 2).reshape(batch, channels, *spatial)

@@ -56,9 +56,12 @@ class PlainUNet(nn.Module):
         n_conv_per_stage_decoder: Sequence[int],
         deep_supervision: bool = False,
         bottleneck: nn.Module | None = None,
+        stage_mixers: Sequence[nn.Module | None] | None = None,
     ):
         """``bottleneck``: a (B, C, *spatial) -> same module applied to the deepest features (other
-        families plug in here: U-Mamba Bot's Mamba layer); identity for the plain U-Net."""
+        families plug in here: U-Mamba Bot's Mamba layer); identity for the plain U-Net.
+        ``stage_mixers``: per encoder stage, a module of the same kind applied to that stage's
+        output before it is kept as a skip (the "Enc" families); None where a stage has none."""
         super().__init__()
         ndim = len(kernel_sizes[0])
         self.ndim, self.deep_supervision = ndim, deep_supervision
@@ -79,12 +82,16 @@ class PlainUNet(nn.Module):
             self.heads.append(_conv(ndim)(skip, num_classes, 1, 1, 0, bias=True))
         self.apply(_init_he)
         self.bottleneck = bottleneck if bottleneck is not None else nn.Identity()
+        mixers = list(stage_mixers) if stage_mixers is not None else [None] * num_stages
+        if len(mixers) != num_stages:
+            raise ValueError(f"stage_mixers needs one entry per encoder stage ({num_stages}), got {len(mixers)}")
+        self.stage_mixers = nn.ModuleList(m if m is not None else nn.Identity() for m in mixers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """x: (B, C, *spatial) -> logits (B, K, *spatial); with deep supervision a list, full resolution first."""
         skips = []
-        for stage in self.encoder:
-            x = stage(x)
+        for stage, mixer in zip(self.encoder, self.stage_mixers):
+            x = mixer(stage(x))
             skips.append(x)
         outputs = []
         x = skips[-1] = self.bottleneck(skips[-1])
