@@ -60,24 +60,32 @@ def build_xlstm_unet_enc(in_channels: int, num_classes: int, deep_supervision: b
 
 
 # ------------------------------------------------------------------------------------ planner hooks
+# The planner prices FLOPs at the rate it measured on convolutions. A ViL layer is two kinds of
+# work: dense matmuls (projections, chunk tiles), which run several times faster than that rate, and
+# elementwise passes over its activations (norms, gates, exponentials, reshapes), which are bound by
+# memory and cost more per value than their FLOPs say. Fitted on a 2-core CPU with
+# bench/pipeline/planner_accuracy.py (Bot: few tokens, wide channels; Enc: many tokens, narrow).
+MATMUL_SPEEDUP = 3.0
+ELEMENTWISE_COST = 80.0  # convolution-rate FLOPs per activation value, forward
+
+
 def vil_cost(tokens: int, channels: int, settings: dict, ndim: int) -> tuple[float, float]:
-    """(activations held, forward FLOPs) of one ViL layer over ``tokens`` positions."""
+    """(activations held, forward cost in convolution-rate FLOPs) of one ViL layer over ``tokens`` positions."""
     inner = settings["vil_expand"] * channels
     heads = settings["vil_heads"]
     head_dim = inner / heads
     taps = 4 if settings["vil_conv"] == "causal1d" else 3**ndim
     chunk = min(MLSTM_CHUNK, tokens)
     per_token_activations = 2 * channels + 11 * inner + heads * (chunk + head_dim**2 / chunk)
-    per_token_flops = (
+    matmul_flops = (
         2 * channels * 2 * inner  # up-projection
-        + 2 * inner * taps  # short convolution
         + 3 * 2 * inner * head_dim  # head-wise q, k, v
         + 2 * 2 * 3 * inner * heads  # gates
         + 4 * inner * (chunk + head_dim)  # chunkwise mLSTM: intra-chunk tiles and the (d, d) memory
-        + 10 * inner  # norms, activations, skip, gating
         + 2 * inner * channels  # down-projection
     )
-    return tokens * per_token_activations, tokens * per_token_flops
+    per_token_cost = matmul_flops / MATMUL_SPEEDUP + 2 * inner * taps + ELEMENTWISE_COST * per_token_activations
+    return tokens * per_token_activations, tokens * per_token_cost
 
 
 def _mixed_stages(kwargs: dict) -> list[tuple[int, int]]:
