@@ -549,6 +549,40 @@ def one_line(error: Exception) -> str:
     return escape(" ".join(str(error).split()))  # and no rich markup taken from file names or messages
 
 
+@app.command()
+def compare(
+    dataset: str = typer.Option(..., "--dataset", "--task", help="Dataset name, id or folder."),
+    models: str = typer.Option("unet,umamba_bot,umamba_enc,xlstm_unet_bot,xlstm_unet_enc", "--models", help="Comma-separated families (unet is the baseline)."),
+    demo: bool = typer.Option(False, "--demo", help="Use the built-in synthetic demo of the dataset (built if missing)."),
+    folds: str = typer.Option("0,1,2,3,4", "--folds", help="Comma-separated folds, the same for every family."),
+    configuration: Optional[str] = typer.Option(None, "-c", "--configuration", help="[default: 3d_fullres for volumes, else 2d]"),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Training minutes per run (one family, one fold), the same for every family."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Or the same number of epochs for every family."),
+    iterations: Optional[int] = typer.Option(None, "--iterations-per-epoch"),
+) -> None:
+    """Train model families on identical splits under the same budget and compare them (markdown, JSON, PNG)."""
+    from medseg.errors import MedsegError
+    from medseg.pipeline import prepare_task, run_compare
+
+    families = [m.strip() for m in models.split(",") if m.strip()]
+    fold_list = [f.strip() for f in folds.split(",") if f.strip()]
+    if not families or not fold_list or "all" in fold_list:
+        raise MedsegError("compare needs at least one family and cross-validation folds (not 'all')")
+    if time_budget is None and epochs is None:
+        raise MedsegError("give every family the same budget: --time-budget MIN (per run) or --epochs N")
+    folder = prepare_task(dataset, demo, progress_console=err_console)
+    arguments = []
+    if time_budget is not None:
+        arguments += ["--time-budget", str(time_budget * len(fold_list))]  # plan-and-train splits its total over the folds
+    if epochs is not None:
+        arguments += ["--epochs", str(epochs)]
+    if iterations is not None:
+        arguments += ["--iterations-per-epoch", str(iterations)]
+    comparison, outputs = run_compare(folder, families, fold_list, configuration, arguments, log=lambda m: console.print(m, highlight=False))
+    console.print(outputs[1].read_text(), highlight=False, markup=False)
+    console.print(f"wrote {', '.join(str(p) for p in outputs)}")
+
+
 def main() -> None:
     from medseg.errors import MedsegError
 

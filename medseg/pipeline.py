@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from medseg.errors import DatasetError, MedsegError
-from medseg.paths import find_raw_dataset, model_folder, preprocessed_root, raw_root
+from medseg.paths import find_raw_dataset, model_folder, preprocessed_root, raw_root, results_root
 
 Progress = Callable[[int, int], None] | None
 
@@ -288,3 +288,41 @@ def best_configuration(dataset_results: Path, reports: dict[str, dict], score: C
     best = max(reports, key=lambda name: score(reports[name]))
     write_json_atomic(dataset_results / "best_configuration.json", {"best": best, "scores": {name: score(r) for name, r in reports.items()}})
     return best
+
+
+def run_compare(
+    raw_folder: Path, models: Sequence[str], folds: Sequence[str], configuration: str | None, train_arguments: Sequence[str],
+    log: Callable[[str], None] = print,
+) -> tuple[dict, list[Path]]:
+    """Train every family on the same splits and budget (each `plan-and-train` in its own process,
+    so its peak memory is its own; resumable like plan-and-train), then compare them."""
+    import os
+    import subprocess
+    import sys
+
+    from medseg.evaluation.compare import BASELINE, compare_families, write_comparison
+    from medseg.model_folder import ModelFolder
+    from medseg.tasks.registry import task_for_model
+
+    dataset_type = _description(raw_folder).task_type
+    for model in models:
+        task = task_for_model(model, dataset_type, raw_folder.name)  # every family checked before any training
+        if task.name != "segmentation":
+            raise MedsegError(f"compare scores segmentations; {model} is trained by the {task.name} task")
+    folders = {}
+    for model in models:
+        log(f"== {model}")
+        command = [sys.executable, "-m", "medseg.cli", "plan-and-train", "--dataset", str(raw_folder), "--model", model, "--folds", ",".join(folds)]
+        command += (["-c", configuration] if configuration else []) + list(train_arguments)
+        if subprocess.run(command, env=dict(os.environ)).returncode != 0:
+            raise MedsegError(f"training {model} failed (its error is above); rerun to resume")
+        plans = load_plans(raw_folder, default_plans_name(model))
+        name = configuration or default_configurations(plans)[0]
+        folders[model] = ModelFolder.open(configuration_model_folder(raw_folder, plans, name))
+    chosen = {folder.info.configuration for folder in folders.values()}
+    if len(chosen) != 1:
+        raise MedsegError(f"the families trained different configurations ({', '.join(sorted(chosen))}); pass -c CONFIG")
+    name = chosen.pop()
+    comparison = compare_families(folders, list(folds), BASELINE)
+    target = results_root() / raw_folder.name / f"compare__{name}"
+    return comparison, write_comparison(target, comparison, f"{raw_folder.name} {name}")

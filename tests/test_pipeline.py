@@ -267,3 +267,25 @@ def test_sequence_mixer_families_train_and_predict_through_the_cli(prepared_root
     image = prepared_root / "raw" / DATASET / "imagesTr" / "demo_007_0000.nii.gz"
     run_cli("predict", "-i", image, "-o", tmp_path / "out", "-m", folder, "--no-tta", root=prepared_root, check=True)
     assert read_image(tmp_path / "out" / "demo_007.nii.gz").array.shape == read_image(image).array.shape
+
+
+@pytest.mark.slow
+def test_compare_trains_families_on_the_same_folds_and_writes_the_table(tmp_path):
+    root = tmp_path / "root"
+    run_cli("datasets", "synth", "AbdomenMRI-demo", "--num-cases", "6", root=root, check=True)
+    refused = run_cli("compare", "--dataset", "AbdomenMRI-demo", "--models", "unet", "--folds", "0", root=root)
+    assert refused.returncode == 1 and "same budget" in refused.stderr
+    result = run_cli(
+        "compare", "--dataset", "AbdomenMRI-demo", "--models", "unet,xlstm_unet_bot", "--folds", "0,1", "--epochs", "1",
+        "--iterations-per-epoch", "2", root=root, check=True,
+    )
+    folder = root / "results" / DATASET / "compare__3d_fullres"
+    comparison = json.loads((folder / "compare.json").read_text())
+    assert set(comparison["families"]) == {"unet", "xlstm_unet_bot"} and comparison["baseline"] == "unet"
+    splits = json.loads((root / "preprocessed" / DATASET / "splits_final.json").read_text())
+    assert comparison["num_cases"] == len(splits[0]["val"]) + len(splits[1]["val"])  # the same held-out cases for both
+    bot = comparison["families"]["xlstm_unet_bot"]
+    assert bot["iterations"] == 4 and bot["parameters"] > comparison["families"]["unet"]["parameters"]
+    assert bot["dice_vs_unet"]["foreground"]["n"] == comparison["num_cases"] and bot["peak_memory_mb"] > 0
+    assert "| xlstm_unet_bot |" in (folder / "compare.md").read_text() and "Δ Dice vs unet" in result.stdout
+    assert (folder / "compare.png").stat().st_size > 1000

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import resource
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -114,6 +115,14 @@ class Distributed:
             dist.barrier()
 
 
+
+
+def peak_memory_mb(device: torch.device) -> dict:
+    """This process's peak resident memory so far, and the device's peak allocation on a GPU."""
+    peak = {"process_rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # Linux: KB
+    if device.type == "cuda":
+        peak["device_allocated"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return peak
 
 
 class Trainer:
@@ -318,6 +327,9 @@ class Trainer:
     def _write_log(self, score_name: str) -> None:
         if not self.distributed.main:
             return
-        content = {"options": asdict(self.options), "state": {k: v for k, v in asdict(self.state).items() if k != "log"}, "epochs": self.state.log}
+        content = {
+            "options": asdict(self.options), "state": {k: v for k, v in asdict(self.state).items() if k != "log"},
+            "peak_memory_mb": peak_memory_mb(self.device), "epochs": self.state.log,
+        }
         write_json_atomic(self.fold_folder / "log.json", content)
         draw_curves(self.fold_folder / "progress.png", self.state.log, f"{score_name}_ema")

@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from medseg.evaluation.report import evaluate_folder
+from medseg.evaluation.report import evaluate_folder, write_report
 from medseg.inference.predictor import Predictor
 from medseg.io import write_image
 from medseg.model_folder import ModelFolder
@@ -30,7 +30,9 @@ def validate_fold(
         data, _, properties = load_preprocessed_case(data_folder, case_id, mmap=False)
         prediction = predictor.predict_preprocessed(data, properties)
         write_image(prediction.segmentation, output / f"{case_id}{ending}")
-    log(f"validation: predicted {len(val_cases)} held-out cases in {time.perf_counter() - started:.1f} s")
-    return evaluate_folder(
-        output, model_folder.reference_labels, model_folder.info.labels, ending, output=output / "summary.json", case_ids=val_cases
-    )
+    seconds = time.perf_counter() - started
+    log(f"validation: predicted {len(val_cases)} held-out cases in {seconds:.1f} s")
+    report = evaluate_folder(output, model_folder.reference_labels, model_folder.info.labels, ending, case_ids=val_cases)
+    report["prediction_seconds_per_case"] = round(seconds / max(len(val_cases), 1), 3)
+    write_report(output / "summary.json", report)
+    return report
