@@ -394,3 +394,15 @@ def test_dicom_folders_are_one_input(shared_data):
 
     for folder in (shared_data / "ct-mr-totalsegmentator" / "example_ct_dicom", shared_data / "dicom-series-dicom2nifti" / "ge" / "anatomical" / "001"):
         assert group_inputs(folder, 1) == {folder.name: [folder]}
+
+
+def test_unwritable_outputs_are_named(trained):
+    """/proc takes no files, even from root (CI runs as root, so permissions alone cannot show this)."""
+    root, model = trained
+    image = root / "raw" / DATASET / "imagesTr" / "demo_000_0000.nii.gz"
+    result = run_cli("predict", "-i", image, "-o", "/proc/medseg_out", "-m", model, root=root)
+    _assert_clear_error(result, "/proc/medseg_out")
+    _single_error_line(result)
+    result = run_cli("convert", image, "/proc/medseg_out.nii.gz")
+    _assert_clear_error(result, "/proc/medseg_out.nii.gz", "cannot write")
+    _single_error_line(result)

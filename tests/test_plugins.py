@@ -153,3 +153,15 @@ def test_plugin_trains_under_torchrun(toy_root):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "2 process(es)" in result.stdout and "training toy_regression" in result.stdout
     assert (toy_root / "results" / DATASET / f"toy_regressor__{PLANS}__3d" / "fold_4" / "checkpoint_final.pt").is_file()
+
+
+def test_plugin_found_through_an_installed_entry_point(tmp_path):
+    """A package that declares `[project.entry-points."medseg.plugins"]` is loaded without any option."""
+    dist = tmp_path / "mylab_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mylab-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[medseg.plugins]\ntoy = toy_regression\n")
+    env = {k: v for k, v in os.environ.items() if k != "MEDSEG_PLUGINS"}
+    env.update(PYTHONPATH=os.pathsep.join([str(tmp_path), str(PLUGIN_DIR)]), COLUMNS="200")
+    result = subprocess.run([sys.executable, "-m", "medseg.cli", "tasks"], capture_output=True, text=True, env=env)
+    assert result.returncode == 0 and "toy_regression" in result.stdout, result.stderr
