@@ -6,7 +6,8 @@ One pre-norm mLSTM block (ViL's), on the map's positions flattened into a sequen
     -> short convolution on x: ViL v1's causal depthwise conv1d (k=4) along the traversal, or
        ViL v2's depthwise 2D/3D conv (k=3) on the map ("map")
     -> SiLU -> q, k from the conv output and v from x, each by a head-wise linear projection
-    -> input and forget gates from (q, k, v), one per head; forget-gate biases spread 3..6 as in ViL
+    -> input and forget gates from (q, k, v), one per head; forget-gate biases spread 3..6 as in ViL;
+       both soft-capped at +-15 (xLSTM 7B's stabilisation)
     -> mLSTM cell (matrix memory; the chunkwise kernel on CPU, Triton on GPU, linear in positions)
     -> per-head normalisation -> + learnable skip of the conv output -> x SiLU(z)
     -> down-projection -> added back to the input
@@ -24,6 +25,12 @@ from torch import nn
 from medseg_kernels.mlstm import mlstm
 
 CONVOLUTIONS = ("causal1d", "map")
+GATE_CAP = 15.0  # gate pre-activations are soft-capped at +-15, as in xLSTM 7B: uncapped input gates
+# grew past 80 within 100 AdamW steps on the demo and the mLSTM backward overflowed (NaN)
+
+
+def soft_cap(x: torch.Tensor, cap: float = GATE_CAP) -> torch.Tensor:
+    return cap * torch.tanh(x / cap)
 DIRECTIONS = ("forward", "backward")
 
 
@@ -99,7 +106,7 @@ class ViLLayer(nn.Module):
         conv = F.silu(self._short_conv(xs, spatial))
         q, k, v = self.q_proj(conv), self.k_proj(conv), self.v_proj(xs)  # (B, H, L, E/H)
         gate_input = torch.cat([t.transpose(1, 2).reshape(batch, tokens.shape[1], -1) for t in (q, k, v)], dim=-1)
-        i, f = self.input_gate(gate_input).transpose(1, 2), self.forget_gate(gate_input).transpose(1, 2)  # (B, H, L)
+        i, f = (soft_cap(gate(gate_input)).transpose(1, 2) for gate in (self.input_gate, self.forget_gate))  # (B, H, L)
         with torch.autocast(device_type=x.device.type, enabled=False):
             h = mlstm(q.float(), k.float(), v.float(), i.float(), f.float(), backend=self.backend)  # (B, H, L, E/H)
         h = h.transpose(1, 2).reshape(batch, tokens.shape[1], -1)  # (B, L, E)
