@@ -141,10 +141,10 @@ class Trainer:
         self.log_line = log if self.distributed.main else (lambda message: None)
         context.device, context.world_size, context.log = self.device, self.distributed.world_size, self.log_line
         self.configuration_name = context.configuration.name
-        self.run_: TrainingRun = task.start_run(context)
-        for module in self.run_.modules.values():
+        self.task_run: TrainingRun = task.start_run(context)
+        for module in self.task_run.modules.values():
             module.to(self.device)
-        self.models = {name: self._distributed(module) for name, module in self.run_.modules.items()}
+        self.models = {name: self._distributed(module) for name, module in self.task_run.modules.items()}
         self.state = TrainingState(
             planned_epochs=options.epochs or 1000,
             iterations_per_epoch=options.iterations_per_epoch,
@@ -160,7 +160,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------- schedule
     def _set_progress(self) -> None:
         total = self.state.planned_epochs * self.state.iterations_per_epoch
-        self.run_.set_progress(min(self.state.iteration / max(total, 1), 1.0))
+        self.task_run.set_progress(min(self.state.iteration / max(total, 1), 1.0))
 
     def _calibrate(self, step_seconds: float) -> None:
         """Turn a time budget into epochs x iterations, from the measured step time."""
@@ -199,7 +199,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------- steps
     def _train_step(self, batch) -> float:
         self._set_progress()
-        loss = self.run_.train_step(batch, self.models)
+        loss = self.task_run.train_step(batch, self.models)
         if not math.isfinite(loss):
             raise MedsegError(f"training diverged (loss {loss}) at iteration {self.state.iteration}; try a lower --learning-rate")
         self.state.iteration += 1
@@ -213,8 +213,8 @@ class Trainer:
             self.fold_folder / f"checkpoint_{name}.pt",
             {
                 "task": self.task.name,
-                "modules": {key: module.state_dict() for key, module in self.run_.modules.items()},
-                "optimizers": {key: optimizer.state_dict() for key, optimizer in self.run_.optimizers.items()},
+                "modules": {key: module.state_dict() for key, module in self.task_run.modules.items()},
+                "optimizers": {key: optimizer.state_dict() for key, optimizer in self.task_run.optimizers.items()},
                 "state": asdict(self.state),
                 "options": asdict(self.options),
                 "rng": rng_state(),
@@ -232,11 +232,11 @@ class Trainer:
             raise MedsegError(f"{path}: belongs to configuration {content.get('configuration')}, not {self.configuration_name}")
         states = module_states(content, path)
         optimizers = content.get("optimizers") or {"network": content.get("optimizer")}
-        for key, module in self.run_.modules.items():
+        for key, module in self.task_run.modules.items():
             if key not in states:
                 raise MedsegError(f"{path}: has no state for module '{key}' (holds {', '.join(states)})")
             module.load_state_dict(states[key])
-        for key, optimizer in self.run_.optimizers.items():
+        for key, optimizer in self.task_run.optimizers.items():
             if optimizers.get(key) is None:
                 raise MedsegError(f"{path}: has no state for optimizer '{key}'")
             optimizer.load_state_dict(optimizers[key])
@@ -256,14 +256,14 @@ class Trainer:
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
         random.seed(seed)
-        train_batches = self.run_.batches("train", seed, self.options.background_loading)
-        val_batches = self.run_.batches("val", seed + 1, False)
+        train_batches = self.task_run.batches("train", seed, self.options.background_loading)
+        val_batches = self.task_run.batches("val", seed + 1, False)
         started = time.perf_counter() - self.state.elapsed_s
         self.log_line(
-            f"{self.run_.describe()} on {len(self.train_cases)} cases, validating on {len(self.val_cases)}; "
+            f"{self.task_run.describe()} on {len(self.train_cases)} cases, validating on {len(self.val_cases)}; "
             f"device {self.device}, {self.distributed.world_size} process(es)"
         )
-        score_name = self.run_.score_name
+        score_name = self.task_run.score_name
         while self.state.epoch < self.state.planned_epochs:
             epoch_start = time.perf_counter()
             for model in self.models.values():
@@ -282,10 +282,10 @@ class Trainer:
             val_losses, totals = [], None
             with torch.no_grad():
                 for _ in range(self._val_iterations()):
-                    loss, statistics = self.run_.val_step(next(val_batches), self.models)
+                    loss, statistics = self.task_run.val_step(next(val_batches), self.models)
                     val_losses.append(loss)
                     totals = statistics if totals is None else totals + statistics
-            score, entries = self.run_.score(self.distributed.sum_array(totals))
+            score, entries = self.task_run.score(self.distributed.sum_array(totals))
             self.state.ema = score if self.state.ema is None else 0.9 * self.state.ema + 0.1 * score
             self.state.epoch += 1
             self.state.elapsed_s = time.perf_counter() - started
@@ -295,7 +295,7 @@ class Trainer:
                 "val_loss": self.distributed.mean(float(np.mean(val_losses))) if val_losses else None,
                 **entries,
                 f"{score_name}_ema": round(self.state.ema, 4),
-                "learning_rate": next(iter(self.run_.optimizers.values())).param_groups[0]["lr"],
+                "learning_rate": next(iter(self.task_run.optimizers.values())).param_groups[0]["lr"],
                 "epoch_seconds": round(time.perf_counter() - epoch_start, 2),
             }
             self.state.log.append(record)
@@ -307,7 +307,7 @@ class Trainer:
             self._write_log(score_name)
             self.log_line(
                 f"epoch {self.state.epoch}/{self.state.planned_epochs}: train {record['train_loss']:.4f} "
-                f"val {record['val_loss']:.4f} {getattr(self.run_, 'score_label', score_name)} {score:.4f} (ema {self.state.ema:.4f}{', best' if improved else ''}) "
+                f"val {record['val_loss']:.4f} {getattr(self.task_run, 'score_label', score_name)} {score:.4f} (ema {self.state.ema:.4f}{', best' if improved else ''}) "
                 f"{record['epoch_seconds']:.1f} s"
             )
             if self.options.time_budget_s:
@@ -321,7 +321,7 @@ class Trainer:
         if dist.is_initialized():
             dist.destroy_process_group()
         if self.distributed.main and self.options.final_validation and self.val_cases:
-            return self.run_.final_validation()
+            return self.task_run.final_validation()
         return None
 
     def _write_log(self, score_name: str) -> None:
