@@ -123,6 +123,23 @@ def test_gradients_where_the_normaliser_floor_wins(backend):
         assert_close(g, w, TOLERANCE[torch.float32], f"{backend}/floor/{name}")
 
 
+@pytest.mark.parametrize("backend", ["ref", *FAST_BACKENDS])
+@pytest.mark.parametrize("gate_scale", [80.0, 1e4])
+def test_finite_for_any_finite_gates(backend, gate_scale):
+    # gate pre-activations of order 80 and beyond (an untrained or diverging layer): stabilisers far
+    # below -88 once made exp(-m) overflow and the backward NaN; outputs and gradients must stay
+    # finite and, in float32, agree with the float64 reference
+    require_backend("mlstm", backend)
+    q, k, v, i, f = (t.detach() for t in make_inputs(150, batch=1, heads=2, dim=8))
+    generator = torch.Generator().manual_seed(1)
+    i, f = (torch.randn(i.shape, generator=generator) * gate_scale for _ in range(2))
+    want = run(mlstm_parallel_ref, [t.double().requires_grad_() for t in (q, k, v, i, f)])
+    got = run(lambda *t: mlstm(*t, backend=backend), [t.requires_grad_() for t in (q, k, v, i, f)])
+    for name, g, w in zip(NAMES, got, want):
+        assert torch.isfinite(g).all(), f"{backend}/gates x{gate_scale}/{name} is not finite"
+        assert_close(g, w.float(), 1e-3, f"{backend}/gates x{gate_scale}/{name}")
+
+
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("dim", [1, 24, 80])
 def test_head_dims_that_are_not_tile_sized(backend, dim):

@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from medseg_kernels.mlstm.ref import EPS, compute_dtype, gate_preactivations
+from medseg_kernels.mlstm.ref import EPS, compute_dtype, gate_preactivations, normaliser_floor
 from medseg_kernels.numerics import EXP_FLOOR
 
 DEFAULT_CHUNK = 64
@@ -117,6 +117,6 @@ def mlstm_chunkwise(q, k, v, i, f, eps: float = EPS, chunk: int = DEFAULT_CHUNK)
     ).reshape(batch, heads, chunks, chunk, dim + 1)
     numerator, row_sum = sums[..., :dim], sums[..., dim:]
     stabiliser_t = (local_f + row_max)[..., None]  # m_t
-    denominator = torch.maximum(row_sum.abs(), torch.exp(-stabiliser_t)) + eps
+    denominator = torch.maximum(row_sum.abs(), normaliser_floor(stabiliser_t)) + eps
     out = (numerator / denominator).reshape(batch, heads, chunks * chunk, dim)
     return out[:, :, :length].to(q.dtype)

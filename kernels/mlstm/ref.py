@@ -5,6 +5,7 @@ Stabilised semantics of the xlstm package (``parallel_stabilized_simple``), per 
     m_t = max_s log D[t, s]                                    (row-wise stabiliser)
     C[t, s] = (q_t . k_s / sqrt(d)) * exp(log D[t, s] - m_t)
     h_t = sum_s C[t, s] v_s / (max(|sum_s C[t, s]|, exp(-m_t)) + eps)
+(exp(-m_t) with its exponent capped at 80, medseg_kernels.numerics: finite for any finite gates.)
 Shapes: q, k, v: (batch, heads, S, d); i, f (gate pre-activations): (batch, heads, S) or
 (batch, heads, S, 1). Computes in float32 (float64 for float64 input) and returns q's dtype.
 
@@ -18,6 +19,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from medseg_kernels.numerics import NORMALISER_EXP_CEILING
 
 EPS = 1e-6
 
@@ -36,6 +39,11 @@ def gate_preactivations(i: torch.Tensor, f: torch.Tensor, length: int, dtype: to
     return i.to(dtype), F.logsigmoid(f.to(dtype))
 
 
+def normaliser_floor(stabiliser: torch.Tensor) -> torch.Tensor:
+    """exp(-m) with the exponent capped (medseg_kernels.numerics): finite for any finite gates."""
+    return torch.exp((-stabiliser).clamp_max(NORMALISER_EXP_CEILING))
+
+
 def mlstm_parallel_ref(q, k, v, i, f, eps: float = EPS) -> torch.Tensor:
     """Quadratic parallel form: (batch, heads, S, d) -> (batch, heads, S, d)."""
     length, dim = q.shape[-2], q.shape[-1]
@@ -47,7 +55,7 @@ def mlstm_parallel_ref(q, k, v, i, f, eps: float = EPS) -> torch.Tensor:
     log_d = log_d.masked_fill(~causal, float("-inf"))
     stabiliser = log_d.amax(dim=-1, keepdim=True)  # (b, h, S, 1)
     scores = (q.to(dtype) @ k.to(dtype).transpose(-2, -1)) / math.sqrt(dim) * torch.exp(log_d - stabiliser)
-    normaliser = torch.maximum(scores.sum(dim=-1, keepdim=True).abs(), torch.exp(-stabiliser))
+    normaliser = torch.maximum(scores.sum(dim=-1, keepdim=True).abs(), normaliser_floor(stabiliser))
     return ((scores / (normaliser + eps)) @ v.to(dtype)).to(q.dtype)
 
 
@@ -68,7 +76,7 @@ def mlstm_recurrent_ref(q, k, v, i, f, eps: float = EPS) -> torch.Tensor:
         memory = decay[..., None] * memory + write[..., None] * kf[..., t, :, None] * vf[..., t, None, :]
         normaliser = decay * normaliser + write * kf[..., t, :]
         numerator = (qf[..., t, None, :] @ memory).squeeze(-2)
-        denominator = torch.maximum((qf[..., t, :] * normaliser).sum(-1).abs(), torch.exp(-new_stabiliser))
+        denominator = torch.maximum((qf[..., t, :] * normaliser).sum(-1).abs(), normaliser_floor(new_stabiliser))
         outputs.append(numerator / (denominator[..., None] + eps))
         stabiliser = new_stabiliser
     return torch.stack(outputs, dim=-2).to(q.dtype)

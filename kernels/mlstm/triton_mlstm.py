@@ -22,7 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from medseg_kernels.mlstm.ref import EPS, gate_preactivations
+from medseg_kernels.mlstm.ref import EPS, gate_preactivations, normaliser_floor
+from medseg_kernels.numerics import NORMALISER_EXP_CEILING
 from medseg_kernels.triton_support import tl, triton, triton_unavailable_reason
 
 BLOCK = 64
@@ -70,7 +71,7 @@ if triton is not None:
     def _mlstm_forward_kernel(
         q_ptr, k_ptr, v_ptr, igate_ptr, offset_ptr, block_start_ptr, stabiliser_ptr, h_ptr, row_sum_ptr,
         length, dim, blocks, scale, eps,
-        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, FLOOR_EXP_CEILING: tl.constexpr,
     ):
         sequence = tl.program_id(0)  # one (batch, head)
         t_block = tl.program_id(1)
@@ -94,7 +95,7 @@ if triton is not None:
             scores = tl.dot(q, tl.trans(k), input_precision="ieee") * scale * tl.exp(log_w)
             numerator += tl.dot(scores, v, input_precision="ieee")
             row_sum += tl.sum(scores, axis=1)
-        normaliser = tl.maximum(tl.abs(row_sum), tl.exp(-stabiliser_t)) + eps
+        normaliser = tl.maximum(tl.abs(row_sum), tl.exp(tl.minimum(-stabiliser_t, FLOOR_EXP_CEILING))) + eps
         tl.store(h_ptr + (base + t)[:, None] * dim + d[None, :], numerator / normaliser[:, None], mask=mask_t[:, None] & mask_d[None, :])
         tl.store(row_sum_ptr + base + t, row_sum, mask=mask_t)
 
@@ -197,6 +198,7 @@ class _MLSTMTriton(torch.autograd.Function):
         _mlstm_forward_kernel[(sequences, gates["blocks"])](
             q, k, v, igate, gates["offset"], gates["block_start"], gates["stabiliser"], h, row_sum,
             length, dim, gates["blocks"], 1.0 / math.sqrt(dim), eps, BLOCK_T=BLOCK, BLOCK_D=block_d,
+            FLOOR_EXP_CEILING=NORMALISER_EXP_CEILING,
         )
         ctx.save_for_backward(q, k, v, igate, gates["offset"], gates["block_start"], gates["stabiliser"], gates["best_at"], h, row_sum)
         ctx.eps = eps
@@ -208,14 +210,15 @@ class _MLSTMTriton(torch.autograd.Function):
         sequences, length, dim = q.shape
         blocks = block_start.shape[1]
         # h = A / n with n = max(|R|, exp(-m)) + eps: per-row factors first, in PyTorch
-        floor = torch.exp(-stabiliser)
+        floor = normaliser_floor(stabiliser)
         normaliser = torch.maximum(row_sum.abs(), floor) + ctx.eps
         grad_h = grad_h.float()
         grad_num = (grad_h / normaliser[..., None]).contiguous()  # dL/dA
         grad_normaliser = -(grad_h * h).sum(-1) / normaliser
         uses_row_sum = row_sum.abs() >= floor
         grad_row_sum = torch.where(uses_row_sum, grad_normaliser * torch.sign(row_sum), 0.0).contiguous()
-        grad_stabiliser = torch.where(uses_row_sum, 0.0, -grad_normaliser * floor)
+        floor_capped = -stabiliser > NORMALISER_EXP_CEILING  # a constant there: no gradient to m
+        grad_stabiliser = torch.where(uses_row_sum | floor_capped, 0.0, -grad_normaliser * floor)
 
         grad_q = torch.empty(sequences, length, dim, dtype=torch.float32, device=q.device)
         grad_k, grad_v = torch.empty_like(grad_q), torch.empty_like(grad_q)
