@@ -103,6 +103,43 @@ def test_vil_backward_direction_scans_the_reversed_sequence(ndim):
     assert not torch.allclose(flat(backward(x)), flat(forward(x)), atol=1e-3)  # the direction matters
 
 
+@pytest.mark.parametrize("conv", ["causal1d", "map"])
+def test_vil_axis_order_scans_the_map_with_that_axis_fastest(conv):
+    """An axis0 ViL layer on a 3D map equals the forward layer (same weights) on the map with axis 0
+    moved last, for both short convolutions; the backward variant reverses that."""
+    from medseg.models.vil_layer import ViLLayer
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 3, 4, 5)
+    moved = x.movedim(2, -1).contiguous()  # (B, C, 4, 5, 3): slices run fastest
+    for name, reverse in (("axis0", False), ("axis0_backward", True)):
+        layer = ViLLayer(8, 3, heads=2, conv=conv, direction=name)
+        forward = ViLLayer(8, 3, heads=2, conv=conv, direction="forward")
+        forward.load_state_dict(layer.state_dict())
+        if conv == "map":  # the reference's map convolution sees the moved (and reversed) map
+            with torch.no_grad():
+                kernel = layer.conv.weight.movedim(2, -1)
+                forward.conv.weight.copy_(kernel.flip(2, 3, 4) if reverse else kernel)
+        flip = lambda t: t.flatten(2).flip(-1).reshape(t.shape)  # noqa: E731
+        expected = flip(forward(flip(moved))) if reverse else forward(moved)
+        assert torch.allclose(layer(x), expected.movedim(-1, 2), atol=1e-5), name
+    with pytest.raises(ValueError, match="unknown scan order"):
+        ViLLayer(8, 3, direction="sideways")
+
+
+def test_vil_direction_cycles():
+    from medseg.models.xlstm_unet import direction
+
+    assert [direction(i, "alternate", 3) for i in range(3)] == ["forward", "backward", "forward"]
+    assert [direction(i, "forward", 3) for i in range(2)] == ["forward", "forward"]
+    assert [direction(i, "axes", 3) for i in range(7)] == [
+        "axis2", "axis2_backward", "axis1", "axis1_backward", "axis0", "axis0_backward", "axis2",
+    ]
+    assert [direction(i, "axes", 2) for i in range(4)] == ["axis1", "axis1_backward", "axis0", "axis0_backward"]
+    with pytest.raises(ValueError, match="vil_directions"):
+        direction(0, "zigzag", 3)
+
+
 @pytest.mark.parametrize("name", ["xlstm_unet_bot", "xlstm_unet_enc"])
 def test_xlstm_unet_options(name):
     """ViL v2's map convolution and the published forward-only traversal build and run in 2D and 3D."""
@@ -111,7 +148,7 @@ def test_xlstm_unet_options(name):
     for ndim in (2, 3):
         spacing, patch = TINY[ndim]
         kwargs, topology = get_model_family(name).architecture_for_patch(spacing, patch, base_features=4)
-        for options in ({"vil_conv": "map"}, {"vil_directions": "forward"}):
+        for options in ({"vil_conv": "map"}, {"vil_directions": "axes"}, {"vil_directions": "forward"}):
             network = build_model({"name": name, "kwargs": {**kwargs, **options}}, 1, 2)
             assert network(torch.randn(1, 1, *topology.patch_size)).shape == (1, 2, *topology.patch_size)
         layers = [m for m in network.modules() if type(m).__name__ == "ViLLayer"]

@@ -12,8 +12,9 @@ One pre-norm mLSTM block (ViL's), on the map's positions flattened into a sequen
     -> per-head normalisation -> + learnable skip of the conv output -> x SiLU(z)
     -> down-projection -> added back to the input
 
-``direction`` is the traversal: "forward" (row-major, the last axis fastest) or "backward" (its
-reverse); ViL alternates them from block to block. The recurrence always runs in float32, also
+``direction`` is the traversal, any medseg_kernels.scan_orders name: "forward" (row-major, the last
+axis fastest), "backward" (its reverse), "axis<k>" / "axis<k>_backward" (row-major with axis k
+fastest, e.g. across slices in 3D); ViL alternates forward and backward from block to block. The recurrence always runs in float32, also
 inside bf16/fp16 autocast (exponential gating overflows in half precision)."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medseg_kernels.mlstm import mlstm
+from medseg_kernels.scan_orders import named_order
 
 CONVOLUTIONS = ("causal1d", "map")
 GATE_CAP = 15.0  # gate pre-activations are soft-capped at +-15, as in xLSTM 7B: uncapped input gates
@@ -31,7 +33,6 @@ GATE_CAP = 15.0  # gate pre-activations are soft-capped at +-15, as in xLSTM 7B:
 
 def soft_cap(x: torch.Tensor, cap: float = GATE_CAP) -> torch.Tensor:
     return cap * torch.tanh(x / cap)
-DIRECTIONS = ("forward", "backward")
 
 
 class HeadwiseLinear(nn.Module):
@@ -58,8 +59,7 @@ class ViLLayer(nn.Module):
         super().__init__()
         if conv not in CONVOLUTIONS:
             raise ValueError(f"ViL convolution must be one of {CONVOLUTIONS}, got {conv!r}")
-        if direction not in DIRECTIONS:
-            raise ValueError(f"ViL direction must be one of {DIRECTIONS}, got {direction!r}")
+        named_order(direction, [2] * ndim)  # an unknown order fails here, not at the first forward
         inner = expand * channels
         heads = max(1, min(heads, inner))
         while inner % heads:
@@ -90,18 +90,33 @@ class ViLLayer(nn.Module):
         length = x.shape[1]
         if self.conv_kind == "causal1d":
             return self.conv(x.transpose(1, 2))[..., :length].transpose(1, 2)  # causal: the padded tail is cut
-        as_map = self._to_layout(x).transpose(1, 2).reshape(x.shape[0], -1, *spatial)
-        return self._to_traversal(self.conv(as_map).flatten(2).transpose(1, 2))
+        as_map = self._to_layout(x, spatial).transpose(1, 2).reshape(x.shape[0], -1, *spatial)
+        return self._to_traversal(self.conv(as_map).flatten(2).transpose(1, 2), spatial)
 
-    def _to_traversal(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens.flip(1) if self.direction == "backward" else tokens
+    def _order(self, spatial: list[int], device: torch.device) -> torch.Tensor | None:
+        """Step t visits flat position order[t]; None for the stored layout (no copy)."""
+        if self.direction in ("forward", f"axis{len(spatial) - 1}"):
+            return None
+        return named_order(self.direction, spatial, device)
 
-    _to_layout = _to_traversal  # the reversal is its own inverse
+    def _to_traversal(self, tokens: torch.Tensor, spatial: list[int]) -> torch.Tensor:
+        """(B, L, C) in the map's layout -> in traversal order."""
+        if self.direction == "backward":
+            return tokens.flip(1)
+        order = self._order(spatial, tokens.device)
+        return tokens if order is None else tokens.index_select(1, order)
+
+    def _to_layout(self, tokens: torch.Tensor, spatial: list[int]) -> torch.Tensor:
+        """Inverse of _to_traversal."""
+        if self.direction == "backward":
+            return tokens.flip(1)
+        order = self._order(spatial, tokens.device)
+        return tokens if order is None else tokens.index_select(1, torch.argsort(order))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, *spatial) -> (B, C, *spatial)."""
         batch, channels, *spatial = x.shape
-        tokens = self._to_traversal(x.flatten(2).transpose(1, 2))  # (B, L, C) in traversal order
+        tokens = self._to_traversal(x.flatten(2).transpose(1, 2), spatial)  # (B, L, C) in traversal order
         xs, z = self.up_proj(self.norm(tokens)).chunk(2, dim=-1)  # (B, L, E) each
         conv = F.silu(self._short_conv(xs, spatial))
         q, k, v = self.q_proj(conv), self.k_proj(conv), self.v_proj(xs)  # (B, H, L, E/H)
@@ -112,4 +127,4 @@ class ViLLayer(nn.Module):
         h = h.transpose(1, 2).reshape(batch, tokens.shape[1], -1)  # (B, L, E)
         h = self.out_norm(h.transpose(1, 2)).transpose(1, 2).to(conv.dtype)
         out = self.down_proj((h + self.skip * conv) * F.silu(z))
-        return x + self._to_layout(out).transpose(1, 2).reshape(batch, channels, *spatial)
+        return x + self._to_layout(out, spatial).transpose(1, 2).reshape(batch, channels, *spatial)

@@ -5,8 +5,10 @@
   every stage but the full-resolution one, as the published Enc model does).
 
 Traversal: ViL alternates the direction from block to block (forward, backward, ...); the published
-xLSTM-UNet code scans every layer forward. ``vil_directions`` = "alternate" (default) or "forward"
-(the published behaviour). ``vil_conv`` = "causal1d" (ViL v1's conv along the traversal) or "map"
+xLSTM-UNet code scans every layer forward. ``vil_directions`` = "alternate" (default), "forward"
+(the published behaviour) or "axes": forward, backward, then the same with each other axis running
+fastest (in 3D: across rows, then across slices), so that successive layers see every axis as a
+neighbour in the sequence. ``vil_conv`` = "causal1d" (ViL v1's conv along the traversal) or "map"
 (ViL v2's depthwise conv on the feature map). Planned like the U-Net (same topology rules); the
 ViL settings are stored with the rest of the architecture in the plans."""
 
@@ -23,16 +25,26 @@ VIL_DEFAULTS = {"vil_heads": 4, "vil_expand": 2, "vil_conv": "causal1d", "vil_di
 MLSTM_CHUNK = 64  # the chunkwise kernel's chunk: its (chunk, chunk) tiles per head cost memory and FLOPs
 
 
-def direction(index: int, directions: str) -> str:
-    if directions not in ("alternate", "forward"):
-        raise ValueError(f"vil_directions must be 'alternate' or 'forward', got {directions!r}")
-    return "backward" if directions == "alternate" and index % 2 else "forward"
+DIRECTION_CYCLES = ("alternate", "forward", "axes")
+
+
+def direction(index: int, directions: str, ndim: int) -> str:
+    """The scan order (medseg_kernels.scan_orders name) of the index-th ViL layer."""
+    if directions not in DIRECTION_CYCLES:
+        raise ValueError(f"vil_directions must be one of {DIRECTION_CYCLES}, got {directions!r}")
+    if directions == "forward":
+        return "forward"
+    backward = index % 2 == 1
+    if directions == "alternate":
+        return "backward" if backward else "forward"
+    axis = ndim - 1 - (index // 2) % ndim  # the last axis (stored layout) first, then the others
+    return f"axis{axis}_backward" if backward else f"axis{axis}"
 
 
 def _vil(channels: int, ndim: int, index: int, settings: dict) -> ViLLayer:
     return ViLLayer(
         channels, ndim, heads=settings["vil_heads"], expand=settings["vil_expand"], conv=settings["vil_conv"],
-        direction=direction(index, settings["vil_directions"]),
+        direction=direction(index, settings["vil_directions"], ndim),
     )
 
 
