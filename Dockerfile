@@ -12,7 +12,8 @@ WORKDIR /opt/medseg
 COPY . .
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install "torch==2.13.0" --index-url "${TORCH_INDEX}" \
-    && /opt/venv/bin/pip install -c constraints.txt ".[${EXTRAS}]"
+    && /opt/venv/bin/pip install -c constraints.txt ".[${EXTRAS}]" \
+    && /opt/venv/bin/pip install -c constraints.txt --no-deps "rt-utils==1.2.7"
 ENV PATH=/opt/venv/bin:$PATH
 VOLUME /data
 ENTRYPOINT ["medseg"]

@@ -46,7 +46,7 @@ def write_json_atomic(path: Path, content, indent: int = 1) -> None:
     write_text_atomic(path, json.dumps(content, indent=indent))
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -63,7 +63,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
         return removed
     for path in folder.iterdir():
         match = _TEMPORARY.match(path.name)
-        if match and path.is_file() and not _process_alive(int(match["pid"])):
+        if match and path.is_file() and not process_alive(int(match["pid"])):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

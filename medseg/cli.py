@@ -26,6 +26,10 @@ err_console = Console(stderr=True)
 _state = {"debug": False}
 
 SERIES_HELP = "Which DICOM series when a folder holds several: largest, an index, a SeriesInstanceUID (or uid:UID), number:N, description:TEXT."
+BATCH_SERIES_HELP = (
+    "Which DICOM series become cases, chosen within each study [default: every image series]: largest, an index, "
+    "modality:CT, description:REGEX, number:N, uid:UID; several joined by commas (modality:MR,description:t1,largest)."
+)
 
 
 def _version(value: bool) -> None:
@@ -397,9 +401,17 @@ def train(
 
 @app.command()
 def predict(
-    input: Path = typer.Option(..., "-i", "--input", help="Image file or folder (CASE_XXXX.ext per channel)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Output folder."),
+    input: Path = typer.Option(
+        ..., "-i", "--input",
+        help="Image file, DICOM folder (searched recursively: every image series is a case), zip, or a folder mixing them (CASE_XXXX.ext per channel).",
+    ),
+    output: Path = typer.Option(..., "-o", "--output", help="Output folder (outputs and manifest.jsonl)."),
     model: Path = typer.Option(..., "-m", "--model", help="Model folder (results/DatasetXXX/unet__medsegPlans__3d_fullres)."),
+    formats: Optional[str] = typer.Option(
+        None, "--format", help="Comma-separated outputs: label (the model's file format, default), nifti, png, dicom-seg, rtstruct, overlay.",
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Skip cases the output folder's manifest.jsonl records as complete."),
+    workers: int = typer.Option(0, "--workers", help="Threads reading cases ahead and writing outputs behind the network (0: none)."),
     folds: Optional[str] = typer.Option(None, "--folds", help="Comma-separated folds to ensemble [default: all trained]."),
     checkpoint: str = typer.Option("auto", "--checkpoint", help="final, best or auto (final, else best)."),
     overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap, 0-0.95."),
@@ -407,7 +419,7 @@ def predict(
     tta: bool = typer.Option(True, "--tta/--no-tta", help="Mirroring test-time augmentation."),
     save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write CASE.probabilities.npz (K, *spatial)."),
     device: Optional[str] = typer.Option(None, "--device"),
-    series: Optional[str] = typer.Option(None, "--series", help="A DICOM folder input holding several series: " + SERIES_HELP),
+    series: Optional[str] = typer.Option(None, "--series", help=BATCH_SERIES_HELP),
 ) -> None:
     """Apply a trained model folder to images (fold ensemble); segmentations come out in their original geometry."""
     from medseg.model_folder import ModelFolder
@@ -417,14 +429,31 @@ def predict(
     request = PredictRequest(
         source=input, output=output, folds=folds.split(",") if folds else None, checkpoint=checkpoint, device=device,
         overlap=overlap, mirror=tta, windows_per_batch=windows_per_batch, save_probabilities=save_probabilities, progress=_progress("predict"),
-        series=series,
+        series=series, formats=formats, resume=resume, workers=workers,
     )
     result = get_task(folder.info.task).predict(folder, request)
-    console.print(f"wrote {len(result.written)} output(s) to {output} (folds {', '.join(result.folds)})")
-    for case_id, error in result.failed.items():
-        err_console.print(f"[red]failed[/red] {case_id}: {one_line(error)}", highlight=False, soft_wrap=True)
+    _print_batch_summary(result, output)
     if result.failed:
         raise typer.Exit(1)
+
+
+def _print_batch_summary(result, output: Path) -> None:
+    resumed = getattr(result, "resumed", [])
+    cases = getattr(result, "cases", 0)
+    done = cases - len(result.failed) - len(resumed) if cases else None
+    counts = f"{done} case(s) done, {len(result.failed)} failed" + (f", {len(resumed)} already complete (resumed)" if resumed else "") if done is not None else ""
+    console.print(f"wrote {len(result.written)} output(s) to {output} (folds {', '.join(result.folds)}){': ' + counts if counts else ''}")
+    for case_id, skipped in getattr(result, "skipped_outputs", {}).items():
+        for fmt, why in skipped.items():
+            console.print(f"[yellow]no {fmt}[/yellow] for {case_id}: {one_line(why)}", highlight=False, soft_wrap=True)
+    ignored = getattr(result, "ignored", [])
+    if ignored:
+        shown = "; ".join(f"{path} ({why})" for path, why in ignored[:3])
+        console.print(f"[yellow]ignored {len(ignored)} file(s)[/yellow] that are no image series: {shown}{' ...' if len(ignored) > 3 else ''}", highlight=False, soft_wrap=True)
+    for case_id, error in result.failed.items():
+        err_console.print(f"[red]failed[/red] {case_id}: {one_line(error)}", highlight=False, soft_wrap=True)
+    if getattr(result, "manifest", None):
+        console.print(f"manifest: {result.manifest}", highlight=False)
 
 
 @app.command()

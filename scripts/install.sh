@@ -18,4 +18,13 @@ if [[ ",${extras}," == *",peers,"* ]]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps \
     "nnunetv2==2.8.1" "dynamic-network-architectures==0.4.4"
 fi
+if [[ ",${extras}," == *",dicom,"* ]]; then
+  # RTSTRUCT writer; its opencv-python requirement is met by opencv-python-headless (the dicom extra)
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps "rt-utils==1.2.7"
+  if ! command -v dciodvfy >/dev/null 2>&1; then
+    # dicom3tools' dciodvfy validates the DICOM SEG / RTSTRUCT medseg writes (tests, `medseg dicom validate`)
+    echo "installing dicom3tools (Debian)" >&2
+    apt-get update -qq && apt-get install -y -qq dicom3tools >/dev/null
+  fi
+fi
 .venv/bin/python -c "import torch, medseg; print(f'medseg {medseg.__version__} installed (torch {torch.__version__})')"

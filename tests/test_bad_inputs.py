@@ -187,7 +187,11 @@ def test_predict_names_every_bad_case_and_writes_the_good_one(trained, corpus, t
     assert set(failed) == expected, result.stderr
     assert "NaN or infinite" in failed["somenan"] and "NaN or infinite" in failed["allnan"] and "NaN or infinite" in failed["inf"]
     assert "2 channel(s)" in failed["twochannel"] and "2D image" in failed["plane"] and "2D image" in failed["plane2ch"]
-    assert sorted(p.name for p in out.iterdir()) == ["good.nii.gz"]  # the good case, and no temporaries
+    assert sorted(p.name for p in out.iterdir()) == ["good.nii.gz", "manifest.jsonl"]  # the good case, and no temporaries
+    from medseg.inference.manifest import read_manifest
+
+    statuses = {entry["case"]: entry["status"] for entry in read_manifest(out / "manifest.jsonl")}
+    assert statuses == {**{case: "failed" for case in expected}, "good": "done"}
 
 
 def test_predict_output_and_input_rules(trained, tmp_path):
@@ -217,10 +221,14 @@ def test_predict_reads_a_dicom_folder_as_one_series(trained, shared_data, tmp_pa
 
     written = read_image(out / "001.nii.gz")
     assert not written.geometry_differences(read_image(series))
+    # a NIfTI file beside the slices is a case of its own; the series is still read whole
     mixed = tmp_path / "mixed"
     shutil.copytree(series, mixed)
     shutil.copy(root / "raw" / DATASET / "imagesTr" / "demo_000_0000.nii.gz", mixed / "stray.nii.gz")
-    _assert_clear_error(run_cli("predict", "-i", mixed, "-o", out, "-m", model, root=root), "mixes DICOM files", "stray.nii.gz")
+    result = run_cli("predict", "-i", mixed, "-o", tmp_path / "out_mixed", "-m", model, "--no-tta", root=root, check=True)
+    assert "2 case(s) done" in result.stdout
+    assert not read_image(tmp_path / "out_mixed" / "mixed.nii.gz").geometry_differences(read_image(series))
+    assert (tmp_path / "out_mixed" / "stray.nii.gz").is_file()
 
 
 @pytest.mark.parametrize("defect", ["garbage", "unsafe", "not_json", "missing_keys"])
@@ -390,10 +398,12 @@ def test_geometry_messages_label_each_value():
 
 def test_dicom_folders_are_one_input(shared_data):
     """Files without a suffix, or with UID-like names (CT.1.3.12...), are recognised as one DICOM input."""
-    from medseg.inference.batch import group_inputs
+    from medseg.inference.inputs import discover
 
     for folder in (shared_data / "ct-mr-totalsegmentator" / "example_ct_dicom", shared_data / "dicom-series-dicom2nifti" / "ge" / "anatomical" / "001"):
-        assert group_inputs(folder, 1) == {folder.name: [folder]}
+        cases = discover(folder).cases
+        assert [case.case_id for case in cases] == [folder.name]
+        assert cases[0].series is not None and sorted(cases[0].files) == sorted(p for p in folder.iterdir() if p.is_file())
 
 
 def test_unwritable_outputs_are_named(trained):

@@ -185,8 +185,8 @@ def summarize(rows: dict[str, dict]) -> dict:
 
 # --------------------------------------------------------------------------------- predict, report
 def predict(folder, request: PredictRequest):
-    from medseg.inference.batch import BatchResult, group_inputs
-    from medseg.data.cases import stack_channel_files
+    from medseg.inference.batch import BatchResult, read_case
+    from medseg.inference.inputs import discover
     from medseg.models import build_model
 
     configuration = folder.configuration
@@ -198,9 +198,10 @@ def predict(folder, request: PredictRequest):
         networks.append(network.eval())
     result = BatchResult(folds=list(folds))
     rows = []
-    for case_id, files in sorted(group_inputs(request.source, len(folder.plans.channel_names)).items()):
+    for case in discover(request.source, request.series).cases:
+        case_id = case.case_id
         try:
-            image = prepare_image(stack_channel_files(files).array, configuration.patch_size)
+            image = prepare_image(read_case(case).array, configuration.patch_size)
             with torch.no_grad():
                 value = float(np.mean([float(n(torch.from_numpy(image)[None])[0]) for n in networks]))
             rows.append({"case": case_id, "foreground_fraction": value})

@@ -1,23 +1,48 @@
-"""Predict a folder (nnU-Net imagesTs naming: CASE_XXXX.ext per channel), single images, or one
-DICOM series folder, one case at a time; a failing case is reported and skipped, never the end of
-the batch. A DICOM folder is always one input (a series, chosen with ``series`` when it holds
-several), never read file by file."""
+"""Batch prediction a hospital can leave running: every input case (medseg.inference.inputs) is
+read, predicted and written in every requested format (medseg.inference.outputs), and recorded in
+the manifest (medseg.inference.manifest) as it finishes.
+
+- A failing case is recorded with its error and the batch goes on; the result lists it, and the CLI
+  exits non-zero when any case failed.
+- ``resume``: cases the manifest records as complete (files present) are not redone.
+- ``workers``: cases are read ahead and written behind the network's forward by that many threads
+  (reading and writing are I/O and decompression; the forward keeps the CPU cores). Each case's
+  outputs and manifest line are still written exactly once, as the case finishes.
+- Every file is written atomically: a run killed at any moment leaves finished files and hidden
+  temporaries (removed by the next run), never a partial file under a final name."""
 
 from __future__ import annotations
 
-import re
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from medseg.atomic import atomic_path, prepare_output_folder, remove_stale_temporaries
-from medseg.errors import MedsegError
+import medseg
+from medseg.atomic import atomic_path, prepare_output_folder, process_alive, remove_stale_temporaries
 from medseg.data.cases import stack_channel_files
-from medseg.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, image_suffix, read_image, write_image
+from medseg.errors import MedsegError
+from medseg.inference.inputs import InputCase, discover
+from medseg.inference.manifest import Manifest
+from medseg.inference.outputs import CaseOutputs, OutputContext, OutputsFailed, write_outputs
+from medseg.io import MedicalImage
 
-_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+UNPACK_PREFIX = ".medseg-unpack-"  # zip inputs are extracted to OUTPUT/.medseg-unpack-PID-XXXX, removed at the end
+
+
+def _remove_stale_unpack_folders(output: Path) -> None:
+    for folder in output.glob(f"{UNPACK_PREFIX}*"):
+        pid = folder.name[len(UNPACK_PREFIX):].split("-", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass
@@ -25,77 +50,174 @@ class BatchResult:
     written: list[Path] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     folds: list[str] = field(default_factory=list)  # the folds that made the outputs
+    resumed: list[str] = field(default_factory=list)  # cases found complete and not redone
+    skipped_outputs: dict[str, dict[str, str]] = field(default_factory=dict)  # case -> format -> why
+    ignored: list[tuple[Path, str]] = field(default_factory=list)  # files under the input that are no case
+    manifest: Path | None = None
+    cases: int = 0
 
 
-def is_dicom_file(path: Path) -> bool:
-    """A DICOM suffix, or no known image suffix and the 'DICM' marker of a DICOM file (PACS exports
-    have no suffix or UID-like names such as CT.1.3.12.2...)."""
-    suffix = image_suffix(path)
-    if suffix in DICOM_SUFFIXES:
-        return True
-    if suffix in IMAGE_SUFFIXES:
-        return False
+def read_case(case: InputCase) -> MedicalImage:
+    if case.problem:
+        raise MedsegError(case.problem)
+    if case.series is not None:
+        from medseg.io.dicom import series_to_image
+
+        return series_to_image(case.series)
+    return stack_channel_files(case.files)
+
+
+@dataclass
+class _Read:
+    image: MedicalImage | None
+    error: str | None
+    seconds: float
+
+
+def _read(case: InputCase) -> _Read:
+    start = time.perf_counter()
     try:
-        with open(path, "rb") as handle:
-            return handle.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
-
-
-def group_inputs(source: Path, num_channels: int) -> dict[str, list[Path]]:
-    """Case id -> channel files. A file not named CASE_XXXX is a single-channel case of its own. A
-    folder of DICOM files (or of folders only, as a DICOM study is) is one case: [the folder]."""
-    if source.is_dir():
-        entries = [p for p in source.iterdir() if not p.name.startswith(".")]
-        files = sorted(p for p in entries if p.is_file())
-        dicom = [p for p in files if is_dicom_file(p)]
-        if dicom and len(dicom) < len(files):
-            others = ", ".join([p.name for p in files if p not in dicom][:3])
-            raise MedsegError(f"{source}: mixes DICOM files with other files ({others}); give a DICOM series folder or a folder of images")
-        if dicom or (not files and any(p.is_dir() for p in entries)):
-            return {source.name: [source]}
-    else:
-        files = [source]
-    cases: dict[str, dict[int, Path]] = {}
-    for path in files:
-        suffix = image_suffix(path)
-        stem = path.name[: -len(suffix)] if suffix else path.name
-        match = _CHANNEL.match(stem)
-        if match:
-            cases.setdefault(match["case"], {})[int(match["channel"])] = path
-        else:
-            cases.setdefault(stem, {})[0] = path
-    return {case: [channels[k] for k in sorted(channels)] for case, channels in cases.items()}
+        return _Read(read_case(case), None, time.perf_counter() - start)
+    except MedsegError as error:
+        return _Read(None, str(error), time.perf_counter() - start)
+    except Exception as error:  # one unreadable case must not end the batch
+        return _Read(None, f"{case.inputs[0] if case.inputs else case.case_id}: unexpected {type(error).__name__}: {error} (a medseg bug: please report it)", 0.0)
 
 
 def predict_folder(
-    predictor, source: Path, output: Path, file_ending: str, save_probabilities: bool = False,
-    progress: Callable[[int, int], None] | None = None, series: str | None = None,
+    predictor, source: Path, output: Path, formats: list[str], context: OutputContext, save_probabilities: bool = False,
+    progress: Callable[[int, int], None] | None = None, series: str | None = None, resume: bool = False, workers: int = 0,
 ) -> BatchResult:
-    """``series``: which series of a DICOM folder input (medseg.io.dicom.select_series rules)."""
-    if not source.exists():
-        raise MedsegError(f"{source}: no such file or folder")
-    num_channels = len(predictor.plans.channel_names)
-    cases = group_inputs(source, num_channels)
-    if not cases:
-        raise MedsegError(f"{source}: no input images")
+    """``series``: which DICOM series become cases (medseg.inference.inputs rules)."""
     prepare_output_folder(output)
     remove_stale_temporaries(output)  # left by a run that was killed mid-write
-    result = BatchResult()
-    for index, (case_id, files) in enumerate(sorted(cases.items())):
+    _remove_stale_unpack_folders(output)
+    unpack = Path(tempfile.mkdtemp(prefix=f"{UNPACK_PREFIX}{os.getpid()}-", dir=output))
+    try:
+        discovery = discover(source, series, unpack_to=unpack)
+        if not discovery.cases:
+            raise MedsegError(f"{source}: no input images")
+        manifest = Manifest(output, resume)
+        result = BatchResult(ignored=discovery.ignored, manifest=manifest.path, cases=len(discovery.cases))
+        pending = []
+        for case in discovery.cases:
+            if resume and manifest.completed(case.case_id, formats):
+                result.resumed.append(case.case_id)
+            else:
+                pending.append(case)
+        _run(predictor, pending, output, formats, context, save_probabilities, manifest, result, workers, progress, len(discovery.cases) - len(pending))
+        return result
+    finally:
+        shutil.rmtree(unpack, ignore_errors=True)
+
+
+def _run(predictor, cases, output, formats, context, save_probabilities, manifest, result, workers, progress, already_done) -> None:
+    total = already_done + len(cases)
+    lookahead = workers  # cases read ahead of the forward (none without workers: memory stays one case)
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="medseg-io") as pool:
+        reads: dict[int, Future] = {}
+        writes: list[tuple[InputCase, Future, dict]] = []
+
+        def schedule(index: int) -> None:
+            if index < len(cases) and index not in reads:
+                reads[index] = pool.submit(_read, cases[index]) if workers else _immediate(_read, cases[index])
+
+        for index, case in enumerate(cases):
+            for ahead in range(index, index + lookahead + 1):
+                schedule(ahead)
+            loaded: _Read = reads.pop(index).result()
+            entry = _entry(case, predictor, context, formats)
+            entry["timings"]["read_s"] = round(loaded.seconds, 3)
+            if loaded.error:
+                _finish(entry, None, loaded.error, manifest, result)
+            else:
+                start = time.perf_counter()
+                try:
+                    prediction = predictor.predict_image(loaded.image, probabilities=save_probabilities, case_id=case.inputs[0] if case.inputs else case.case_id)
+                except MedsegError as error:
+                    _finish(entry, None, str(error), manifest, result)
+                except Exception as error:  # noqa: BLE001 - recorded, the batch goes on
+                    _finish(entry, None, f"{case.case_id}: unexpected {type(error).__name__}: {error} (a medseg bug: please report it)", manifest, result)
+                else:
+                    entry["timings"]["predict_s"] = round(time.perf_counter() - start, 3)
+                    job = (pool.submit if workers else _immediate)(_write, prediction, loaded.image, case, output, formats, context, save_probabilities)
+                    writes.append((case, job, entry))
+            del loaded
+            # finish writes in case order as they complete, so the manifest follows the input order
+            while writes and (writes[0][1].done() or not workers):
+                _finish_write(*writes.pop(0), manifest, result)
+            if progress:
+                progress(already_done + index + 1, total)
+        for case, job, entry in writes:
+            _finish_write(case, job, entry, manifest, result)
+
+
+class _Done:
+    """A Future-like result computed at once (workers=0: everything in the calling thread)."""
+
+    def __init__(self, function, *args):
+        self._result, self._error = None, None
         try:
-            image = read_image(files[0], series=series) if files[0].is_dir() else stack_channel_files(files)
-            prediction = predictor.predict_image(image, probabilities=save_probabilities, case_id=str(files[0]))
-            target = output / f"{case_id}{file_ending}"
-            write_image(prediction.segmentation, target)
-            if save_probabilities:
-                with atomic_path(output / f"{case_id}.probabilities.npz") as temporary:
-                    np.savez_compressed(temporary, probabilities=prediction.probabilities.astype(np.float16))
-            result.written.append(target)
-        except MedsegError as error:
-            result.failed[case_id] = str(error)
-        except Exception as error:  # an unexpected failure on one case must not end the batch
-            result.failed[case_id] = f"{files[0]}: unexpected {type(error).__name__}: {error} (a medseg bug: please report it)"
-        if progress:
-            progress(index + 1, len(cases))
-    return result
+            self._result = function(*args)
+        except BaseException as error:  # re-raised by result(), like a Future
+            self._error = error
+
+    def done(self) -> bool:
+        return True
+
+    def result(self):
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def _immediate(function, *args) -> _Done:
+    return _Done(function, *args)
+
+
+def _write(prediction, image, case: InputCase, output: Path, formats, context, save_probabilities) -> tuple[CaseOutputs, float]:
+    start = time.perf_counter()
+    outputs = write_outputs(prediction.segmentation, image, case.case_id, output, formats, context)
+    if save_probabilities:
+        target = output / f"{case.case_id}.probabilities.npz"
+        with atomic_path(target) as temporary:
+            np.savez_compressed(temporary, probabilities=prediction.probabilities.astype(np.float16))
+        outputs.written["probabilities"] = str(target)
+    return outputs, time.perf_counter() - start
+
+
+def _finish_write(case, job, entry, manifest, result) -> None:
+    try:
+        outputs, seconds = job.result()
+        entry["timings"]["write_s"] = round(seconds, 3)
+        _finish(entry, outputs, None, manifest, result)
+    except OutputsFailed as failure:
+        _finish(entry, failure.partial, str(failure), manifest, result)
+    except MedsegError as error:
+        _finish(entry, None, str(error), manifest, result)
+    except Exception as error:  # noqa: BLE001
+        _finish(entry, None, f"{case.case_id}: unexpected {type(error).__name__} while writing: {error} (a medseg bug: please report it)", manifest, result)
+
+
+def _entry(case: InputCase, predictor, context: OutputContext, formats) -> dict:
+    return {
+        "case": case.case_id, "status": None, "inputs": case.inputs, "formats": list(formats), "outputs": {}, "skipped": {}, "error": None,
+        "notes": list(case.notes), "timings": {}, "model": str(context.model_folder), "model_name": context.algorithm_name,
+        "folds": list(getattr(predictor, "folds", [])), "medseg_version": medseg.__version__,
+    }
+
+
+def _finish(entry: dict, outputs: CaseOutputs | None, error: str | None, manifest: Manifest, result: BatchResult) -> None:
+    if outputs is not None:
+        entry["outputs"], entry["skipped"] = outputs.written, outputs.skipped
+        entry["notes"] += [n for n in outputs.notes if n not in entry["notes"]]
+        result.written += [Path(p) for p in outputs.written.values()]
+        if outputs.skipped:
+            result.skipped_outputs[entry["case"]] = outputs.skipped
+    entry["status"] = "failed" if error else "done"
+    entry["error"] = error
+    entry["timings"]["total_s"] = round(sum(v for k, v in entry["timings"].items() if k.endswith("_s")), 3)
+    entry["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if error:
+        result.failed[entry["case"]] = error
+    manifest.append(entry)

@@ -47,8 +47,11 @@ class PredictRequest:
     mirror: bool = True  # test-time mirroring, where the task allows it
     windows_per_batch: int = 2
     save_probabilities: bool = False
-    series: str | None = None  # which series of a DICOM folder input (medseg.io.dicom.select_series rules)
+    series: str | None = None  # which DICOM series become cases (medseg.inference.inputs rules)
     progress: Callable[[int, int], None] | None = None
+    formats: str | None = None  # comma-separated output formats (medseg.inference.outputs); None: the model's label format
+    resume: bool = False  # skip cases the output folder's manifest records as complete
+    workers: int = 0  # threads reading ahead and writing behind the forward
 
 
 @dataclass

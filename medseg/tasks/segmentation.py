@@ -153,17 +153,25 @@ def model_info(configuration) -> dict:
 
 
 def predict(folder, request: PredictRequest):
+    import medseg
     from medseg.inference.batch import predict_folder
+    from medseg.inference.outputs import OutputContext, parse_formats
     from medseg.inference.predictor import Predictor
 
     if not 0 <= request.overlap < 1:
         raise MedsegError(f"--overlap must be in [0, 1), got {request.overlap}")
+    if request.workers < 0:
+        raise MedsegError(f"--workers must be 0 or more, got {request.workers}")
+    formats = parse_formats(request.formats)
+    info = folder.info
+    context = OutputContext(info.labels, info.file_ending, folder.path, f"medseg {info.model} {info.dataset_name} {info.configuration}", medseg.__version__)
     predictor = Predictor(
         folder, request.folds, request.checkpoint, request.device, step_fraction=1 - request.overlap, mirror=request.mirror,
         windows_per_batch=request.windows_per_batch,
     )
     result = predict_folder(
-        predictor, request.source, request.output, folder.info.file_ending, request.save_probabilities, request.progress, request.series
+        predictor, request.source, request.output, formats, context, request.save_probabilities, request.progress, request.series,
+        request.resume, request.workers,
     )
     result.folds = list(predictor.folds)
     return result

@@ -118,17 +118,23 @@ def _candidate_files(root: Path) -> list[Path]:
 
 def scan_folder(root: str | Path) -> FolderScan:
     """Read the headers of every file under ``root`` (or the one file) and group image series."""
+    root = Path(root)
+    if not root.exists():
+        raise ImageReadError(root, "no such file or folder")
+    return scan_files(root, _candidate_files(root))
+
+
+def scan_files(root: Path, files: list[Path]) -> FolderScan:
+    """Read the headers of ``files`` (found under ``root``) and group image series."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     root = Path(root)
-    if not root.exists():
-        raise ImageReadError(root, "no such file or folder")
     by_key: dict[str, DicomSeries] = {}
     non_image: list[tuple[Path, str]] = []
     skipped: list[tuple[Path, str]] = []
     base = root if root.is_dir() else root.parent
-    for path in _candidate_files(root):
+    for path in files:
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
         except InvalidDicomError:

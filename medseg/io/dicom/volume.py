@@ -255,6 +255,8 @@ def series_to_image(series: DicomSeries) -> MedicalImage:
         pixels = _rescale(series, _decode(series, frames), frames)[0]
         array = pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)
         metadata["sop_instance_uids"] = [frames[0].sop_instance_uid]
+        metadata["source_files"] = [str(series.instances[frames[0].instance_index].path)]
+        metadata["source_frames"] = [frames[0].frame_index]
         return MedicalImage(np.ascontiguousarray(array), frames[0].pixel_spacing, (0.0, 0.0), default_direction(2), metadata)
     ordered, slice_direction, slice_spacing = _slice_geometry(series, frames)
     pixels = _rescale(series, _decode(series, ordered), ordered)
@@ -268,4 +270,5 @@ def series_to_image(series: DicomSeries) -> MedicalImage:
     spacing = (slice_spacing, ordered[0].pixel_spacing[0], ordered[0].pixel_spacing[1])
     metadata["sop_instance_uids"] = [f.sop_instance_uid for f in ordered]
     metadata["source_files"] = [str(series.instances[f.instance_index].path) for f in ordered]
+    metadata["source_frames"] = [f.frame_index for f in ordered]  # frame of a multi-frame object; None: a file per slice
     return MedicalImage(np.ascontiguousarray(array), spacing, tuple(ordered[0].position), direction, metadata)

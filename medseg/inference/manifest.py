@@ -1,0 +1,71 @@
+"""The batch manifest: ``OUTPUT/manifest.jsonl``, one JSON line per case as it finishes.
+
+    {"case": "...", "status": "done" | "failed", "inputs": [...], "outputs": {"nifti": "...", ...},
+     "skipped": {"dicom-seg": "why"}, "error": null, "notes": [...], "timings": {"read_s": .., ...},
+     "model": "...", "model_name": "...", "folds": [...], "medseg_version": "...", "finished": "ISO time"}
+
+Lines are appended and flushed to disk one case at a time, so a run killed at any moment leaves
+every finished case recorded and at most one torn last line, which reading ignores. ``--resume``
+keeps the manifest and skips a case whose last line says done with the same formats and whose
+output files all exist (outputs are written atomically: existing means complete)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.jsonl"
+
+
+def read_manifest(path: Path) -> list[dict]:
+    """Every well-formed line; a torn line (a run killed mid-write) is ignored."""
+    entries = []
+    if not path.is_file():
+        return entries
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and "case" in entry:
+            entries.append(entry)
+    return entries
+
+
+class Manifest:
+    def __init__(self, folder: Path, resume: bool):
+        self.path = Path(folder) / MANIFEST_NAME
+        self.previous = {entry["case"]: entry for entry in read_manifest(self.path)} if resume else {}
+        if resume and self.path.is_file():
+            self._repair_torn_line()
+        else:
+            self.path.write_text("")
+
+    def _repair_torn_line(self) -> None:
+        """A killed run may have left half a line: end it, so the next line starts clean."""
+        content = self.path.read_bytes()
+        if content and not content.endswith(b"\n"):
+            with open(self.path, "ab") as handle:
+                handle.write(b"\n")
+
+    def completed(self, case_id: str, formats: list[str]) -> dict | None:
+        """The earlier entry when this case is done for every format and its files exist."""
+        entry = self.previous.get(case_id)
+        if not entry or entry.get("status") != "done":
+            return None
+        outputs, skipped = entry.get("outputs", {}), entry.get("skipped", {})
+        if any(fmt not in outputs and fmt not in skipped for fmt in formats):
+            return None
+        if not all(Path(path).is_file() for fmt, path in outputs.items() if fmt in formats):
+            return None
+        return entry
+
+    def append(self, entry: dict) -> None:
+        line = json.dumps(entry, default=str) + "\n"
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, line.encode())
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)

@@ -1,0 +1,155 @@
+"""Output formats of ``medseg predict --format``: one writer per format, several per run.
+
+- ``label``     CASE + the model's file ending (its training labels' format; the default), the label
+                map in the input's geometry
+- ``nifti``     CASE.nii.gz
+- ``png``       CASE.png (2D inputs)
+- ``dicom-seg`` CASE.seg.dcm: DICOM SEG (highdicom) referencing the source series (DICOM inputs)
+- ``rtstruct``  CASE.rtstruct.dcm: RT structure set (rt-utils) on the source series (DICOM volumes)
+- ``overlay``   CASE.overlay.png: the image with the labels in colour (3D: a grid of slices
+                through the labelled region) for a quick look
+
+Every file is written atomically. A format that does not apply to an input (a DICOM SEG of a NIfTI
+file) is skipped with the reason, which the manifest records; a format that applies but fails is
+the case's failure. No foreground at all: DICOM SEG and RTSTRUCT need at least one segment, so
+they are skipped with that reason (the label image is still written)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from medseg.errors import MedsegError
+from medseg.io import MedicalImage, write_image
+
+FORMATS = ("label", "nifti", "png", "dicom-seg", "rtstruct", "overlay")
+FILE_NAMES = {"label": "{case}{ending}", "nifti": "{case}.nii.gz", "png": "{case}.png", "dicom-seg": "{case}.seg.dcm", "rtstruct": "{case}.rtstruct.dcm", "overlay": "{case}.overlay.png"}
+
+
+class NotApplicable(Exception):
+    """The format does not apply to this input; the message says why."""
+
+
+@dataclass
+class OutputContext:
+    """What the writers need besides the prediction: the model's labels, codes and identity."""
+
+    labels: dict[str, int]
+    file_ending: str  # the model's label file format ('.nii.gz', '.png', ...)
+    model_folder: Path
+    algorithm_name: str
+    version: str
+    _codes: dict = field(default_factory=dict)
+
+    def codes(self) -> dict:
+        if not self._codes:
+            from medseg.io.dicom.codes import segment_codes
+
+            self._codes.update(segment_codes(self.labels, self.model_folder))
+        return self._codes
+
+
+def parse_formats(text: str | None) -> list[str]:
+    """``--format`` (comma-separated) -> formats; None: the model's own label file format."""
+    if not text:
+        return ["label"]
+    formats = [f.strip().lower() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise MedsegError(f"--format {text!r}: unknown format(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(FORMATS)}")
+    return list(dict.fromkeys(formats))
+
+
+def output_path(output: Path, case_id: str, fmt: str, file_ending: str) -> Path:
+    return output / FILE_NAMES[fmt].format(case=case_id, ending=file_ending)
+
+
+def _label_map(segmentation: MedicalImage) -> np.ndarray:
+    return np.asarray(segmentation.array[0])
+
+
+# A writer: (segmentation, input image, context, target) -> (the path written, notes for the manifest)
+Written = tuple[Path, list[str]]
+
+
+def _write_label_image(segmentation: MedicalImage, image: MedicalImage, context: OutputContext, target: Path) -> Written:
+    if target.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp") and segmentation.ndim != 2:
+        raise NotApplicable(f"PNG holds 2D label maps; this prediction is {segmentation.ndim}D (use nifti)")
+    return write_image(segmentation, target), []
+
+
+def _sources(segmentation: MedicalImage, case_id: str):
+    from medseg.io.dicom.sources import has_dicom_source, load_sources
+
+    source = segmentation.metadata.get("source", {})
+    if not has_dicom_source(source):
+        raise NotApplicable(f"the input is not a DICOM series ({source.get('source_format', 'unknown format')})")
+    return load_sources(source, case_id)
+
+
+def _write_derived(writer_name: str) -> Callable:
+    def write(segmentation: MedicalImage, image: MedicalImage, context: OutputContext, target: Path) -> Written:
+        from medseg.io.dicom import derived
+
+        sources = _sources(segmentation, target.name)
+        algorithm = derived.Algorithm(context.algorithm_name, context.version)
+        try:
+            written = getattr(derived, writer_name)(_label_map(segmentation), context.labels, context.codes(), sources, algorithm, target)
+        except derived.UnsupportedSource as reason:
+            raise NotApplicable(str(reason)) from None
+        if written is None:
+            raise NotApplicable("no label was found in this case; a DICOM object needs at least one segment")
+        return written, sources.notes
+
+    return write
+
+
+def _write_overlay(segmentation: MedicalImage, image: MedicalImage, context: OutputContext, target: Path) -> Written:
+    from medseg.inference.overlay import overlay_png
+
+    return overlay_png(image.array, _label_map(segmentation), target), []
+
+
+WRITERS: dict[str, Callable] = {
+    "label": _write_label_image, "nifti": _write_label_image, "png": _write_label_image, "dicom-seg": _write_derived("write_dicom_seg"),
+    "rtstruct": _write_derived("write_rtstruct"), "overlay": _write_overlay,
+}
+
+
+@dataclass
+class CaseOutputs:
+    written: dict[str, str] = field(default_factory=dict)  # format -> path
+    skipped: dict[str, str] = field(default_factory=dict)  # format -> why it does not apply
+    notes: list[str] = field(default_factory=list)
+
+
+def write_outputs(segmentation: MedicalImage, image: MedicalImage, case_id: str, output: Path, formats: list[str], context: OutputContext) -> CaseOutputs:
+    """Write every format; a MedsegError of one format fails the case (after the others ran, so a
+    label image is not lost to a DICOM problem)."""
+    result = CaseOutputs()
+    errors = []
+    for fmt in formats:
+        target = output_path(output, case_id, fmt, context.file_ending)
+        if str(target) in result.written.values():  # 'label' and 'nifti' of a NIfTI model: one file
+            result.written[fmt] = str(target)
+            continue
+        try:
+            path, notes = WRITERS[fmt](segmentation, image, context, target)
+            result.written[fmt] = str(path)
+            result.notes.extend(note for note in notes if note not in result.notes)
+        except NotApplicable as reason:
+            result.skipped[fmt] = str(reason)
+        except MedsegError as error:
+            errors.append(f"{fmt}: {error}")
+    if errors:
+        raise OutputsFailed(result, "; ".join(errors))
+    return result
+
+
+class OutputsFailed(MedsegError):
+    def __init__(self, partial: CaseOutputs, message: str):
+        super().__init__(message)
+        self.partial = partial
