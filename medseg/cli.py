@@ -527,6 +527,9 @@ def plan_and_train(
     configurations: list[str] = typer.Option([], "-c", "--configuration", help="Configurations to train [default: all on a GPU; 3d_fullres (or 2d) on a CPU]."),
     folds: str = typer.Option("0,1,2,3,4", "--folds", help="Comma-separated folds, or 'all'."),
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Total training minutes, split over configurations x folds [default with --demo: 12]."),
+    run_budget: Optional[float] = typer.Option(
+        None, "--time-budget-per-run", help="Or training minutes for each run (configuration x fold), also for runs left when resuming (what compare uses).",
+    ),
     epochs: Optional[int] = typer.Option(None, "--epochs", help=EPOCHS_HELP),
     iterations: int = typer.Option(250, "--iterations-per-epoch"),
     learning_rate: Optional[float] = typer.Option(None, "--learning-rate"),
@@ -553,19 +556,23 @@ def plan_and_train(
     folder = prepare_task(name, demo, progress_console=err_console)
     if not run_dataset_check(folder, strict=False, workers=workers):
         raise typer.Exit(1)
-    if demo and time_budget is None and epochs is None:
+    if time_budget is not None and run_budget is not None:
+        raise MedsegError("give --time-budget (total) or --time-budget-per-run, not both")
+    if demo and time_budget is None and run_budget is None and epochs is None:
         time_budget = DEMO_TIME_BUDGET_MINUTES
     fold_list = [f.strip() for f in folds.split(",") if f.strip()]
-
-    def options_for(num_runs: int):
-        budget = time_budget / max(num_runs, 1) if time_budget else None
-        return _training_options(epochs, iterations, learning_rate, optimizer, None, budget, device, True, 0)
-
     # the plan is made before the configurations are known: on a CPU one trains by default
     runs = max(len(configurations), 1) * len(fold_list)
+    per_run = run_budget if run_budget is not None else (time_budget / runs if time_budget else None)
+
+    def options_for(num_runs: int):
+        # a total budget is shared by the runs still to train; a per-run budget is every run's, resumed or not
+        budget = run_budget if run_budget is not None else (time_budget / max(num_runs, 1) if time_budget else None)
+        return _training_options(epochs, iterations, learning_rate, optimizer, None, budget, device, True, 0)
+
     reports = run_plan_and_train(
         folder, configurations or None, fold_list, options_for, memory_gb, replan=replan, workers=workers,
-        log=lambda m: console.print(m, highlight=False), training_seconds=time_budget * 60 / runs if time_budget else None,
+        log=lambda m: console.print(m, highlight=False), training_seconds=per_run * 60 if per_run else None,
         model=model, preset=preset,
     )
     print_report_tables(task_for_model(model), {f"{name} cross-validation": report for name, report in reports.items()})
@@ -602,7 +609,7 @@ def compare(
     folder = prepare_task(dataset, demo, progress_console=err_console)
     arguments = []
     if time_budget is not None:
-        arguments += ["--time-budget", str(time_budget * len(fold_list))]  # plan-and-train splits its total over the folds
+        arguments += ["--time-budget-per-run", str(time_budget)]  # the same for a run left over when resuming
     if epochs is not None:
         arguments += ["--epochs", str(epochs)]
     if iterations is not None:

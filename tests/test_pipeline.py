@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -289,3 +290,15 @@ def test_compare_trains_families_on_the_same_folds_and_writes_the_table(tmp_path
     assert bot["dice_vs_unet"]["foreground"]["n"] == comparison["num_cases"] and bot["peak_memory_mb"] > 0
     assert "| xlstm_unet_bot |" in (folder / "compare.md").read_text() and "Δ Dice vs unet" in result.stdout
     assert (folder / "compare.png").stat().st_size > 1000
+
+
+def test_compare_gives_a_resumed_run_the_same_budget(tmp_path):
+    """A run retrained on resume gets the per-run budget, not the budget of all the folds."""
+    root = tmp_path / "root"
+    run_cli("datasets", "synth", "AbdomenMRI-demo", "--num-cases", "6", root=root, check=True)
+    arguments = ("compare", "--dataset", "AbdomenMRI-demo", "--models", "unet", "--folds", "0,1", "--time-budget", "0.05")
+    first = run_cli(*arguments, root=root, check=True)
+    assert first.stdout.count("time budget 3 s") == 2, first.stdout
+    shutil.rmtree(root / "results" / DATASET / "unet__medsegPlans__3d_fullres" / "fold_1")
+    again = run_cli(*arguments, root=root, check=True)
+    assert "fold 0: already trained" in again.stdout and again.stdout.count("time budget 3 s") == 1, again.stdout
