@@ -1,0 +1,176 @@
+"""Sliding-window inference: medseg against MONAI's ``sliding_window_inference`` and nnU-Net v2's
+predictor, on the same network weights, volume, patch, overlap 0.5 and gaussian blending
+(sigma = patch / 8), no mirroring, in one run; JSON out.
+
+    .venv/bin/python bench/inference/sliding_window.py [--dims 3] [--patch 96 96 96] [--features 16]
+        [--windows-per-batch 2] [--tools medseg,monai,nnunet,medseg-bf16,medseg-cl] [--out bench/results/inference_sliding_window_3d.json]
+
+3D volume: the shared TotalSegmentator CT (122 x 101 x 112 at 3 mm) resampled to 1.5 mm
+(244 x 202 x 224 voxels, z-scored). 2D image: the largest DSB2018 image. The network is medseg's
+plain U-Net for the patch (nnU-Net's topology rules), random weights with a fixed seed, saved once
+and loaded by every tool. Each tool runs in a fresh process (so its peak resident memory is its
+own): wall seconds of one prediction after a warm-up window, peak resident memory growth, and the
+largest absolute difference of its logits from medseg's. Window placement: medseg and nnU-Net
+spread windows evenly (same positions); MONAI steps by patch x (1 - overlap) and aligns the last
+window to the end, so its logits differ where different windows overlap (reported, not hidden).
+``medseg-bf16`` and ``medseg-cl`` are medseg with bf16 autocast and with channels-last convolutions
+(candidates, measured before they become defaults; the label agreement shows bf16's cost). Run it
+alone: two cores, and the timing is wall-clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench" / "kernels"))
+from common import machine_info, peak_growth_mb  # noqa: E402
+
+SHARED = Path(os.environ.get("MEDSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+NUM_CLASSES = 3
+
+
+def load_input(dims: int) -> np.ndarray:
+    """(1, *S) float32, z-scored."""
+    from medseg.io import read_image
+
+    if dims == 3:
+        from scipy import ndimage
+
+        image = read_image(SHARED / "ct-mr-totalsegmentator" / "example_ct.nii.gz")
+        array = ndimage.zoom(image.array[0].astype(np.float32), [s / 1.5 for s in image.spacing], order=1)
+    else:
+        pngs = sorted((SHARED / "microscopy-dsb2018" / "stage1_train").glob("*/images/*.png"))
+        images = [read_image(p) for p in pngs]
+        largest = max(images, key=lambda i: int(np.prod(i.spatial_shape)))
+        array = largest.array.astype(np.float32).mean(axis=0)
+    array = (array - array.mean()) / max(float(array.std()), 1e-6)
+    return np.ascontiguousarray(array[None], dtype=np.float32)
+
+
+def build_network(patch: list[int], features: int) -> torch.nn.Module:
+    from medseg.models import build_model, get_model_family
+
+    kwargs, _ = get_model_family("unet").architecture_for_patch([1.0] * len(patch), patch, base_features=features)
+    torch.manual_seed(0)
+    return build_model({"name": "unet", "kwargs": kwargs}, 1, NUM_CLASSES).eval()
+
+
+def run_tool(tool: str, data: torch.Tensor, network, patch: list[int], windows_per_batch: int) -> torch.Tensor:
+    if tool in ("medseg", "medseg-bf16", "medseg-cl"):
+        from medseg.inference.sliding_window import predict_logits
+
+        if tool == "medseg-cl":  # channels-last memory format for the convolutions
+            network = network.to(memory_format=torch.channels_last_3d if data.ndim == 4 else torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tool == "medseg-bf16"):
+            return predict_logits(network, data, patch, NUM_CLASSES, step_fraction=0.5, windows_per_batch=windows_per_batch).float()
+    if tool == "monai":
+        from monai.inferers import sliding_window_inference
+
+        with torch.inference_mode():
+            return sliding_window_inference(
+                data[None], roi_size=patch, sw_batch_size=windows_per_batch, predictor=network, overlap=0.5, mode="gaussian",
+                sigma_scale=0.125, padding_mode="constant",
+            )[0]
+    if tool == "nnunet":
+        from types import SimpleNamespace
+
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False, perform_everything_on_device=False,
+                                    device=torch.device("cpu"), verbose=False, allow_tqdm=False)
+        # the parts of a trained model folder its sliding window reads (the same network, patch and classes)
+        predictor.network = network
+        predictor.configuration_manager = SimpleNamespace(patch_size=list(patch))
+        predictor.label_manager = SimpleNamespace(num_segmentation_heads=NUM_CLASSES)
+        predictor.allowed_mirroring_axes = None
+        return predictor.predict_sliding_window_return_logits(data).float()
+    raise SystemExit(f"unknown tool {tool}")
+
+
+def worker(args) -> None:
+    """One tool in this fresh process: time, peak memory growth, logits saved for comparison."""
+    torch.set_num_threads(args.threads)
+    data = torch.from_numpy(np.load(args.work / "input.npy"))
+    network = build_network(args.patch, args.features)
+    network.load_state_dict(torch.load(args.work / "network.pt", weights_only=True))
+    with torch.inference_mode():  # warm-up: one window (thread pools, allocator, lazy imports)
+        network(torch.zeros(1, 1, *args.patch))
+    run_tool(args.worker, data[(slice(None), *[slice(0, p) for p in args.patch])].contiguous(), network, args.patch, args.windows_per_batch)
+    result = {}
+
+    def once():
+        start = time.perf_counter()
+        result["logits"] = run_tool(args.worker, data, network, args.patch, args.windows_per_batch)
+        result["seconds"] = time.perf_counter() - start
+
+    growth = peak_growth_mb(once)
+    np.save(args.work / f"logits_{args.worker}.npy", result["logits"].float().numpy())
+    print(json.dumps({"seconds": round(result["seconds"], 2), "peak_growth_mb": growth}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dims", type=int, default=3, choices=[2, 3])
+    parser.add_argument("--patch", type=int, nargs="+")
+    parser.add_argument("--features", type=int, default=16)
+    parser.add_argument("--windows-per-batch", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--tools", default="medseg,monai,nnunet")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.patch = args.patch or ([96, 96, 96] if args.dims == 3 else [256, 256])
+    if args.worker:
+        return worker(args)
+    out = args.out or REPO / "bench" / "results" / f"inference_sliding_window_{args.dims}d.json"
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        data = load_input(args.dims)
+        np.save(work / "input.npy", data)
+        torch.save(build_network(args.patch, args.features).state_dict(), work / "network.pt")
+        results = {}
+        for tool in args.tools.split(","):
+            command = [sys.executable, __file__, "--worker", tool, "--work", str(work), "--dims", str(args.dims), "--patch", *map(str, args.patch),
+                       "--features", str(args.features), "--windows-per-batch", str(args.windows_per_batch), "--threads", str(args.threads)]
+            run = subprocess.run(command, capture_output=True, text=True)
+            if run.returncode != 0:
+                results[tool] = {"error": run.stderr.strip().splitlines()[-1] if run.stderr.strip() else f"exit {run.returncode}"}
+                continue
+            results[tool] = json.loads(run.stdout.strip().splitlines()[-1])
+            print(tool, results[tool], flush=True)
+        reference = np.load(work / "logits_medseg.npy") if "seconds" in results.get("medseg", {}) else None
+        for tool, row in results.items():
+            if reference is not None and "seconds" in row and tool != "medseg":
+                logits = np.load(work / f"logits_{tool}.npy")
+                if logits.shape == reference.shape:
+                    row["max_abs_logit_difference_vs_medseg"] = float(np.abs(logits - reference).max())
+                    row["label_agreement_vs_medseg"] = float((logits.argmax(0) == reference.argmax(0)).mean())
+                else:
+                    row["max_abs_logit_difference_vs_medseg"] = f"shape {logits.shape}"
+                row["medseg_speedup"] = round(row["seconds"] / results["medseg"]["seconds"], 2)
+                row["memory_ratio_vs_medseg"] = round(row["peak_growth_mb"] / max(results["medseg"]["peak_growth_mb"], 1e-6), 2)
+    content = {
+        "command": "python bench/inference/sliding_window.py " + " ".join(sys.argv[1:]),
+        "input_shape": list(data.shape), "patch": args.patch, "features": args.features, "windows_per_batch": args.windows_per_batch,
+        "threads": args.threads, "overlap": 0.5, "blending": "gaussian, sigma = patch / 8", "mirroring": False, "results": results,
+        "machine": machine_info(),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(content, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
