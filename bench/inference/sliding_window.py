@@ -94,6 +94,8 @@ def run_tool(tool: str, data: torch.Tensor, network, patch: list[int], windows_p
         predictor.configuration_manager = SimpleNamespace(patch_size=list(patch))
         predictor.label_manager = SimpleNamespace(num_segmentation_heads=NUM_CLASSES)
         predictor.allowed_mirroring_axes = None
+        if data.ndim == 3:  # nnU-Net takes 2D images as (C, 1, Y, X) and slides its 2D network over the slices
+            return predictor.predict_sliding_window_return_logits(data[:, None]).float()[:, 0]
         return predictor.predict_sliding_window_return_logits(data).float()
     raise SystemExit(f"unknown tool {tool}")
 
