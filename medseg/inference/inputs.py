@@ -210,11 +210,12 @@ def _dicom_cases(files: list[Path], rules: list[SeriesRule], base: Path, base_id
     if rules and not picked and scan.series:
         listing = "; ".join(f"{s.label} {s.modality} {s.num_frames} frames" for s in scan.series)
         cases.append(InputCase(base_id, [], problem=f"{base}: --series picks none of its DICOM series: {listing}"))
+    folders = {series.key: _series_folder(series) for series in scan.series}
     per_folder: dict[Path, int] = {}
-    for series in scan.series:
-        per_folder[_series_folder(series)] = per_folder.get(_series_folder(series), 0) + 1
+    for folder in folders.values():
+        per_folder[folder] = per_folder.get(folder, 0) + 1
     for series in picked:
-        folder = _series_folder(series)
+        folder = folders[series.key]
         case_id = folder_id(folder)
         if per_folder[folder] > 1:  # several series in one folder: number and UID tell them apart
             digest = hashlib.sha1(series.key.encode()).hexdigest()[:8]
