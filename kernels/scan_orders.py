@@ -15,6 +15,7 @@ inter-slice direction).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 
@@ -26,7 +27,7 @@ _AXIS_ORDER = re.compile(r"^axis(\d)(_backward)?$")
 def traversal(spatial_shape: Sequence[int], fastest_axis: int | None = None, reverse: bool = False, device=None) -> torch.Tensor:
     """Order visiting the map row-major with ``fastest_axis`` moved last (None: as stored), optionally reversed."""
     ndim = len(spatial_shape)
-    positions = torch.arange(int(torch.tensor(spatial_shape).prod()), device=device).reshape(*spatial_shape)
+    positions = torch.arange(math.prod(int(s) for s in spatial_shape), device=device).reshape(*spatial_shape)
     if fastest_axis is not None:
         if not 0 <= fastest_axis < ndim:
             raise ValueError(f"axis {fastest_axis} is not an axis of a {ndim}D map")

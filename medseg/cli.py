@@ -262,16 +262,16 @@ DATASET_HELP = "Raw dataset: name, id or folder."
 
 @app.command()
 def models() -> None:
-    """List the registered model families: task type, dimensions, kernels, self-configurable."""
+    """List the registered model families: task type, dimensions, kernels, self-configurable, options."""
     from rich.table import Table
 
     from medseg.models import list_models
 
-    table = Table("model", "task", "dims", "kernels", "planner", "summary")
+    table = Table("model", "task", "dims", "kernels", "planner", "options (FAMILY[option=value])", "summary")
     for family in list_models():
         table.add_row(
             family.name, family.task_type, "/".join(f"{d}D" for d in family.dims), ", ".join(family.kernels) or "-",
-            "yes" if family.architecture_for_patch else "presets", family.summary,
+            "yes" if family.architecture_for_patch else "presets", ", ".join(family.options) or "-", family.summary,
         )
     console.print(table)
 
@@ -318,13 +318,14 @@ def fingerprint(
 
 
 PLANS_NAME_HELP = "Name of the plans file [default: medsegPlans for unet, medsegPlans_<model> for other families]."
+MODEL_HELP = "Registered model family (see `medseg models`), or FAMILY[option=value,...] to set its architecture options, e.g. 'xlstm_unet_bot[vil_directions=forward]'; plans are named medsegPlans_<model> for anything but unet."
 PRESET_HELP = "Preset planner settings shipped with medseg (see `medseg plans`), e.g. fast, cpu, nnunet."
 
 
 @app.command()
 def plan(
     dataset: str = typer.Argument(..., metavar="DATASET", help=DATASET_HELP),
-    model: str = typer.Option("unet", "--model", help="Registered model family (see `medseg models`)."),
+    model: str = typer.Option("unet", "--model", help=MODEL_HELP),
     memory_gb: Optional[float] = typer.Option(None, "--memory-gb", help="Size for this much GPU memory, nnU-Net's rule [default: GPU memory on a GPU, a time budget per step on a CPU]."),
     step_seconds: Optional[float] = typer.Option(None, "--step-seconds", help="CPU planning: target seconds per training step [default: 1]."),
     plans_name: Optional[str] = typer.Option(None, "--plans-name", help=PLANS_NAME_HELP),
@@ -538,13 +539,14 @@ def plan_and_train(
     replan: bool = typer.Option(False, "--replan", help="Fingerprint and plan again even if plans exist."),
     device: Optional[str] = typer.Option(None, "--device"),
     workers: Optional[int] = typer.Option(None, "--workers"),
-    model: str = typer.Option("unet", "--model", help="Registered model family (see `medseg models`); plans are named medsegPlans_<model> for families other than unet."),
+    model: str = typer.Option("unet", "--model", help=MODEL_HELP),
     preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
 ) -> None:
     """Run the whole self-configuring pipeline and print the cross-validation table.
 
     Resumable: rerunning keeps finished folds and continues interrupted ones."""
     from medseg.errors import MedsegError
+    from medseg.models.spec import parse_model_spec
     from medseg.pipeline import prepare_task, run_plan_and_train
     from medseg.tasks.registry import task_for_model
 
@@ -575,7 +577,7 @@ def plan_and_train(
         log=lambda m: console.print(m, highlight=False), training_seconds=per_run * 60 if per_run else None,
         model=model, preset=preset,
     )
-    print_report_tables(task_for_model(model), {f"{name} cross-validation": report for name, report in reports.items()})
+    print_report_tables(task_for_model(parse_model_spec(model).family), {f"{name} cross-validation": report for name, report in reports.items()})
 
 
 def one_line(error: Exception) -> str:
@@ -588,7 +590,7 @@ def one_line(error: Exception) -> str:
 @app.command()
 def compare(
     dataset: str = typer.Option(..., "--dataset", "--task", help="Dataset name, id or folder."),
-    models: str = typer.Option("unet,umamba_bot,umamba_enc,xlstm_unet_bot,xlstm_unet_enc", "--models", help="Comma-separated families (unet is the baseline)."),
+    models: str = typer.Option("unet,umamba_bot,umamba_enc,xlstm_unet_bot,xlstm_unet_enc", "--models", help="Comma-separated families or model specs such as 'xlstm_unet_bot[vil_directions=forward]' (unet is the baseline)."),
     demo: bool = typer.Option(False, "--demo", help="Use the built-in synthetic demo of the dataset (built if missing)."),
     folds: str = typer.Option("0,1,2,3,4", "--folds", help="Comma-separated folds, the same for every family."),
     configuration: Optional[str] = typer.Option(None, "-c", "--configuration", help="[default: 3d_fullres for volumes, else 2d]"),
@@ -598,9 +600,10 @@ def compare(
 ) -> None:
     """Train model families on identical splits under the same budget and compare them (markdown, JSON, PNG)."""
     from medseg.errors import MedsegError
+    from medseg.models.spec import parse_model_specs
     from medseg.pipeline import prepare_task, run_compare
 
-    families = [m.strip() for m in models.split(",") if m.strip()]
+    families = [str(spec) for spec in parse_model_specs(models)]
     fold_list = [f.strip() for f in folds.split(",") if f.strip()]
     if not families or not fold_list or "all" in fold_list:
         raise MedsegError("compare needs at least one family and cross-validation folds (not 'all')")

@@ -48,9 +48,13 @@ DEFAULT_PLANS_NAME = "medsegPlans"
 
 
 def default_plans_name(model: str) -> str:
-    """The plain U-Net plans as nnU-Net names them; every other family plans into its own file,
-    so planning a second family never overwrites the first one's plans."""
-    return DEFAULT_PLANS_NAME if model == "unet" else f"{DEFAULT_PLANS_NAME}_{model}"
+    """The plain U-Net plans as nnU-Net names them; every other family or model spec
+    (``xlstm_unet_bot[vil_directions=forward]``) plans into its own file, so planning a second one
+    never overwrites the first one's plans."""
+    from medseg.models.spec import parse_model_spec
+
+    spec = parse_model_spec(model)
+    return DEFAULT_PLANS_NAME if str(spec) == "unet" else f"{DEFAULT_PLANS_NAME}_{spec.plans_suffix}"
 
 
 def preprocessed_folder(raw_folder: Path) -> Path:
@@ -98,17 +102,19 @@ def run_plan(
 ):
     """Plan from the fingerprint; ``training_seconds`` (one run's budget) lets a CPU plan trade
     resolution for passes over the data; ``preset`` names shipped planner settings (medseg_plans)."""
+    from medseg.models.spec import parse_model_spec
     from medseg.tasks.registry import PlanRequest, task_for_model
     from medseg_plans import get_preset
 
+    spec = parse_model_spec(model)
     description = _description(raw_folder)
-    task = task_for_model(model, description.task_type, raw_folder.name)
-    settings = get_preset(preset).settings_for(task.name, model) if preset else None
+    task = task_for_model(spec.family, description.task_type, raw_folder.name)
+    settings = get_preset(preset).settings_for(task.name, spec.family) if preset else None
     fingerprint_file = preprocessed_folder(raw_folder) / "fingerprint.json"
     if not fingerprint_file.is_file():
         raise MedsegError(f"{fingerprint_file}: missing; run `medseg fingerprint {raw_folder.name}` first")
     plans_name = plans_name or default_plans_name(model)
-    request = PlanRequest(model, plans_name, memory_gb, step_seconds, training_seconds, settings)
+    request = PlanRequest(spec.family, plans_name, memory_gb, step_seconds, training_seconds, settings, spec.options or None)
     plans = task.plan(fingerprint_file, description, request)
     plans.save(plans_path(raw_folder, plans_name))
     return plans
@@ -220,12 +226,15 @@ def run_plan_and_train(
     """fingerprint -> plan -> preprocess -> train each fold -> cross-validation report per
     configuration. Resumable: finished folds are kept, interrupted ones continue from their
     latest checkpoint. ``options_factory(num_runs)`` gives the training options of each run;
-    ``training_seconds`` is one run's budget, for the plan; ``model`` the registered family planned."""
+    ``training_seconds`` is one run's budget, for the plan; ``model`` the registered family planned
+    or a model spec (medseg.models.spec)."""
     from medseg.model_folder import ModelFolder
+    from medseg.models.spec import parse_model_spec
     from medseg.planning.fingerprint import Fingerprint
     from medseg.tasks.registry import task_for_model
 
-    task = task_for_model(model, _description(raw_folder).task_type, raw_folder.name)  # a mismatch fails before any work
+    spec = parse_model_spec(model)
+    task = task_for_model(spec.family, _description(raw_folder).task_type, raw_folder.name)  # a mismatch fails before any work
     plans_name = plans_name or default_plans_name(model)
     fingerprint_file = preprocessed_folder(raw_folder) / "fingerprint.json"
     stale = None
@@ -246,8 +255,10 @@ def run_plan_and_train(
         plans = load_plans(raw_folder, plans_name)
         log(f"plans: reusing {plans_file} (--replan to plan again)")
         planned = {c.architecture["name"] for c in plans.configurations.values()}
-        if planned != {model}:
-            raise MedsegError(f"{plans_file} plans {', '.join(sorted(planned))}, not {model}: use another plans name or --replan")
+        options = plans.planner.get("model_options", {})
+        if planned != {spec.family} or options != spec.options:
+            shown = ", ".join(sorted(planned)) + (f" with {options}" if options else "")
+            raise MedsegError(f"{plans_file} plans {shown}, not {spec}: use another plans name or --replan")
     chosen = list(configurations) if configurations else default_configurations(plans)
     for name in chosen:
         c = plans.configuration(name)
@@ -276,7 +287,7 @@ def run_plan_and_train(
         for name in chosen:
             reports[name] = task.crossval(ModelFolder.open(configuration_model_folder(raw_folder, plans, name)), list(folds))
     if len(reports) > 1:
-        best = best_configuration(model_folder(raw_folder.name, model, plans_name, chosen[0]).parent, reports, task.report_score)
+        best = best_configuration(model_folder(raw_folder.name, spec.family, plans_name, chosen[0]).parent, reports, task.report_score)
         log(f"best configuration: {best}")
     return reports
 
@@ -302,11 +313,12 @@ def run_compare(
 
     from medseg.evaluation.compare import BASELINE, compare_families, write_comparison
     from medseg.model_folder import ModelFolder
+    from medseg.models.spec import parse_model_spec
     from medseg.tasks.registry import task_for_model
 
     dataset_type = _description(raw_folder).task_type
     for model in models:
-        task = task_for_model(model, dataset_type, raw_folder.name)  # every family checked before any training
+        task = task_for_model(parse_model_spec(model).family, dataset_type, raw_folder.name)  # every family checked before any training
         if task.name != "segmentation":
             raise MedsegError(f"compare scores segmentations; {model} is trained by the {task.name} task")
     folders = {}

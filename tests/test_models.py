@@ -153,3 +153,29 @@ def test_xlstm_unet_options(name):
             assert network(torch.randn(1, 1, *topology.patch_size)).shape == (1, 2, *topology.patch_size)
         layers = [m for m in network.modules() if type(m).__name__ == "ViLLayer"]
         assert layers and all(layer.direction == "forward" for layer in layers)
+
+
+def test_model_specs_parse_and_check_options():
+    from medseg.errors import MedsegError
+    from medseg.models.spec import parse_model_spec, parse_model_specs
+
+    spec = parse_model_spec("xlstm_unet_bot[vil_directions=forward, vil_blocks=3]")
+    assert spec.family == "xlstm_unet_bot" and spec.options == {"vil_directions": "forward", "vil_blocks": 3}
+    assert str(spec) == "xlstm_unet_bot[vil_blocks=3,vil_directions=forward]"
+    assert spec.plans_suffix == "xlstm_unet_bot-vil_blocks-3-vil_directions-forward"
+    assert parse_model_spec("xlstm_unet_enc[vil_stages=[2,3]]").options == {"vil_stages": [2, 3]}
+    assert parse_model_spec(" unet ").options == {} and str(parse_model_spec("unet")) == "unet"
+    specs = parse_model_specs("unet,xlstm_unet_bot[vil_directions=axes,vil_conv=map],umamba_bot[mamba_state=8]")
+    assert [str(s) for s in specs] == ["unet", "xlstm_unet_bot[vil_conv=map,vil_directions=axes]", "umamba_bot[mamba_state=8]"]
+    for bad, message in [
+        ("unet[vil_blocks=2]", "unet has no option 'vil_blocks' \\(its options: none\\)"),
+        ("xlstm_unet_bot[depth=2]", "its options: vil_heads"),
+        ("xlstm_unet_bot[vil_blocks]", "not key=value"),
+        ("xlstm_unet_bot[vil_blocks=1,vil_blocks=2]", "given twice"),
+        ("xlstm_unet_bot[vil_blocks=1", "expected FAMILY"),
+        ("resnet", "unknown model 'resnet'"),
+    ]:
+        with pytest.raises(MedsegError, match=message):
+            parse_model_spec(bad)
+    with pytest.raises(MedsegError, match="listed twice"):
+        parse_model_specs("unet,xlstm_unet_bot[vil_blocks=1],xlstm_unet_bot[vil_blocks=1]")

@@ -277,18 +277,21 @@ def test_compare_trains_families_on_the_same_folds_and_writes_the_table(tmp_path
     refused = run_cli("compare", "--dataset", "AbdomenMRI-demo", "--models", "unet", "--folds", "0", root=root)
     assert refused.returncode == 1 and "same budget" in refused.stderr
     result = run_cli(
-        "compare", "--dataset", "AbdomenMRI-demo", "--models", "unet,xlstm_unet_bot", "--folds", "0,1", "--epochs", "1",
-        "--iterations-per-epoch", "2", root=root, check=True,
+        "compare", "--dataset", "AbdomenMRI-demo", "--models", "unet,xlstm_unet_bot[vil_directions=forward, vil_blocks=1]",
+        "--folds", "0,1", "--epochs", "1", "--iterations-per-epoch", "2", root=root, check=True,
     )
     folder = root / "results" / DATASET / "compare__3d_fullres"
     comparison = json.loads((folder / "compare.json").read_text())
-    assert set(comparison["families"]) == {"unet", "xlstm_unet_bot"} and comparison["baseline"] == "unet"
+    variant = "xlstm_unet_bot[vil_blocks=1,vil_directions=forward]"  # a model spec, written canonically
+    assert set(comparison["families"]) == {"unet", variant} and comparison["baseline"] == "unet"
+    plans = json.loads((root / "preprocessed" / DATASET / "medsegPlans_xlstm_unet_bot-vil_blocks-1-vil_directions-forward.json").read_text())
+    assert plans["planner"]["model_options"] == {"vil_blocks": 1, "vil_directions": "forward"}
     splits = json.loads((root / "preprocessed" / DATASET / "splits_final.json").read_text())
     assert comparison["num_cases"] == len(splits[0]["val"]) + len(splits[1]["val"])  # the same held-out cases for both
-    bot = comparison["families"]["xlstm_unet_bot"]
+    bot = comparison["families"][variant]
     assert bot["iterations"] == 4 and bot["parameters"] > comparison["families"]["unet"]["parameters"]
     assert bot["dice_vs_unet"]["foreground"]["n"] == comparison["num_cases"] and bot["peak_memory_mb"] > 0
-    assert "| xlstm_unet_bot |" in (folder / "compare.md").read_text() and "Δ Dice vs unet" in result.stdout
+    assert f"| {variant} |" in (folder / "compare.md").read_text() and "Δ Dice vs unet" in result.stdout
     assert (folder / "compare.png").stat().st_size > 1000
 
 

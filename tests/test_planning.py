@@ -198,3 +198,52 @@ def test_cpu_time_plan_trades_resolution_for_passes_while_objects_stay_large(tmp
     sizer = ConfigurationSizer(get_model_family("unet"), Budget("time", flops_per_second=rates, base_features=16, training_seconds=30), 1, 2)
     voxels = np.prod(fitted.median_shape) * 12
     assert sizer.passes(fitted.patch_size, fitted.architecture["kwargs"], voxels) >= MIN_PASSES * 0.9
+
+
+def test_plan_with_model_options_sets_them_in_every_configuration(tmp_path):
+    """A model spec's options are priced by the sizer, stored in the plans and checked at planning."""
+    import torch
+
+    from medseg.errors import MedsegError
+    from medseg.models.registry import build_model
+
+    folder = tmp_path / "Dataset951_Aniso"
+    _anisotropic_dataset(folder, num_cases=3)
+    description = load_dataset_description(folder)
+    fingerprint = extract_fingerprint(description, workers=1)
+    budget = Budget("time", step_seconds=0.5, flops_per_second={2: 50e9, 3: 50e9}, base_features=8)
+    options = {"vil_blocks": 4, "vil_directions": "forward"}
+    default = plan_experiment(fingerprint, description, budget, model="xlstm_unet_bot")
+    plans = plan_experiment(fingerprint, description, budget, model="xlstm_unet_bot", model_options=options)
+    assert plans.planner["model_options"] == options and "model_options" not in default.planner
+    for name, config in plans.configurations.items():
+        assert {k: config.architecture["kwargs"][k] for k in options} == options
+        with torch.device("meta"):
+            network = build_model(config.architecture, 1, 3)
+        layers = [m for m in network.modules() if type(m).__name__ == "ViLLayer"]
+        assert len(layers) == 4 and {layer.direction for layer in layers} == {"forward"}
+        # four ViL layers cost more than the default two: never a larger patch x batch for the same step time
+        planned = default.configurations[name]
+        assert np.prod(config.patch_size) * config.batch_size <= np.prod(planned.patch_size) * planned.batch_size
+    with pytest.raises(MedsegError, match="vil_directions=zigzag.*does not build"):
+        plan_experiment(fingerprint, description, budget, model="xlstm_unet_bot", model_options={"vil_directions": "zigzag"})
+
+
+def test_cpu_throughput_is_measured_once_per_machine(tmp_path, monkeypatch):
+    """Planning again (or a variant of the family) reuses the measured rate: sizes don't move with timing noise."""
+    from medseg.planning import device
+
+    cache = tmp_path / "cpu_throughput.json"
+    first = device.cached_throughput("unet", 8, cache)
+    assert set(first) == {2, 3} and all(rate > 0 for rate in first.values())
+    measured = []
+    monkeypatch.setattr(device, "measure_throughput", lambda model, ndim, features: measured.append(ndim) or 1e9)
+    assert device.cached_throughput("unet", 8, cache) == first and measured == []
+    assert device.cached_throughput("unet", 16, cache) == {2: 1e9, 3: 1e9} and measured == [2, 3]  # another width
+    assert device.cached_throughput("unet", 8, cache) == first  # both kept
+    stored = json.loads(cache.read_text())
+    stored["machine"] = "another machine"
+    cache.write_text(json.dumps(stored))
+    assert device.cached_throughput("unet", 8, cache) == {2: 1e9, 3: 1e9}  # measured again on this one
+    cache.write_text("{not json")
+    assert device.cached_throughput("unet", 8, cache) == {2: 1e9, 3: 1e9}

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/pipeline/compare_families.py --dataset AbdomenMRI-demo [--folds 0,1,2]
         [--minutes 2] [--models unet,umamba_bot,umamba_enc,xlstm_unet_bot,xlstm_unet_enc]
-        [--work bench_work/compare]
+        [--work bench_work/compare] [--name NAME]
 
 Builds the dataset (the synthetic 3D demo, or DSB2018 / KvasirSEG converted from ../shared/data),
 runs `medseg compare` in a fresh MEDSEG_ROOT under --work, and copies its table and JSON to
@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=2.0, help="training minutes per run (one family, one fold)")
     parser.add_argument("--models", default=FAMILIES)
     parser.add_argument("--work", type=Path, default=REPO / "bench_work" / "compare")
+    parser.add_argument("--name", help="results name [default: the dataset]: bench/results/compare_NAME.{md,json}")
     args = parser.parse_args()
     root = args.work / args.dataset
     if args.dataset == "AbdomenMRI-demo":
@@ -55,11 +56,11 @@ def main() -> None:
     command = "python bench/pipeline/compare_families.py " + " ".join(sys.argv[1:])
     content = json.loads(source.read_text())
     content.update(command=command, machine={"platform": platform.platform(), "cpus": os.cpu_count()}, minutes_per_run=args.minutes)
-    results = REPO / "bench" / "results"
+    results, name = REPO / "bench" / "results", args.name or args.dataset
     results.mkdir(parents=True, exist_ok=True)
-    (results / f"compare_{args.dataset}.json").write_text(json.dumps(content, indent=1))
-    shutil.copyfile(source.with_suffix(".md"), results / f"compare_{args.dataset}.md")
-    with open(results / f"compare_{args.dataset}.md", "a") as handle:
+    (results / f"compare_{name}.json").write_text(json.dumps(content, indent=1))
+    shutil.copyfile(source.with_suffix(".md"), results / f"compare_{name}.md")
+    with open(results / f"compare_{name}.md", "a") as handle:
         handle.write(f"\nCommand: `{command}` ({args.minutes} training minutes per run, {os.cpu_count()} CPU cores)\n")
     print(f"wrote {results / f'compare_{args.dataset}.md'}")
 

@@ -23,6 +23,7 @@ class ModelFamily:
     dims: tuple[int, ...]  # spatial dimensionalities supported (2, 3)
     summary: str
     kernels: tuple[str, ...] = ()  # kernel ops (medseg_kernels) the family runs on
+    options: tuple[str, ...] = ()  # architecture kwargs a model spec may set (medseg.models.spec)
     # planner hooks, for families the self-configuring planner can size (None: fixed presets only)
     architecture_for_patch: Callable[..., dict] | None = None  # (spacing, patch_size, ndim, profile) -> kwargs + topology
     feature_map_size: Callable[..., int] | None = None  # (patch_size, in_channels, num_classes, kwargs) -> activations

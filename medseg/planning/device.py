@@ -1,11 +1,18 @@
 """Which budget to plan for on this machine: a GPU's memory, or a CPU's time per step.
 
 On a CPU the planner needs the machine's real throughput for the network it is sizing, so it
-times a few forward+backward steps of that network family on a small patch (about a second)."""
+times a few forward+backward steps of that network family on a small patch (about a second).
+The rate is kept per dataset (``cpu_throughput.json`` beside the plans) for this machine, so that
+planning again, or planning variants of a family for ``medseg compare``, gives the same sizes
+instead of sizes that move with timing noise."""
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -34,9 +41,36 @@ def measure_throughput(model: str, ndim: int, base_features: int, repeats: int =
     return 3.0 * 2 * family.flops_per_sample(patch, 1, 2, kwargs) / seconds
 
 
+def machine_key() -> str:
+    """What a measured rate depends on: the machine, its thread count and the torch build."""
+    return f"{platform.node()}|{platform.machine()}|{os.cpu_count()} cpus|{torch.get_num_threads()} threads|torch {torch.__version__}"
+
+
+def cached_throughput(model: str, base_features: int, cache: Path | None) -> dict[int, float]:
+    """The family's FLOP rates in 2D and 3D, from ``cache`` when measured on this machine."""
+    from medseg.atomic import write_json_atomic
+
+    key, stored = f"{model}|{base_features}", {}
+    if cache is not None and cache.is_file():
+        try:
+            stored = json.loads(cache.read_text())
+        except ValueError:
+            stored = {}  # a damaged cache is only a cache: measure again
+        if not isinstance(stored, dict) or stored.get("machine") != machine_key():
+            stored = {}
+    entry = stored.get("rates", {}).get(key)
+    if isinstance(entry, dict) and {"2", "3"} <= set(entry):
+        return {int(ndim): float(rate) for ndim, rate in entry.items()}
+    rates = {ndim: measure_throughput(model, ndim, base_features) for ndim in (2, 3)}
+    if cache is not None:
+        stored = {"machine": machine_key(), "rates": {**stored.get("rates", {}), key: {str(n): r for n, r in rates.items()}}}
+        write_json_atomic(cache, stored)
+    return rates
+
+
 def default_budget(
     model: str = "unet", memory_gb: float | None = None, step_seconds: float | None = None, device: str | None = None,
-    training_seconds: float | None = None, preset: dict | None = None,
+    training_seconds: float | None = None, preset: dict | None = None, throughput_cache: Path | None = None,
 ) -> Budget:
     """--memory-gb selects nnU-Net's memory sizing; otherwise a GPU plans for its memory and a CPU
     for time (and for one run's training budget, when known). A preset's settings (medseg_plans)
@@ -54,7 +88,7 @@ def default_budget(
             memory_gb = min(8.0, 0.9 * total_gb)  # nnU-Net's default target, or less
         return Budget("memory", memory_gb=memory_gb, base_features=int(preset.get("base_features", 32)))
     features = int(preset.get("base_features", CPU_BASE_FEATURES))
-    rates = {ndim: measure_throughput(model, ndim, features) for ndim in (2, 3)}
+    rates = cached_throughput(model, features, throughput_cache)
     return Budget(
         "time", step_seconds=step_seconds or CPU_STEP_SECONDS, flops_per_second=rates, base_features=features, training_seconds=training_seconds
     )

@@ -113,15 +113,17 @@ def resampled_shape(shape, spacing, target_spacing) -> np.ndarray:
 class ConfigurationSizer:
     """Shrinks a patch from the image's aspect ratio until one batch fits the budget."""
 
-    def __init__(self, family: ModelFamily, budget: Budget, in_channels: int, num_classes: int):
+    def __init__(self, family: ModelFamily, budget: Budget, in_channels: int, num_classes: int, options: dict | None = None):
         if family.architecture_for_patch is None:
             raise MedsegError(f"model '{family.name}' cannot be self-configured (it has no planner hooks)")
         self.family, self.budget = family, budget
         self.in_channels, self.num_classes = in_channels, num_classes
+        self.options = dict(options or {})  # a model spec's settings, priced like the planned ones
         self._cache: dict[tuple, float] = {}
 
     def _architecture(self, spacing, patch):
-        return self.family.architecture_for_patch(spacing, patch, base_features=self.budget.base_features)
+        kwargs, topology = self.family.architecture_for_patch(spacing, patch, base_features=self.budget.base_features)
+        return {**kwargs, **self.options}, topology
 
     def cost(self, patch, kwargs) -> float:
         """Memory mode: activations per sample. Time mode: seconds per sample (forward+backward)."""
@@ -214,14 +216,16 @@ def plan_experiment(
     model: str = "unet",
     plans_name: str = "medsegPlans",
     preset: dict | None = None,
+    model_options: dict | None = None,
 ) -> Plans:
     """``preset``: a preset's settings (medseg_plans); the budget already holds its sizing, the
-    planner applies ``min_spacing_mm`` and records the preset's name."""
+    planner applies ``min_spacing_mm`` and records the preset's name. ``model_options``: a model
+    spec's architecture settings (medseg.models.spec), set in every configuration."""
     preset = preset or {}
     family = get_model_family(model)
     labels = {name: int(value) for name, value in description.labels.items()}
     num_classes = max(labels.values()) + 1
-    sizer = ConfigurationSizer(family, budget, description.num_channels, num_classes)
+    sizer = ConfigurationSizer(family, budget, description.num_channels, num_classes, model_options)
     target = fullres_target_spacing(fingerprint)
     if "min_spacing_mm" in preset:
         target = np.maximum(target, float(preset["min_spacing_mm"]))
@@ -276,11 +280,17 @@ def plan_experiment(
         spacing_2d = target_t[-2:]
         two_d = configuration("2d", spacing_2d, median_t[-2:], dataset_voxels, batch_dice=True)
     configurations = {"2d": two_d, **configurations}
+    if model_options:
+        for planned in configurations.values():
+            _check_buildable(planned, description.num_channels, num_classes, model_options)
     spacings = np.array(fingerprint.spacings, dtype=float)
     return Plans(
         dataset_name=fingerprint.dataset_name,
         plans_name=plans_name,
-        planner={**budget.describe(), "model": family.name, **({"preset": preset["preset"]} if "preset" in preset else {})},
+        planner={
+            **budget.describe(), "model": family.name, **({"preset": preset["preset"]} if "preset" in preset else {}),
+            **({"model_options": dict(model_options)} if model_options else {}),
+        },
         transpose_forward=forward,
         transpose_backward=backward,
         original_median_spacing=[float(s) for s in np.median(spacings, axis=0)[forward]],
@@ -290,6 +300,21 @@ def plan_experiment(
         foreground_intensity_properties_per_channel=fingerprint.foreground_intensity_properties_per_channel,
         configurations=configurations,
     )
+
+
+def _check_buildable(configuration: ConfigurationPlan, in_channels: int, num_classes: int, options: dict) -> None:
+    """A model option the family rejects (a misspelt direction, a stage it does not have) fails at
+    planning, not minutes into training. Built on the meta device: no weights are allocated."""
+    import torch
+
+    from medseg.models.registry import build_model
+
+    try:
+        with torch.device("meta"):
+            build_model(configuration.architecture, in_channels, num_classes)
+    except (ValueError, TypeError, KeyError, IndexError) as error:
+        shown = ", ".join(f"{k}={v}" for k, v in options.items())
+        raise MedsegError(f"{configuration.architecture['name']} [{shown}] does not build for {configuration.name}: {error}") from None
 
 
 def _fit_spacing_to_budget(sizer, spacing, median_shape, voxels, sized, extents_t):

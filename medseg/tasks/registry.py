@@ -32,6 +32,7 @@ class PlanRequest:
     step_seconds: float | None = None
     training_seconds: float | None = None  # one run's training budget, when known
     preset: dict | None = None  # a preset's planner settings (medseg_plans)
+    model_options: dict | None = None  # a model spec's architecture settings (medseg.models.spec)
 
 
 @dataclass

@@ -8,6 +8,7 @@ original geometry, Dice/NSD/HD95 cross-validation with largest-component postpro
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -123,8 +124,11 @@ def plan(fingerprint_file, description, request: PlanRequest):
     from medseg.planning.planner import plan_experiment
 
     fingerprint = Fingerprint.load(fingerprint_file)
-    budget = default_budget(request.model, request.memory_gb, request.step_seconds, training_seconds=request.training_seconds, preset=request.preset)
-    return plan_experiment(fingerprint, description, budget, request.model, request.plans_name, preset=request.preset)
+    budget = default_budget(
+        request.model, request.memory_gb, request.step_seconds, training_seconds=request.training_seconds, preset=request.preset,
+        throughput_cache=Path(fingerprint_file).parent / "cpu_throughput.json",
+    )
+    return plan_experiment(fingerprint, description, budget, request.model, request.plans_name, preset=request.preset, model_options=request.model_options)
 
 
 def preprocess(description, plans, configuration, folder, workers, progress):
