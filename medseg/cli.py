@@ -271,7 +271,7 @@ def models() -> None:
     for family in list_models():
         table.add_row(
             family.name, family.task_type, "/".join(f"{d}D" for d in family.dims), ", ".join(family.kernels) or "-",
-            "yes" if family.architecture_for_patch else "presets", ", ".join(family.options) or "-", family.summary,
+            "yes" if family.architecture_for_patch or family.task_type != "segmentation" else "presets", ", ".join(family.options) or "-", family.summary,
         )
     console.print(table)
 
@@ -359,13 +359,17 @@ def preprocess(
         console.print(f"{name}: {new} case(s) preprocessed, {kept} already done")
 
 
-def _training_options(epochs, iterations, learning_rate, optimizer, batch_size, time_budget, device, validate, seed):
+def _training_options(epochs, iterations, learning_rate, optimizer, batch_size, time_budget, device, validate, seed, pretrained=None):
     from medseg.training.trainer import TrainingOptions
 
     return TrainingOptions(
         epochs=epochs, iterations_per_epoch=iterations, learning_rate=learning_rate, optimizer=optimizer, batch_size=batch_size,
         time_budget_s=time_budget * 60 if time_budget else None, device=device, final_validation=validate, seed=seed,
+        pretrained=str(pretrained) if pretrained else None,
     )
+
+
+PRETRAINED_HELP = "Start from a pretrained encoder (the encoder.pt `medseg pretrain` writes; ViT classifiers)."
 
 
 EPOCHS_HELP = "Epochs [default: 1000, or what --time-budget buys]."
@@ -388,11 +392,12 @@ def train(
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Predict and score the held-out cases at the end."),
     plans_name: str = typer.Option("medsegPlans", "--plans-name"),
     seed: int = typer.Option(0, "--seed"),
+    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
 ) -> None:
     """Train one fold of one configuration (multi-process: launch with torchrun)."""
     from medseg.pipeline import run_train
 
-    options = _training_options(epochs, iterations, learning_rate, optimizer, batch_size, time_budget, device, validate, seed)
+    options = _training_options(epochs, iterations, learning_rate, optimizer, batch_size, time_budget, device, validate, seed, pretrained)
     options.continue_training = resume
     folder = _raw_folder(dataset)
     report = run_train(folder, configuration, fold, options, plans_name, log=lambda m: console.print(m, highlight=False))
@@ -459,20 +464,29 @@ def _print_batch_summary(result, output: Path) -> None:
 
 @app.command()
 def evaluate(
-    predictions: Path = typer.Argument(..., help="Folder of predicted label maps."),
-    references: Path = typer.Argument(..., help="Folder of reference label maps (same file names)."),
-    dataset_json: Path = typer.Option(..., "-j", "--dataset-json", help="dataset.json naming the labels and file ending."),
+    predictions: Path = typer.Argument(..., help="Folder of predicted label maps, or a classifier's predictions.csv."),
+    references: Path = typer.Argument(..., help="Folder of reference label maps (same file names), or a labels table (labelsTs.csv)."),
+    dataset_json: Path = typer.Option(..., "-j", "--dataset-json", help="dataset.json naming the labels (classes) and file ending."),
     tolerance: list[str] = typer.Option([], "--nsd-tolerance", help="NSD tolerance in mm: a number for all classes or CLASS=MM (repeatable) [default: 2]."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Summary JSON [default: PREDICTIONS/summary.json]."),
     allow_missing: bool = typer.Option(
         False, "--allow-missing", help="Score missing or unusable predictions as empty (Dice 0) instead of failing; they are listed."
     ),
 ) -> None:
-    """Dice, NSD and HD95 per class and case, with a summary JSON."""
+    """Dice, NSD and HD95 per class and case (segmentation), or AUC, F1, balanced accuracy,
+    sensitivity and specificity per class (a classifier's predictions.csv), with a summary JSON."""
     import json
 
     from medseg.errors import MedsegError
     from medseg.evaluation.report import evaluate_folder
+    from medseg.tasks import get_task
+
+    if predictions.suffix == ".csv":
+        from medseg.tasks.classification import evaluate_predictions
+
+        report = evaluate_predictions(predictions, references, dataset_json, output)
+        print_report_tables(get_task("classification"), {"evaluation": report})
+        return
 
     try:
         content = json.loads(dataset_json.read_text())
@@ -491,8 +505,6 @@ def evaluate(
         predictions, references, labels, ending, tolerances, output=output or predictions / "summary.json", progress=_progress("evaluate"),
         allow_missing=allow_missing,
     )
-    from medseg.tasks import get_task
-
     print_report_tables(get_task("segmentation"), {"evaluation": report})
     for case_id, problem in report["scored_as_empty"].items():
         err_console.print(f"[yellow]scored as empty[/yellow] {case_id}: {problem}", highlight=False, soft_wrap=True)
@@ -541,6 +553,7 @@ def plan_and_train(
     workers: Optional[int] = typer.Option(None, "--workers"),
     model: str = typer.Option("unet", "--model", help=MODEL_HELP),
     preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
+    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
 ) -> None:
     """Run the whole self-configuring pipeline and print the cross-validation table.
 
@@ -570,7 +583,7 @@ def plan_and_train(
     def options_for(num_runs: int):
         # a total budget is shared by the runs still to train; a per-run budget is every run's, resumed or not
         budget = run_budget if run_budget is not None else (time_budget / max(num_runs, 1) if time_budget else None)
-        return _training_options(epochs, iterations, learning_rate, optimizer, None, budget, device, True, 0)
+        return _training_options(epochs, iterations, learning_rate, optimizer, None, budget, device, True, 0, pretrained)
 
     reports = run_plan_and_train(
         folder, configurations or None, fold_list, options_for, memory_gb, replan=replan, workers=workers,
@@ -585,6 +598,52 @@ def one_line(error: Exception) -> str:
     from rich.markup import escape
 
     return escape(" ".join(str(error).split()))  # and no rich markup taken from file names or messages
+
+
+@app.command()
+def pretrain(
+    dataset: str = typer.Option(..., "--dataset", "--task", help="Dataset name, id or folder."),
+    model: str = typer.Option("mae_vit", "--model", help="A pretraining family, e.g. mae_vit or 'mae_vit[mask_ratio=0.75]' (see `medseg models`)."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Training minutes."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help=EPOCHS_HELP),
+    iterations: int = typer.Option(250, "--iterations-per-epoch"),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate"),
+    test_images: bool = typer.Option(True, "--test-images/--no-test-images", help="Learn from the unlabelled imagesTs too (labels are never used)."),
+    replan: bool = typer.Option(False, "--replan", help="Fingerprint and plan again even if plans exist."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+) -> None:
+    """Self-supervised pretraining on a dataset's images (labels unused): writes the encoder that
+    `plan-and-train --model vit --pretrained ENCODER` fine-tunes, and reconstruction PNGs per epoch."""
+    from medseg.errors import MedsegError
+    from medseg.models.spec import parse_model_spec
+    from medseg.pipeline import configuration_model_folder, load_plans, prepare_task, run_plan_and_train
+    from medseg.tasks.registry import task_for_model
+
+    spec = parse_model_spec(model)
+    folder = prepare_task(dataset, False, progress_console=err_console)
+    from medseg.data.layout import load_dataset_description
+
+    task = task_for_model(spec.family, load_dataset_description(folder).task_type, folder.name)
+    if task.name != "masked_pretraining":
+        raise MedsegError(f"{spec.family} is trained by the {task.name} task; `medseg pretrain` runs pretraining families such as mae_vit")
+    if time_budget is None and epochs is None:
+        raise MedsegError("give the pretraining a budget: --time-budget MIN or --epochs N")
+    if not run_dataset_check(folder, strict=False, workers=workers):
+        raise typer.Exit(1)
+
+    def options_for(num_runs: int):
+        return _training_options(epochs, iterations, learning_rate, None, None, time_budget, device, False, 0)
+
+    run_plan_and_train(
+        folder, None, ["all"], options_for, replan=replan, workers=workers, log=lambda m: console.print(m, highlight=False, markup=False),
+        training_seconds=time_budget * 60 if time_budget else None, model=str(spec), plan_settings={"include_test": test_images},
+    )
+    from medseg.pipeline import default_plans_name
+
+    plans = load_plans(folder, default_plans_name(str(spec)))
+    encoder = configuration_model_folder(folder, plans, "2d") / "fold_all" / "encoder.pt"
+    console.print(f"encoder: {encoder}\nfine-tune: medseg plan-and-train --dataset {folder.name} --model vit --pretrained {encoder}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -617,7 +676,7 @@ def compare(
         arguments += ["--epochs", str(epochs)]
     if iterations is not None:
         arguments += ["--iterations-per-epoch", str(iterations)]
-    comparison, outputs = run_compare(folder, families, fold_list, configuration, arguments, log=lambda m: console.print(m, highlight=False))
+    comparison, outputs = run_compare(folder, families, fold_list, configuration, arguments, log=lambda m: console.print(m, highlight=False, markup=False))
     console.print(outputs[1].read_text(), highlight=False, markup=False)
     console.print(f"wrote {', '.join(str(p) for p in outputs)}")
 

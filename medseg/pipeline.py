@@ -98,10 +98,11 @@ def run_fingerprint(raw_folder: Path, workers: int | None = None, progress: Prog
 
 def run_plan(
     raw_folder: Path, model: str = "unet", memory_gb: float | None = None, step_seconds: float | None = None, plans_name: str | None = None,
-    training_seconds: float | None = None, preset: str | None = None,
+    training_seconds: float | None = None, preset: str | None = None, plan_settings: dict | None = None,
 ):
     """Plan from the fingerprint; ``training_seconds`` (one run's budget) lets a CPU plan trade
-    resolution for passes over the data; ``preset`` names shipped planner settings (medseg_plans)."""
+    resolution for passes over the data; ``preset`` names shipped planner settings (medseg_plans);
+    ``plan_settings`` are the task's own planning choices (PlanRequest.settings)."""
     from medseg.models.spec import parse_model_spec
     from medseg.tasks.registry import PlanRequest, task_for_model
     from medseg_plans import get_preset
@@ -114,7 +115,7 @@ def run_plan(
     if not fingerprint_file.is_file():
         raise MedsegError(f"{fingerprint_file}: missing; run `medseg fingerprint {raw_folder.name}` first")
     plans_name = plans_name or default_plans_name(model)
-    request = PlanRequest(spec.family, plans_name, memory_gb, step_seconds, training_seconds, settings, spec.options or None)
+    request = PlanRequest(spec.family, plans_name, memory_gb, step_seconds, training_seconds, settings, spec.options or None, plan_settings)
     plans = task.plan(fingerprint_file, description, request)
     plans.save(plans_path(raw_folder, plans_name))
     return plans
@@ -181,8 +182,12 @@ def run_train(raw_folder: Path, configuration_name: str, fold: str, options, pla
     case_ids = task.preprocessed_cases(data_folder, plans, configuration)
     if not case_ids:
         raise MedsegError(f"{data_folder}: no preprocessed cases; run `medseg preprocess {raw_folder.name} -c {configuration_name}` first")
-    splits = load_or_create_splits(preprocessed_folder(raw_folder), raw_folder, case_ids)
-    train, val = fold_cases(splits, fold, case_ids)
+    if fold == "all":  # no splits needed (nor written: pretraining's cases include the test images)
+        train, val = sorted(case_ids), []
+    else:
+        groups, strata = task.split_keys(description, case_ids) if task.split_keys else (None, None)
+        splits = load_or_create_splits(preprocessed_folder(raw_folder), raw_folder, case_ids, groups, strata)
+        train, val = fold_cases(splits, fold, case_ids)
     missing = sorted(set(train + val) - set(case_ids))
     if missing:
         raise MedsegError(f"{data_folder}: cases in the splits are not preprocessed: {', '.join(missing[:5])}; rerun `medseg preprocess`")
@@ -222,6 +227,7 @@ def run_plan_and_train(
     training_seconds: float | None = None,
     model: str = "unet",
     preset: str | None = None,
+    plan_settings: dict | None = None,
 ) -> dict[str, dict]:
     """fingerprint -> plan -> preprocess -> train each fold -> cross-validation report per
     configuration. Resumable: finished folds are kept, interrupted ones continue from their
@@ -249,7 +255,9 @@ def run_plan_and_train(
         log(f"fingerprint: {fingerprint_file}")
     plans_file = plans_path(raw_folder, plans_name)
     if replan or stale or not plans_file.is_file():
-        plans = run_plan(raw_folder, model, memory_gb=memory_gb, plans_name=plans_name, training_seconds=training_seconds, preset=preset)
+        plans = run_plan(
+            raw_folder, model, memory_gb=memory_gb, plans_name=plans_name, training_seconds=training_seconds, preset=preset, plan_settings=plan_settings,
+        )
         log(f"plans: {plans_file} ({plans.planner['mode']} budget{', preset ' + preset if preset else ''})")
     else:
         plans = load_plans(raw_folder, plans_name)

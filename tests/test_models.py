@@ -10,7 +10,8 @@ from medseg.models.unet import architecture_for_patch, feature_map_size
 from tests.conftest import require_peer, run_cli
 
 TINY = {2: ((1.0, 1.0), (32, 32)), 3: ((2.0, 1.0, 1.0), (8, 32, 32))}
-FAMILIES = [(family.name, ndim) for family in list_models() for ndim in family.dims]
+FAMILIES = [(family.name, ndim) for family in list_models() if family.task_type == "segmentation" for ndim in family.dims]
+CLASSIFIERS = [family.name for family in list_models() if family.task_type == "classification"]
 
 
 @pytest.mark.parametrize(("name", "ndim"), FAMILIES)
@@ -37,6 +38,46 @@ def test_model_contract(name, ndim):
     with torch.no_grad():
         assert torch.allclose(twin(x), network(x)[0], atol=1e-6)
         assert torch.equal(twin(x), twin(x))
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_classifier_contract(name):
+    """Every classification family: (B, C, H, W) -> (B, K) logits, finite gradients, deterministic in eval mode."""
+    from medseg.models import get_model_family
+
+    vit = "patch" in get_model_family(name).options
+    kwargs = {"patch": 8, "width": 32, "depth": 2, "heads": 2} if vit else {"width": 8}
+    architecture = {"name": name, "kwargs": {"input_size": [32, 32], **kwargs}}
+    torch.manual_seed(0)
+    network = build_model(architecture, in_channels=3, num_classes=5)
+    torch.manual_seed(0)
+    twin = build_model(architecture, in_channels=3, num_classes=5).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():  # deterministic construction and inference (before training moves any norm statistics)
+        assert torch.allclose(twin(x), network.eval()(x), atol=1e-6) and torch.equal(twin(x), twin(x))
+    logits = network.train()(x)
+    assert logits.shape == (4, 5)
+    logits.pow(2).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in network.parameters() if p.requires_grad)
+    network.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(network(x * 50).float()).all()
+    if vit:
+        with pytest.raises(ValueError, match="patch grid"):
+            network(torch.randn(1, 3, 48, 48))
+    with pytest.raises((ValueError, TypeError)):
+        build_model({"name": name, "kwargs": {**architecture["kwargs"], "no_such_setting": 1}}, 3, 5)
+
+
+def test_vit_layer_ids_and_position_embedding_resize():
+    from medseg.models.vit import resize_position_embedding
+
+    network = build_model({"name": "vit", "kwargs": {"input_size": [32, 32], "patch": 8, "width": 16, "depth": 3, "heads": 2}}, 1, 2)
+    ids = {name: network.layer_id(name) for name, _ in network.named_parameters()}
+    assert ids["pos_embed"] == 0 and ids["patch_embed.weight"] == 0 and ids["blocks.2.mlp.0.weight"] == 3 and ids["head.weight"] == 4
+    resized = resize_position_embedding(network.pos_embed.detach(), [8, 8])
+    assert resized.shape == (1, 65, 16) and torch.equal(resized[:, 0], network.pos_embed[:, 0].detach())
+    assert torch.equal(resize_position_embedding(network.pos_embed.detach(), [4, 4]), network.pos_embed.detach())
 
 
 def test_models_command_lists_families():

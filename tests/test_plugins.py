@@ -112,8 +112,11 @@ def test_family_and_dataset_layout_must_match():
 
     with pytest.raises(MedsegError, match="model 'unet' is trained by the segmentation task.*classification dataset"):
         task_for_model("unet", "classification", "Dataset004_ChestXray14")
+    with pytest.raises(MedsegError, match="model 'vit' is trained by the classification task.*segmentation dataset"):
+        task_for_model("vit", "segmentation", "Dataset001_AbdomenMRI")
+    assert task_for_dataset("classification").name == "classification"
     with pytest.raises(MedsegError, match="no registered task learns from it"):
-        task_for_dataset("classification", "Dataset004_ChestXray14")
+        task_for_dataset("regression", "Dataset009_Ages")
     with pytest.raises(MedsegError, match="unknown model 'nope'.*registered: .*unet"):
         task_for_model("nope")
 

@@ -4,7 +4,6 @@ published layouts of the releases that cannot be shipped (AMOS, REAL-Colon, SUN)
 import csv
 import gzip
 import json
-import shutil
 import xml.etree.ElementTree as ElementTree
 
 import numpy as np
@@ -183,3 +182,25 @@ def test_polyp_size_from_sun_layout(tmp_path, monkeypatch):
     assert rows["case1"]["label"] == "diminutive" and rows["case2"]["label"] == "small"
     assert rows["case1"]["box_xyxy"] == "30 10 49 19"
     assert "case9" in summary.skipped[0][1]
+
+
+def test_kvasir_polyp_size_proxy_bins_by_area_tertile(shared_data, tmp_path):
+    source = shared_data / "endoscopy-kvasir-seg"
+    names = sorted(p.name for p in (source / "images").iterdir())[:30]
+    src = tmp_path / "src"
+    subset(source / "images", src / "images", names)
+    subset(source / "masks", src / "masks", names[:-1])
+    out = tmp_path / "Dataset006_KvasirPolypSize"
+    summary = get_recipe("KvasirPolypSize").convert(src, out)
+    assert summary.num_training == 29 and len(summary.skipped) == 1  # the frame without a mask is reported
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["task"] == "classification" and dataset["classes"] == ["small_area", "medium_area", "large_area"]
+    with open(out / "labelsTr.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    counts = {name: sum(row["label"] == name for row in rows) for name in dataset["classes"]}
+    assert sorted(counts.values()) == [9, 10, 10]  # tertiles
+    low, high = dataset["cut_points"]
+    for row in rows:
+        fraction = float(row["area_fraction"])
+        assert row["label"] == ("small_area" if fraction < low else "medium_area" if fraction < high else "large_area")
+    assert run_cli("datasets", "check", out, check=True).returncode == 0

@@ -62,7 +62,7 @@ def main() -> None:
     shutil.copyfile(source.with_suffix(".md"), results / f"compare_{name}.md")
     with open(results / f"compare_{name}.md", "a") as handle:
         handle.write(f"\nCommand: `{command}` ({args.minutes} training minutes per run, {os.cpu_count()} CPU cores)\n")
-    print(f"wrote {results / f'compare_{args.dataset}.md'}")
+    print(f"wrote {results / f'compare_{name}.md'}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,11 @@ def read_labels_table(description: DatasetDescription, split: str = "Tr") -> tup
     path = description.folder / f"labels{split}.csv"
     if not path.is_file():
         return None, ([f"{path}: missing (classification datasets keep their targets here)"] if split == "Tr" else [])
+    return read_labels_csv(path, description)
+
+
+def read_labels_csv(path: Path, description: DatasetDescription) -> tuple[LabelsTable | None, list[str]]:
+    """A labels table at any path, against the classes of ``description``."""
     problems: list[str] = []
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)

@@ -33,6 +33,7 @@ class PlanRequest:
     training_seconds: float | None = None  # one run's training budget, when known
     preset: dict | None = None  # a preset's planner settings (medseg_plans)
     model_options: dict | None = None  # a model spec's architecture settings (medseg.models.spec)
+    settings: dict | None = None  # task-specific planning choices from the command line (e.g. include_test)
 
 
 @dataclass
@@ -102,6 +103,8 @@ class TrainingRun(Protocol):
     def final_validation(self) -> dict | None:
         """After training (main process only): predict and score the held-out cases, write the report."""
 
+    # optional: end_of_epoch(epoch) after each epoch's checkpoint (main process only), for a task's own outputs
+
 
 @dataclass(frozen=True)
 class Task:
@@ -118,6 +121,9 @@ class Task:
     crossval: Callable[..., dict]  # (ModelFolder, folds) -> pooled cross-validation report
     report_rows: Callable[[dict], tuple[list[str], list[list[str]]]]  # report -> table header and rows
     report_score: Callable[[dict], float]  # a report's headline number (higher is better): picks the best configuration
+    # optional: (description, case_ids) -> (group per case, stratum per case) for cross-validation folds
+    # (a group, e.g. a patient, never in two folds; strata spread evenly); None: plain shuffled folds
+    split_keys: Callable[..., tuple[dict, dict]] | None = None
 
 
 TASKS: Registry[Task] = Registry("task")
@@ -150,8 +156,10 @@ def task_for_model(model: str, dataset_type: str | None = None, dataset: str = "
 
 
 def task_for_dataset(dataset_type: str, dataset: str = "the dataset") -> Task:
-    """The first registered task that learns from this layout (for stages run before a model is chosen)."""
-    for task in TASKS.values():
+    """The task made for this layout (the first whose main layout, ``dataset_types[0]``, it is), else
+    the first that learns from it: for stages run before a model is chosen (fingerprint)."""
+    tasks = list(TASKS.values())
+    for task in [t for t in tasks if t.dataset_types[0] == dataset_type] + tasks:
         if dataset_type in task.dataset_types:
             return task
     raise MedsegError(f"{dataset} is a {dataset_type} dataset; no registered task learns from it yet (tasks: {', '.join(TASKS.names())})")

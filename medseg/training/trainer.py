@@ -48,6 +48,7 @@ class TrainingOptions:
     final_validation: bool = True
     mirror_tta: bool = True
     continue_training: bool = False
+    pretrained: str | None = None  # weights to start from (a task that supports it: a ViT encoder from `medseg pretrain`)
 
     def __post_init__(self) -> None:
         if self.optimizer is not None and self.optimizer not in DEFAULT_LR:
@@ -304,6 +305,9 @@ class Trainer:
                 self.state.best_ema = self.state.ema
                 self._checkpoint("best")
             self._checkpoint("latest")
+            end_of_epoch = getattr(self.task_run, "end_of_epoch", None)  # optional: a task's own per-epoch outputs
+            if end_of_epoch is not None and self.distributed.main:
+                end_of_epoch(self.state.epoch)
             self._write_log(score_name)
             self.log_line(
                 f"epoch {self.state.epoch}/{self.state.planned_epochs}: train {record['train_loss']:.4f} "
