@@ -137,7 +137,7 @@ def test_registry_rules():
 @pytest.mark.parametrize(("folder", "installed"), [("kernels", "medseg_kernels"), ("datasets", "medseg_datasets"), ("plans", "medseg_plans")])
 def test_repository_folders_name_their_import(folder, installed):
     result = subprocess.run([sys.executable, "-c", f"import {folder}"], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 1 and f"ImportError: medseg's" in result.stderr and f"use `import {installed}`" in result.stderr
+    assert result.returncode == 1 and "ImportError: medseg's" in result.stderr and f"use `import {installed}`" in result.stderr
 
 
 @pytest.mark.slow
