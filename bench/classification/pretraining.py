@@ -8,7 +8,8 @@ Both arms train fold 0 of the same patient-grouped splits (its validation picks 
 and predict the official test split, scored with `medseg evaluate` against labelsTs.csv:
 - scratch: `plan-and-train --model vit --folds 0` for --minutes;
 - pretrained: `pretrain --model mae_vit` for share x --minutes (training and unlabelled test
-  images, labels unused), then `plan-and-train --model vit --pretrained` for the rest.
+  images, labels unused), then `plan-and-train --model vit --pretrained` for the rest, with the
+  classifier planned for the whole --minutes like the scratch arm (same input size and batch).
 Each arm has its own MEDSEG_ROOT (the raw dataset is shared by a symlink). Run it alone: the
 budget is wall-clock time.
 """
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 
@@ -56,6 +58,7 @@ def main() -> None:
     if not (work / "raw" / DATASET).is_dir():
         medseg("datasets", "convert", "ChestXray14", "--src", SHARED / "xray-nih-chestxray14-64px", root=work)
     results = {}
+    shutil.rmtree(work / "pretrained", ignore_errors=True)  # a rerun pretrains again (the scratch arm resumes)
 
     scratch = arm_root(work, "scratch", DATASET)
     medseg("plan-and-train", "--dataset", DATASET, "--model", args.model, "--folds", "0", "--time-budget-per-run", args.minutes, root=scratch)
@@ -67,6 +70,9 @@ def main() -> None:
     medseg("pretrain", "--dataset", DATASET, "--model", "mae_vit", "--time-budget", pretrain_minutes, root=pretrained)
     encoder = next((pretrained / "results" / DATASET).glob("mae_vit__*__2d")) / "fold_all" / "encoder.pt"
     pretrain_log = json.loads((encoder.parent / "log.json").read_text())
+    # planned for the arm's whole budget, as the scratch arm: the same input size and batch (planned
+    # for the fine-tuning minutes alone, the plan would shrink the input to see the data more often)
+    medseg("plan", DATASET, "--model", args.model, "--time-budget", args.minutes, root=pretrained)
     medseg(
         "plan-and-train", "--dataset", DATASET, "--model", args.model, "--folds", "0", "--time-budget-per-run", args.minutes - pretrain_minutes,
         "--pretrained", encoder, root=pretrained,
