@@ -296,7 +296,7 @@ class Trainer:
                 "val_loss": self.distributed.mean(float(np.mean(val_losses))) if val_losses else None,
                 **entries,
                 f"{score_name}_ema": round(self.state.ema, 4),
-                "learning_rate": next(iter(self.task_run.optimizers.values())).param_groups[0]["lr"],
+                "learning_rate": max(group["lr"] for group in next(iter(self.task_run.optimizers.values())).param_groups),  # the head's under layer decay
                 "epoch_seconds": round(time.perf_counter() - epoch_start, 2),
             }
             self.state.log.append(record)
