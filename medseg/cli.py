@@ -615,15 +615,14 @@ def pretrain(
 ) -> None:
     """Self-supervised pretraining on a dataset's images (labels unused): writes the encoder that
     `plan-and-train --model vit --pretrained ENCODER` fine-tunes, and reconstruction PNGs per epoch."""
+    from medseg.data.layout import load_dataset_description
     from medseg.errors import MedsegError
     from medseg.models.spec import parse_model_spec
-    from medseg.pipeline import configuration_model_folder, load_plans, prepare_task, run_plan_and_train
+    from medseg.pipeline import configuration_model_folder, default_plans_name, load_plans, prepare_task, run_plan_and_train
     from medseg.tasks.registry import task_for_model
 
     spec = parse_model_spec(model)
     folder = prepare_task(dataset, False, progress_console=err_console)
-    from medseg.data.layout import load_dataset_description
-
     task = task_for_model(spec.family, load_dataset_description(folder).task_type, folder.name)
     if task.name != "masked_pretraining":
         raise MedsegError(f"{spec.family} is trained by the {task.name} task; `medseg pretrain` runs pretraining families such as mae_vit")
@@ -639,8 +638,6 @@ def pretrain(
         folder, None, ["all"], options_for, replan=replan, workers=workers, log=lambda m: console.print(m, highlight=False, markup=False),
         training_seconds=time_budget * 60 if time_budget else None, model=str(spec), plan_settings={"include_test": test_images},
     )
-    from medseg.pipeline import default_plans_name
-
     plans = load_plans(folder, default_plans_name(str(spec)))
     encoder = configuration_model_folder(folder, plans, "2d") / "fold_all" / "encoder.pt"
     console.print(f"encoder: {encoder}\nfine-tune: medseg plan-and-train --dataset {folder.name} --model vit --pretrained {encoder}", highlight=False, markup=False, soft_wrap=True)

@@ -48,11 +48,10 @@ PREDICTIONS_CSV = "predictions.csv"
 
 
 # ------------------------------------------------------------------------------------ fingerprint
-def analyze_image(job) -> dict:
+def analyze_image(case) -> dict:
     """Shape, spacing and an intensity sample of one training image (runs in a worker)."""
     from medseg.data.cases import load_case_images
 
-    case = job
     try:
         image = load_case_images(case)
     except MedsegError as error:
@@ -204,12 +203,9 @@ def image_plans(sized: dict, description, request: PlanRequest, labels: dict[str
 
 
 def plan(fingerprint_file, description, request: PlanRequest):
-    from medseg.data.classification import read_labels_table
     from medseg.training.image_augmentation import augmentation_preset
 
-    table, problems = read_labels_table(description, "Tr")
-    if table is None or problems:
-        raise DatasetError(f"{description.folder}: " + "; ".join(problems[:5]) + " (run `medseg datasets check`)")
+    table = labels_table(description)
     sized = size_image_plan(fingerprint_file, description, request)
     classes = list(description.classes)
     positives = np.zeros(len(classes))
@@ -324,7 +320,7 @@ def load_images(data_folder: Path, case_ids: list[str]) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------ folds, targets
-def _table(description):
+def labels_table(description):
     from medseg.data.classification import read_labels_table
 
     table, problems = read_labels_table(description, "Tr")
@@ -335,7 +331,7 @@ def _table(description):
 
 def split_keys(description, case_ids: list[str]) -> tuple[dict[str, str], dict[str, str]]:
     """(group per case from a group/patient column, stratum per case: its class, or its rarest positive class)."""
-    table = _table(description)
+    table = labels_table(description)
     groups = {}
     for case in case_ids:
         extra = {k.lower(): v for k, v in table.extra.get(case, {}).items()}
@@ -359,9 +355,8 @@ def classes_of(plans) -> list[str]:
     return sorted(plans.labels, key=plans.labels.get)
 
 
-def targets_of(description, case_ids: list[str]) -> np.ndarray:
-    """(N, K) 0/1 for multi-label, (N,) class indices for multi-class."""
-    table = _table(description)
+def targets_of(table, case_ids: list[str]) -> np.ndarray:
+    """(N, K) 0/1 for multi-label, (N,) class indices for multi-class, from a LabelsTable."""
     missing = [c for c in case_ids if c not in table.targets]
     if missing:
         raise DatasetError(f"{table.path}: no row for case(s) {', '.join(missing[:5])}")
@@ -444,10 +439,9 @@ class ClassificationRun:
             self.optimizers["gates"] = torch.optim.AdamW([{"params": list(gates.values()), "lr_scale": 1.0}], self.learning_rate, weight_decay=0.0)
         self.gate_gradients_reach_main = bool(self.training.get("gate_gradients_reach_main", True))
         self.batch_size = max(1, (options.batch_size or configuration.batch_size) // context.world_size)
-        description = load_dataset_description(context.model_folder.raw_folder)
-        self.description = description
+        self.table = labels_table(load_dataset_description(context.model_folder.raw_folder))  # read once per run
         self.targets = {
-            split: torch.as_tensor(targets_of(description, cases), dtype=torch.float32 if self.multi_label else torch.long)
+            split: torch.as_tensor(targets_of(self.table, cases), dtype=torch.float32 if self.multi_label else torch.long)
             for split, cases in (("train", context.train_cases), ("val", context.val_cases or context.train_cases))
         }
         weights = self.training.get("class_weights")
@@ -566,7 +560,7 @@ class ClassificationRun:
 
         context = self.context
         probabilities = self.predict_cases(context.val_cases)
-        targets = targets_of(self.description, context.val_cases)
+        targets = targets_of(self.table, context.val_cases)
         folder = context.fold_folder / "validation"
         folder.mkdir(parents=True, exist_ok=True)
         write_predictions_csv(folder / PREDICTIONS_CSV, context.val_cases, probabilities, self.classes, targets=targets, multi_label=self.multi_label)
