@@ -412,12 +412,15 @@ def predict(
         help="Image file, DICOM folder (searched recursively: every image series is a case), zip, or a folder mixing them (CASE_XXXX.ext per channel).",
     ),
     output: Path = typer.Option(..., "-o", "--output", help="Output folder (outputs and manifest.jsonl)."),
-    model: Path = typer.Option(..., "-m", "--model", help="Model folder (results/DatasetXXX/unet__medsegPlans__3d_fullres)."),
+    model: Path = typer.Option(
+        ..., "-m", "--model",
+        help="Model folder: medseg's (results/DatasetXXX/unet__medsegPlans__3d_fullres) or nnU-Net v2's (nnUNetTrainer__nnUNetPlans__3d_fullres).",
+    ),
     formats: Optional[str] = typer.Option(
         None, "--format", help="Comma-separated outputs: label (the model's file format, default), nifti, png, dicom-seg, rtstruct, overlay.",
     ),
     resume: bool = typer.Option(False, "--resume", help="Skip cases the output folder's manifest.jsonl records as complete."),
-    workers: int = typer.Option(0, "--workers", help="Threads reading cases ahead and writing outputs behind the network (0: none)."),
+    workers: int = typer.Option(0, "--workers", help="Threads reading cases ahead and writing outputs behind the network (0: none); with --backend ray, Ray actors (0: CPUs / 2)."),
     folds: Optional[str] = typer.Option(None, "--folds", help="Comma-separated folds to ensemble [default: all trained]."),
     checkpoint: str = typer.Option("auto", "--checkpoint", help="final, best or auto (final, else best)."),
     overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap, 0-0.95."),
@@ -426,16 +429,29 @@ def predict(
     save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write CASE.probabilities.npz (K, *spatial)."),
     device: Optional[str] = typer.Option(None, "--device"),
     series: Optional[str] = typer.Option(None, "--series", help=BATCH_SERIES_HELP),
+    runtime: str = typer.Option("torch", "--runtime", help="torch, or onnx: the folder's ONNX export (medseg export) run by ONNX Runtime."),
+    backend: str = typer.Option("local", "--backend", help="local, or ray: cases spread over a Ray cluster (--workers: actors, default CPUs/2)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (HOST:PORT or auto) [default: start a local Ray]."),
 ) -> None:
-    """Apply a trained model folder to images (fold ensemble); segmentations come out in their original geometry."""
+    """Apply a trained model folder (medseg's, or an nnU-Net v2 one) to images (fold ensemble);
+    segmentations come out in their original geometry."""
+    from medseg.errors import MedsegError
     from medseg.model_folder import ModelFolder
     from medseg.tasks import PredictRequest, get_task
 
+    if runtime == "onnx":
+        from medseg.inference.onnx_export import onnx_export_folder
+
+        model = onnx_export_folder(model)
+    elif runtime != "torch":
+        raise MedsegError(f"--runtime {runtime!r}: choose torch or onnx")
     folder = ModelFolder.open(model)
+    if runtime == "onnx" and folder.info.task != "segmentation":
+        raise MedsegError(f"{model}: --runtime onnx runs segmentation models; this one is a {folder.info.task} model")
     request = PredictRequest(
         source=input, output=output, folds=folds.split(",") if folds else None, checkpoint=checkpoint, device=device,
         overlap=overlap, mirror=tta, windows_per_batch=windows_per_batch, save_probabilities=save_probabilities, progress=_progress("predict"),
-        series=series, formats=formats, resume=resume, workers=workers,
+        series=series, formats=formats, resume=resume, workers=workers, runtime=runtime, backend=backend, address=address,
     )
     result = get_task(folder.info.task).predict(folder, request)
     _print_batch_summary(result, output)
@@ -460,6 +476,30 @@ def _print_batch_summary(result, output: Path) -> None:
         err_console.print(f"[red]failed[/red] {case_id}: {one_line(error)}", highlight=False, soft_wrap=True)
     if getattr(result, "manifest", None):
         console.print(f"manifest: {result.manifest}", highlight=False)
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="Model folder (medseg's or nnU-Net v2's)."),
+    format: str = typer.Option("onnx", "--format", help="onnx (the only format so far)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Export folder [default: MODEL/onnx]."),
+    folds: Optional[str] = typer.Option(None, "--folds", help="Comma-separated folds [default: all trained]."),
+    checkpoint: str = typer.Option("auto", "--checkpoint", help="final, best or auto (final, else best)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing export."),
+) -> None:
+    """Export a segmentation model's networks to ONNX with its plans, labels and postprocessing, so
+    `medseg predict --runtime onnx` runs it through ONNX Runtime."""
+    from medseg.errors import MedsegError
+    from medseg.inference.onnx_export import DEFAULT_SUBFOLDER, export_onnx
+    from medseg.model_folder import ModelFolder
+
+    if format != "onnx":
+        raise MedsegError(f"--format {format!r}: only onnx is supported")
+    folder = ModelFolder.open(model)
+    target = output or folder.path / DEFAULT_SUBFOLDER
+    info = export_onnx(folder, target, folds.split(",") if folds else None, checkpoint, overwrite=overwrite)
+    worst = max(info["max_abs_difference_vs_torch"].values())
+    console.print(f"exported fold(s) {', '.join(info['folds'])} to {target} (opset {info['opset']}; largest logit difference to PyTorch {worst:.1e})", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -43,6 +43,12 @@ class ModelInfo:
     medseg_version: str = ""
     version: int = MODEL_INFO_VERSION
 
+    @property
+    def algorithm_name(self) -> str:
+        """What DICOM outputs and manifests name as the algorithm."""
+        model = f"nnU-Net {self.extra.get('trainer', '')}".strip() if self.extra.get("source") == "nnunetv2" else self.model
+        return f"medseg {model} {self.dataset_name} {self.configuration}"
+
     @classmethod
     def from_dict(cls, content: dict, source: Path) -> "ModelInfo":
         if not isinstance(content, dict):
@@ -77,7 +83,11 @@ class ModelFolder:
             raise MedsegError(f"{path}: no such model folder")
         info_path = path / "model.json"
         if not info_path.is_file():
-            raise MedsegError(f"{path}: not a medseg model folder (no model.json)")
+            from medseg.nnunet_model_folder import NnunetModelFolder, is_nnunet_model_folder
+
+            if is_nnunet_model_folder(path):
+                return NnunetModelFolder.open(path)
+            raise MedsegError(f"{path}: neither a medseg model folder (no model.json) nor an nnU-Net v2 one (plans.json + dataset.json)")
         try:
             content = json.loads(info_path.read_text())
         except (OSError, ValueError) as error:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from medseg.io import MedicalImage, read_image
-from tests.conftest import run_cli
+from tests.conftest import require_peer, run_cli
 
 LABELS = {"background": 0, "liver": 1, "tumour": 2}
 DATASET = "Dataset990_Bright"
@@ -339,3 +339,75 @@ def test_kill_mid_run_then_resume(bright_model, shared_data, tmp_path):
     assert {e["case"] for e in entries if e["status"] == "done"} == {f"mr{i}" for i in range(8)}
     assert len(entries) == 8, "each case is recorded once"
     assert not list(output.glob(".*tmp*"))
+
+
+def test_onnx_export_predicts_as_pytorch_does(bright_model, tmp_path):
+    """`medseg export` then `predict --runtime onnx`: the same segmentation, probabilities within 1e-4."""
+    require_peer("onnxruntime")
+    root, model = bright_model
+    export = tmp_path / "exported"
+    run_cli("export", model, "--format", "onnx", "-o", export, check=True)
+    info = json.loads((export / "onnx.json").read_text())
+    assert info["folds"] == ["0"] and max(info["max_abs_difference_vs_torch"].values()) < 1e-3
+    assert (export / "fold_0" / "network.onnx").is_file() and (export / "plans.json").is_file()
+    assert "not empty" in run_cli("export", model, "-o", export).stderr  # an export is never half-replaced
+    image = root / "raw" / DATASET / "imagesTr" / "case_001_0000.nii.gz"
+    outputs = {}
+    for runtime, folder in (("torch", model), ("onnx", export)):
+        outputs[runtime] = tmp_path / runtime
+        run_cli("predict", "-m", folder, "-i", image, "-o", outputs[runtime], "--runtime", runtime, "--save-probabilities", check=True)
+    torch_labels, onnx_labels = (read_image(outputs[r] / "case_001.nii.gz").array for r in ("torch", "onnx"))
+    assert np.array_equal(torch_labels, onnx_labels) and torch_labels.any()
+    difference = np.abs(np.load(outputs["torch"] / "case_001.probabilities.npz")["probabilities"] - np.load(outputs["onnx"] / "case_001.probabilities.npz")["probabilities"])
+    assert difference.max() < 1e-4, difference.max()
+    refused = run_cli("predict", "-m", tmp_path, "-i", image, "-o", tmp_path / "none", "--runtime", "onnx")
+    assert refused.returncode == 1 and "no ONNX export here" in refused.stderr
+
+
+@pytest.fixture
+def ray_cluster():
+    """A real local Ray cluster (head node on a loopback port), stopped afterwards."""
+    require_peer("ray")
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    started = subprocess.run(
+        [ray_cli, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+        capture_output=True, text=True, env=env, timeout=180,
+    )
+    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def test_ray_backend_writes_each_case_once_as_the_local_run_does(bright_model, ray_cluster, tmp_path):
+    root, model = bright_model
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for index in range(3):
+        shutil.copy(root / "raw" / DATASET / "imagesTr" / f"case_{index:03d}_0000.nii.gz", inputs / f"case_{index:03d}_0000.nii.gz")
+    (inputs / "corrupt_0000.nii.gz").write_bytes(b"not a nifti")
+    local, spread = tmp_path / "local", tmp_path / "ray"
+    assert run_cli("predict", "-i", inputs, "-o", local, "-m", model, "--no-tta").returncode == 1
+    result = run_cli("predict", "-i", inputs, "-o", spread, "-m", model, "--no-tta", "--backend", "ray", "--address", ray_cluster, "--workers", "2")
+    assert result.returncode == 1, result.stdout + result.stderr  # the corrupt case fails, the others are done
+    lines = (spread / "manifest.jsonl").read_text().splitlines()
+    entries = {entry["case"]: entry for entry in map(json.loads, lines)}
+    assert len(lines) == len(entries) == 4  # one line per case
+    assert entries["corrupt"]["status"] == "failed" and "corrupt_0000.nii.gz" in entries["corrupt"]["error"]
+    assert len({entry["worker"]["pid"] for entry in entries.values()}) == 2  # both actors took cases
+    for index in range(3):
+        case = f"case_{index:03d}"
+        assert entries[case]["status"] == "done" and entries[case]["folds"] == ["0"]
+        ours, theirs = read_image(spread / f"{case}.nii.gz"), read_image(local / f"{case}.nii.gz")
+        assert np.array_equal(ours.array, theirs.array) and ours.array.any()
+    # resume on the cluster: nothing done is redone
+    again = run_cli("predict", "-i", inputs, "-o", spread, "-m", model, "--no-tta", "--backend", "ray", "--address", ray_cluster, "--resume")
+    assert "3 already complete" in again.stdout, again.stdout
+    assert len((spread / "manifest.jsonl").read_text().splitlines()) == 5  # only the failed case ran again

@@ -161,7 +161,7 @@ def test_train_errors_are_clear(prepared_root):
     result = run_cli("train", "AbdomenMRI-demo", "3d_fullres", "7", root=prepared_root)
     assert result.returncode == 1 and "fold 7 does not exist" in result.stderr
     result = run_cli("predict", "-i", prepared_root, "-o", prepared_root / "x", "-m", prepared_root, root=prepared_root)
-    assert result.returncode == 1 and "not a medseg model folder" in result.stderr
+    assert result.returncode == 1 and "neither a medseg model folder" in result.stderr
 
 
 def test_bad_case_is_named_and_the_rest_is_kept(tmp_path):

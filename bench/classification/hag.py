@@ -2,14 +2,15 @@
 the Kvasir-SEG polyp-size proxy (3 classes by polyp-area tertile: KvasirPolypSize), JSON out.
 
     .venv/bin/python bench/classification/hag.py [--folds 0,1,2] [--minutes 3]
-        [--variants resnet18,hag_cnn,hag_cnn_separate] [--work bench_work/hag]
+        [--variants resnet18,hag_cnn,hag_cnn_separate,vit,hag_vit,hag_vit_separate] [--work bench_work/hag]
 
-Variants: ``resnet18`` (no gates), ``hag_cnn`` (gates on every stage output, gradient routing as
-published: the main step also gets the gate pass's gradients), ``hag_cnn_separate`` (the same, with
-the two passes kept apart: ``gate_gradients_reach_main`` false in the plan). Every variant gets the
-input size and batch planned for resnet18 (the gates cost almost nothing; planning each one would
-only add timing noise), its own MEDSEG_ROOT (the raw dataset shared by a symlink) and the same
-class-stratified folds. Scores: the cross-validation report over the held-out frames of the folds
+Variants: ``resnet18`` / ``vit`` (no gates), ``hag_cnn`` / ``hag_vit`` (gates on every stage output
+or residual branch, gradient routing as published: the main step also gets the gate pass's
+gradients), ``*_separate`` (the same, with the two passes kept apart: ``gate_gradients_reach_main``
+false in the plan). Every CNN variant gets the input size and batch planned for resnet18, every ViT
+variant those planned for vit (the gates cost almost nothing; planning each one would only add
+timing noise); each runs in its own MEDSEG_ROOT (the raw dataset shared by a symlink) on the same
+class-stratified folds. Results of variants not run this time are kept from the JSON already there. Scores: the cross-validation report over the held-out frames of the folds
 (macro F1 and balanced accuracy of the most probable class, mean one-vs-rest AUC). Run it alone.
 """
 
@@ -25,7 +26,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, SHARED, arm_root, medseg  # noqa: E402
 DATASET = "Dataset006_KvasirPolypSize"
-VARIANTS = {"resnet18": ("resnet18", True), "hag_cnn": ("hag_cnn", True), "hag_cnn_separate": ("hag_cnn", False)}
+VARIANTS = {
+    "resnet18": ("resnet18", True), "hag_cnn": ("hag_cnn", True), "hag_cnn_separate": ("hag_cnn", False),
+    "vit": ("vit", True), "hag_vit": ("hag_vit", True), "hag_vit_separate": ("hag_vit", False),
+}
+TARGET = REPO / "bench" / "results" / "classification_hag_kvasir_size.json"
+
+
+def kind_of(family: str) -> str:
+    return "vit" if "vit" in family else "cnn"
 
 
 
@@ -40,8 +49,15 @@ def main() -> None:
     work = args.work
     if not (work / "raw" / DATASET).is_dir():
         medseg("datasets", "convert", "KvasirPolypSize", "--src", SHARED / "endoscopy-kvasir-seg", root=work)
-    sizing = None
-    results = {}
+    command = "python bench/classification/hag.py " + " ".join(sys.argv[1:])
+    previous = json.loads(TARGET.read_text()) if TARGET.is_file() else {}
+    for result in previous.get("results", {}).values():  # the first version kept these once for all
+        result.setdefault("minutes_per_run", previous.get("minutes_per_run"))
+        result.setdefault("folds", previous.get("folds"))
+    sizing = previous.get("sizing", {})
+    if "input_size" in sizing:  # the first version of this file sized CNNs only
+        sizing = {"cnn": sizing}
+    results = previous.get("results", {})
     for variant in args.variants.split(","):
         family, reach_main = VARIANTS[variant]
         root = arm_root(work, variant, DATASET)
@@ -51,16 +67,20 @@ def main() -> None:
             medseg("plan", DATASET, "--model", family, "--time-budget", args.minutes, root=root)
             plans = json.loads(plans_file.read_text())
             configuration = plans["configurations"]["2d"]
-            if sizing is None:
-                sizing = {"input_size": configuration["architecture"]["kwargs"]["input_size"], "batch": configuration["batch_size"]}
-            configuration["architecture"]["kwargs"]["input_size"] = configuration["patch_size"] = list(sizing["input_size"])
-            configuration["batch_size"] = sizing["batch"]
+            kwargs = configuration["architecture"]["kwargs"]
+            if kind_of(family) not in sizing:
+                sizing[kind_of(family)] = {"input_size": kwargs["input_size"], "batch": configuration["batch_size"], "patch": kwargs.get("patch")}
+            chosen = sizing[kind_of(family)]
+            kwargs["input_size"] = configuration["patch_size"] = list(chosen["input_size"])
+            if chosen.get("patch"):
+                kwargs["patch"] = chosen["patch"]
+            configuration["batch_size"] = chosen["batch"]
             if family.startswith("hag"):
                 configuration["training"]["gate_gradients_reach_main"] = reach_main
             plans_file.write_text(json.dumps(plans, indent=1))
         else:
             configuration = json.loads(plans_file.read_text())["configurations"]["2d"]
-            sizing = sizing or {"input_size": configuration["patch_size"], "batch": configuration["batch_size"]}
+            sizing.setdefault(kind_of(family), {"input_size": configuration["patch_size"], "batch": configuration["batch_size"]})
         medseg("plan-and-train", "--dataset", DATASET, "--model", family, "--folds", args.folds, "--time-budget-per-run", args.minutes, root=root)
         folder = next((root / "results" / DATASET).glob(f"{family}__*__2d"))
         report = json.loads((folder / "crossval_summary.json").read_text())
@@ -70,14 +90,15 @@ def main() -> None:
             "num_cases": report["num_cases"], "accuracy": report["accuracy"], "mean": report["mean"],
             "per_class": {k: {m: v[m] for m in ("auc", "f1", "sensitivity")} for k, v in report["per_class"].items()},
             "iterations": [log["state"]["iteration"] for log in logs],
+            "minutes_per_run": args.minutes, "folds": args.folds,
         }
     content = {
-        "command": "python bench/classification/hag.py " + " ".join(sys.argv[1:]),
+        "commands": previous.get("commands", [previous["command"]] if "command" in previous else []) + [command],
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "dataset": "Kvasir-SEG polyp-area tertiles (KvasirPolypSize recipe; a size proxy, no patient grouping possible)",
-        "minutes_per_run": args.minutes, "folds": args.folds, "sizing": sizing, "results": results,
+        "sizing": sizing, "results": results,
     }
-    target = REPO / "bench" / "results" / "classification_hag_kvasir_size.json"
+    target = TARGET
     target.write_text(json.dumps(content, indent=1))
     for variant, result in results.items():
         mean = result["mean"]

@@ -3,7 +3,7 @@ predictor, on the same network weights, volume, patch, overlap 0.5 and gaussian 
 (sigma = patch / 8), no mirroring, in one run; JSON out.
 
     .venv/bin/python bench/inference/sliding_window.py [--dims 3] [--patch 96 96 96] [--features 16]
-        [--windows-per-batch 2] [--tools medseg,monai,nnunet,medseg-bf16,medseg-cl] [--out bench/results/inference_sliding_window_3d.json]
+        [--windows-per-batch 2] [--tools medseg,monai,nnunet,medseg-bf16,medseg-cl,medseg-onnx] [--out bench/results/inference_sliding_window_3d.json]
 
 3D volume: the shared TotalSegmentator CT (122 x 101 x 112 at 3 mm) resampled to 1.5 mm
 (244 x 202 x 224 voxels, z-scored). 2D image: the largest DSB2018 image. The network is medseg's
@@ -14,7 +14,9 @@ largest absolute difference of its logits from medseg's. Window placement: medse
 spread windows evenly (same positions); MONAI steps by patch x (1 - overlap) and aligns the last
 window to the end, so its logits differ where different windows overlap (reported, not hidden).
 ``medseg-bf16`` and ``medseg-cl`` are medseg with bf16 autocast and with channels-last convolutions
-(candidates, measured before they become defaults; the label agreement shows bf16's cost). Run it
+(candidates, measured before they become defaults; the label agreement shows bf16's cost);
+``medseg-onnx`` is medseg's sliding window around the network exported to ONNX and run by ONNX
+Runtime (``medseg predict --runtime onnx``; the export happens before the clock starts). Run it
 alone: two cores, and the timing is wall-clock.
 """
 
@@ -67,7 +69,7 @@ def build_network(patch: list[int], features: int) -> torch.nn.Module:
 
 
 def run_tool(tool: str, data: torch.Tensor, network, patch: list[int], windows_per_batch: int) -> torch.Tensor:
-    if tool in ("medseg", "medseg-bf16", "medseg-cl"):
+    if tool in ("medseg", "medseg-bf16", "medseg-cl", "medseg-onnx"):
         from medseg.inference.sliding_window import predict_logits
 
         if tool == "medseg-cl":  # channels-last memory format for the convolutions
@@ -100,12 +102,24 @@ def run_tool(tool: str, data: torch.Tensor, network, patch: list[int], windows_p
     raise SystemExit(f"unknown tool {tool}")
 
 
+def onnx_network(network: torch.nn.Module, args):
+    """The network exported as `medseg export` does, loaded as `predict --runtime onnx` does."""
+    from medseg.inference.onnx_export import OPSET, OnnxNetwork, export_network
+
+    target = args.work / "network.onnx"
+    if not target.is_file():
+        export_network(network, torch.randn(2, 1, *args.patch), target, OPSET, "unet")
+    return OnnxNetwork(target, threads=args.threads)
+
+
 def worker(args) -> None:
     """One tool in this fresh process: time, peak memory growth, logits saved for comparison."""
     torch.set_num_threads(args.threads)
     data = torch.from_numpy(np.load(args.work / "input.npy"))
     network = build_network(args.patch, args.features)
     network.load_state_dict(torch.load(args.work / "network.pt", weights_only=True))
+    if args.worker == "medseg-onnx":
+        network = onnx_network(network, args)
     with torch.inference_mode():  # warm-up: one window (thread pools, allocator, lazy imports)
         network(torch.zeros(1, 1, *args.patch))
     run_tool(args.worker, data[(slice(None), *[slice(0, p) for p in args.patch])].contiguous(), network, args.patch, args.windows_per_batch)

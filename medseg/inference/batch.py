@@ -87,8 +87,12 @@ def _read(case: InputCase) -> _Read:
 def predict_folder(
     predictor, source: Path, output: Path, formats: list[str], context: OutputContext, save_probabilities: bool = False,
     progress: Callable[[int, int], None] | None = None, series: str | None = None, resume: bool = False, workers: int = 0,
+    runner: Callable | None = None,
 ) -> BatchResult:
-    """``series``: which DICOM series become cases (medseg.inference.inputs rules)."""
+    """``series``: which DICOM series become cases (medseg.inference.inputs rules). ``runner``: runs
+    the pending cases elsewhere (medseg.inference.ray_backend), called as
+    ``runner(cases, output, formats, context, save_probabilities, record)`` where ``record(entry)``
+    puts a finished case in the manifest (and the progress); None runs them here with ``predictor``."""
     prepare_output_folder(output)
     remove_stale_temporaries(output)  # left by a run that was killed mid-write
     _remove_stale_unpack_folders(output)
@@ -105,10 +109,41 @@ def predict_folder(
                 result.resumed.append(case.case_id)
             else:
                 pending.append(case)
-        _run(predictor, pending, output, formats, context, save_probabilities, manifest, result, workers, progress, len(discovery.cases) - len(pending))
+        already_done = len(discovery.cases) - len(pending)
+        if runner is None:
+            _run(predictor, pending, output, formats, context, save_probabilities, manifest, result, workers, progress, already_done)
+        else:
+            done = [already_done]
+
+            def record(entry: dict) -> None:
+                _record(entry, manifest, result)
+                done[0] += 1
+                if progress:
+                    progress(done[0], len(discovery.cases))
+
+            runner(pending, output, formats, context, save_probabilities, record)
         return result
     finally:
         shutil.rmtree(unpack, ignore_errors=True)
+
+
+def process_case(predictor, case: InputCase, output: Path, formats, context: OutputContext, save_probabilities: bool) -> dict:
+    """Read, predict and write one case here, start to finish; return its manifest entry (not yet
+    recorded: the caller that owns the manifest records it, once)."""
+    entry = new_entry(case, predictor, context, formats)
+    loaded = _read(case)
+    entry["timings"]["read_s"] = round(loaded.seconds, 3)
+    if loaded.error:
+        return complete_entry(entry, None, loaded.error)
+    start = time.perf_counter()
+    try:
+        prediction = predictor.predict_image(loaded.image, probabilities=save_probabilities, case_id=case.inputs[0] if case.inputs else case.case_id)
+    except MedsegError as error:
+        return complete_entry(entry, None, str(error))
+    except Exception as error:  # noqa: BLE001 - recorded, the batch goes on
+        return complete_entry(entry, None, f"{case.case_id}: unexpected {type(error).__name__}: {error} (a medseg bug: please report it)")
+    entry["timings"]["predict_s"] = round(time.perf_counter() - start, 3)
+    return _completed_write(case, _immediate(_write, prediction, loaded.image, case, output, formats, context, save_probabilities), entry)
 
 
 def _run(predictor, cases, output, formats, context, save_probabilities, manifest, result, workers, progress, already_done) -> None:
@@ -126,7 +161,7 @@ def _run(predictor, cases, output, formats, context, save_probabilities, manifes
             for ahead in range(index, index + lookahead + 1):
                 schedule(ahead)
             loaded: _Read = reads.pop(index).result()
-            entry = _entry(case, predictor, context, formats)
+            entry = new_entry(case, predictor, context, formats)
             entry["timings"]["read_s"] = round(loaded.seconds, 3)
             if loaded.error:
                 _finish(entry, None, loaded.error, manifest, result)
@@ -187,19 +222,23 @@ def _write(prediction, image, case: InputCase, output: Path, formats, context, s
 
 
 def _finish_write(case, job, entry, manifest, result) -> None:
+    _record(_completed_write(case, job, entry), manifest, result)
+
+
+def _completed_write(case, job, entry) -> dict:
     try:
         outputs, seconds = job.result()
         entry["timings"]["write_s"] = round(seconds, 3)
-        _finish(entry, outputs, None, manifest, result)
+        return complete_entry(entry, outputs, None)
     except OutputsFailed as failure:
-        _finish(entry, failure.partial, str(failure), manifest, result)
+        return complete_entry(entry, failure.partial, str(failure))
     except MedsegError as error:
-        _finish(entry, None, str(error), manifest, result)
+        return complete_entry(entry, None, str(error))
     except Exception as error:  # noqa: BLE001
-        _finish(entry, None, f"{case.case_id}: unexpected {type(error).__name__} while writing: {error} (a medseg bug: please report it)", manifest, result)
+        return complete_entry(entry, None, f"{case.case_id}: unexpected {type(error).__name__} while writing: {error} (a medseg bug: please report it)")
 
 
-def _entry(case: InputCase, predictor, context: OutputContext, formats) -> dict:
+def new_entry(case: InputCase, predictor, context: OutputContext, formats) -> dict:
     return {
         "case": case.case_id, "status": None, "inputs": case.inputs, "formats": list(formats), "outputs": {}, "skipped": {}, "error": None,
         "notes": list(case.notes), "timings": {}, "model": str(context.model_folder), "model_name": context.algorithm_name,
@@ -208,16 +247,26 @@ def _entry(case: InputCase, predictor, context: OutputContext, formats) -> dict:
 
 
 def _finish(entry: dict, outputs: CaseOutputs | None, error: str | None, manifest: Manifest, result: BatchResult) -> None:
+    _record(complete_entry(entry, outputs, error), manifest, result)
+
+
+def complete_entry(entry: dict, outputs: CaseOutputs | None, error: str | None) -> dict:
+    """The entry of a finished case: its outputs (also those written before a failure), status, error."""
     if outputs is not None:
         entry["outputs"], entry["skipped"] = outputs.written, outputs.skipped
         entry["notes"] += [n for n in outputs.notes if n not in entry["notes"]]
-        result.written += [Path(p) for p in outputs.written.values()]
-        if outputs.skipped:
-            result.skipped_outputs[entry["case"]] = outputs.skipped
     entry["status"] = "failed" if error else "done"
     entry["error"] = error
     entry["timings"]["total_s"] = round(sum(v for k, v in entry["timings"].items() if k.endswith("_s")), 3)
     entry["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    if error:
-        result.failed[entry["case"]] = error
+    return entry
+
+
+def _record(entry: dict, manifest: Manifest, result: BatchResult) -> None:
+    """The one place a case enters the manifest and the result."""
+    result.written += [Path(p) for p in entry["outputs"].values()]
+    if entry["skipped"]:
+        result.skipped_outputs[entry["case"]] = entry["skipped"]
+    if entry["error"]:
+        result.failed[entry["case"]] = entry["error"]
     manifest.append(entry)

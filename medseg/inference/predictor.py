@@ -17,6 +17,8 @@ from medseg.preprocessing.case import CaseProperties, preprocess_case
 from medseg.preprocessing.resampling import coarse_axis, resample_probabilities
 from medseg.inference.sliding_window import predict_logits
 
+RUNTIMES = ("torch", "onnx")
+
 
 @dataclass
 class Prediction:
@@ -53,11 +55,23 @@ class Predictor:
         step_fraction: float = 0.5,
         mirror: bool = True,
         windows_per_batch: int = 2,
+        runtime: str = "torch",
     ):
+        """``runtime``: "torch", or "onnx" for an ONNX export folder (medseg.inference.onnx_export)."""
         from medseg.models.registry import build_model
 
+        if runtime not in RUNTIMES:
+            raise MedsegError(f"unknown runtime '{runtime}' (choose {', '.join(RUNTIMES)})")
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if runtime == "onnx":
+            device = torch.device("cpu")  # ONNX Runtime's CPU provider; results come back as CPU tensors
         self._load_folder(model_folder, device, step_fraction, windows_per_batch, mirror)
+        self.postprocess = list(self.model_folder.postprocessing().get("largest_component_classes", []))
+        if runtime == "onnx":
+            from medseg.inference.onnx_export import onnx_networks
+
+            self.networks, self.folds = onnx_networks(self.model_folder, folds)
+            return
         folds = list(folds) if folds else self.model_folder.folds()
         if not folds:
             raise MedsegError(f"{self.folder}: no trained folds (fold_*/)")
@@ -72,7 +86,6 @@ class Predictor:
                 raise MedsegError(f"{path}: does not fit the network in {self.folder / 'plans.json'} ({str(error).splitlines()[0]})") from None
             self.networks.append(network.to(self.device).eval())
         self.folds = folds
-        self.postprocess = list(self.model_folder.postprocessing().get("largest_component_classes", []))
 
     @classmethod
     def from_networks(cls, model_folder: ModelFolder, networks: list, device: torch.device, mirror: bool = True, step_fraction: float = 0.5):

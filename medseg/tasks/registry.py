@@ -54,6 +54,9 @@ class PredictRequest:
     formats: str | None = None  # comma-separated output formats (medseg.inference.outputs); None: the model's label format
     resume: bool = False  # skip cases the output folder's manifest records as complete
     workers: int = 0  # threads reading ahead and writing behind the forward
+    runtime: str = "torch"  # or "onnx": an ONNX export run by ONNX Runtime (medseg.inference.onnx_export)
+    backend: str = "local"  # or "ray": cases spread over a Ray cluster (medseg.inference.ray_backend); workers = actors
+    address: str | None = None  # the Ray cluster (None: a local one started for the run)
 
 
 @dataclass

@@ -168,15 +168,29 @@ def predict(folder, request: PredictRequest):
         raise MedsegError(f"--workers must be 0 or more, got {request.workers}")
     formats = parse_formats(request.formats)
     info = folder.info
-    context = OutputContext(info.labels, info.file_ending, folder.path, f"medseg {info.model} {info.dataset_name} {info.configuration}", medseg.__version__)
-    predictor = Predictor(
-        folder, request.folds, request.checkpoint, request.device, step_fraction=1 - request.overlap, mirror=request.mirror,
-        windows_per_batch=request.windows_per_batch,
+    context = OutputContext(info.labels, info.file_ending, folder.path, info.algorithm_name, medseg.__version__)
+    options = dict(
+        folds=request.folds, checkpoint=request.checkpoint, device=request.device, step_fraction=1 - request.overlap, mirror=request.mirror,
+        windows_per_batch=request.windows_per_batch, runtime=request.runtime,
     )
-    result = predict_folder(
-        predictor, request.source, request.output, formats, context, request.save_probabilities, request.progress, request.series,
-        request.resume, request.workers,
+    batch = dict(
+        source=request.source, output=request.output, formats=formats, context=context, save_probabilities=request.save_probabilities,
+        progress=request.progress, series=request.series, resume=request.resume,
     )
+    if request.backend == "ray":
+        from medseg.inference.ray_backend import RayRunner
+
+        runner = RayRunner(folder.path, options, request.address, request.workers)
+        try:
+            result = predict_folder(None, runner=runner, **batch)
+        finally:
+            runner.shutdown()
+        result.folds = list(runner.folds)
+        return result
+    if request.backend != "local":
+        raise MedsegError(f"--backend {request.backend!r}: choose local or ray")
+    predictor = Predictor(folder, **options)
+    result = predict_folder(predictor, workers=request.workers, **batch)
     result.folds = list(predictor.folds)
     return result
 
