@@ -424,12 +424,16 @@ def predict(
     folds: Optional[str] = typer.Option(None, "--folds", help="Comma-separated folds to ensemble [default: all trained]."),
     checkpoint: str = typer.Option("auto", "--checkpoint", help="final, best or auto (final, else best)."),
     overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap, 0-0.95."),
-    windows_per_batch: int = typer.Option(2, "--windows-per-batch"),
+    windows_per_batch: int = typer.Option(1, "--windows-per-batch", help="Windows per forward pass (1 is as fast on CPUs and holds half the activations; raise it on GPUs)."),
     tta: bool = typer.Option(True, "--tta/--no-tta", help="Mirroring test-time augmentation."),
     save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write CASE.probabilities.npz (K, *spatial)."),
     device: Optional[str] = typer.Option(None, "--device"),
     series: Optional[str] = typer.Option(None, "--series", help=BATCH_SERIES_HELP),
     runtime: str = typer.Option("torch", "--runtime", help="torch, or onnx: the folder's ONNX export (medseg export) run by ONNX Runtime."),
+    precision: str = typer.Option(
+        "auto", "--precision",
+        help="auto (bfloat16 on CPUs with native bf16 instructions, else float32), float32, or bfloat16: the forward under bf16 autocast, logits summed in float32.",
+    ),
     backend: str = typer.Option("local", "--backend", help="local, or ray: cases spread over a Ray cluster (--workers: actors, default CPUs/2)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (HOST:PORT or auto) [default: start a local Ray]."),
 ) -> None:
@@ -451,7 +455,7 @@ def predict(
     request = PredictRequest(
         source=input, output=output, folds=folds.split(",") if folds else None, checkpoint=checkpoint, device=device,
         overlap=overlap, mirror=tta, windows_per_batch=windows_per_batch, save_probabilities=save_probabilities, progress=_progress("predict"),
-        series=series, formats=formats, resume=resume, workers=workers, runtime=runtime, backend=backend, address=address,
+        series=series, formats=formats, resume=resume, workers=workers, runtime=runtime, precision=precision, backend=backend, address=address,
     )
     result = get_task(folder.info.task).predict(folder, request)
     _print_batch_summary(result, output)

@@ -122,6 +122,14 @@ def test_classification_table_problems(tmp_path):
     assert any("labelsTr.csv:4: class columns ['x'] must be 0 or 1" in m for m in messages)
     assert any("case 'z' has no images" in m for m in messages)
     assert any("case 'c' in imagesTr has no row" in m for m in messages)
+    # multi-class: a label outside the declared classes, and a NaN where a class name belongs
+    (folder / "dataset.json").write_text(
+        json.dumps({"task": "classification", "channel_names": {"0": "X"}, "classes": ["x", "y"], "multi_label": False, "file_ending": ".png"})
+    )
+    (folder / "labelsTr.csv").write_text("case,label\na,x\nb,polyp\nc,nan\n")
+    messages = [p.message for p in check_dataset(folder, workers=1).problems]
+    assert any("labelsTr.csv:3: label 'polyp' is not one of the declared classes" in m for m in messages)
+    assert any("labelsTr.csv:4: label 'nan' is not one of the declared classes" in m for m in messages)
 
 
 def test_demo_dataset_is_deterministic_and_valid(tmp_path):

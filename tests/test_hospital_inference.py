@@ -355,13 +355,18 @@ def test_onnx_export_predicts_as_pytorch_does(bright_model, tmp_path):
     outputs = {}
     for runtime, folder in (("torch", model), ("onnx", export)):
         outputs[runtime] = tmp_path / runtime
-        run_cli("predict", "-m", folder, "-i", image, "-o", outputs[runtime], "--runtime", runtime, "--save-probabilities", check=True)
+        run_cli("predict", "-m", folder, "-i", image, "-o", outputs[runtime], "--runtime", runtime, "--save-probabilities", "--precision", "float32", check=True)
     torch_labels, onnx_labels = (read_image(outputs[r] / "case_001.nii.gz").array for r in ("torch", "onnx"))
     assert np.array_equal(torch_labels, onnx_labels) and torch_labels.any()
     difference = np.abs(np.load(outputs["torch"] / "case_001.probabilities.npz")["probabilities"] - np.load(outputs["onnx"] / "case_001.probabilities.npz")["probabilities"])
     assert difference.max() < 1e-4, difference.max()
     refused = run_cli("predict", "-m", tmp_path, "-i", image, "-o", tmp_path / "none", "--runtime", "onnx")
     assert refused.returncode == 1 and "no ONNX export here" in refused.stderr
+    # bf16 autocast: the forward in bfloat16, the same segmentation but for a few boundary voxels
+    run_cli("predict", "-m", model, "-i", image, "-o", tmp_path / "bf16", "--precision", "bfloat16", check=True)
+    assert (read_image(tmp_path / "bf16" / "case_001.nii.gz").array == torch_labels).mean() > 0.99
+    mixed = run_cli("predict", "-m", export, "-i", image, "-o", tmp_path / "none", "--runtime", "onnx", "--precision", "bfloat16")
+    assert mixed.returncode == 1 and "runs in float32" in mixed.stderr
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ from medseg.errors import MedsegError
 from medseg.io import MedicalImage, read_image, write_image
 from tests.conftest import REPO, require_peer, run_cli
 
+DATASET = "Dataset991_Bright"
+
 
 def _plain_conv_unet(ndim: int, decoder_convs: list[int]):
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
@@ -100,14 +102,22 @@ def test_what_medseg_cannot_run_alike_is_refused(tmp_path):
 # --------------------------------------------------------------------------- a real nnU-Net model
 @pytest.fixture(scope="module")
 def nnunet_model(tmp_path_factory):
-    """Six demo phantoms planned, preprocessed and trained (one fold, a few iterations) by nnunetv2."""
+    """Six bright-blob volumes (the hospital tests' task: real scans get labels too) planned,
+    preprocessed and trained (one fold, a few iterations) by nnunetv2's own code."""
     require_peer("nnunetv2")
-    from medseg_datasets.abdomen_mri_demo import synthesize
+    from medseg.data.builder import RawDatasetBuilder
+    from tests.test_hospital_inference import _bright_case
 
     work = tmp_path_factory.mktemp("nnunet")
-    synthesize(work / "raw" / "Dataset901_Demo", num_cases=6, seed=3)
+    rng = np.random.default_rng(0)
+    with RawDatasetBuilder(work / "raw" / DATASET, ".nii.gz") as builder:
+        for index in range(6):
+            image, label = _bright_case(rng)
+            builder.add_image(f"case_{index:03d}", image)
+            builder.add_label(f"case_{index:03d}", label)
+        builder.finish({"channel_names": {"0": "MR"}, "labels": {"background": 0, "liver": 1}, "numTraining": 6, "file_ending": ".nii.gz"})
     result = subprocess.run(
-        [sys.executable, "-m", "tests.peers.nnunet_train", str(work / "raw"), "901", str(work), "3d_fullres", "12"],
+        [sys.executable, "-m", "tests.peers.nnunet_train", str(work / "raw"), "991", str(work), "3d_fullres", "40"],
         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO, timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -117,19 +127,19 @@ def nnunet_model(tmp_path_factory):
 
 
 def _resampled_case(work: Path) -> Path:
-    """A demo case at another spacing (7 mm slices, 2 mm in-plane), so prediction resamples there and back."""
+    """A training volume at another spacing (7 mm slices, 3 mm in-plane), so prediction resamples there and back."""
     from scipy import ndimage
 
-    image = read_image(work / "raw" / "Dataset901_Demo" / "imagesTr" / "demo_002_0000.nii.gz")
-    zoom = [a / b for a, b in zip(image.spacing, (7.0, 2.0, 2.0))]
-    array = ndimage.zoom(image.array[0], zoom, order=1)
+    image = read_image(work / "raw" / DATASET / "imagesTr" / "case_002_0000.nii.gz")
+    spacing = (7.0, 3.0, 3.0)
+    array = ndimage.zoom(image.array[0], [a / b for a, b in zip(image.spacing, spacing)], order=1)
     target = work / "test_input" / "other_0000.nii.gz"
-    write_image(MedicalImage(array[None], (7.0, 2.0, 2.0), image.origin, image.direction), target)
+    write_image(MedicalImage(array[None], spacing, image.origin, image.direction), target)
     return target.parent
 
 
 @pytest.mark.slow
-def test_nnunet_model_folder_predicts_as_nnunetv2_does(nnunet_model, shared_data, tmp_path):
+def test_nnunet_model_folder_predicts_as_nnunetv2_does(nnunet_model, tmp_path):
     work, model = nnunet_model
     inputs = _resampled_case(work)
     theirs = tmp_path / "nnunet"
@@ -142,7 +152,7 @@ def test_nnunet_model_folder_predicts_as_nnunetv2_does(nnunet_model, shared_data
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     ours = tmp_path / "medseg"
-    run_cli("predict", "-m", model, "-i", inputs, "-o", ours, "--save-probabilities", check=True)
+    run_cli("predict", "-m", model, "-i", inputs, "-o", ours, "--save-probabilities", "--precision", "float32", check=True)
     mine = read_image(ours / "other.nii.gz")
     reference = read_image(theirs / "other.nii.gz")
     assert mine.spatial_shape == reference.spatial_shape and np.allclose(mine.spacing, reference.spacing)
@@ -157,16 +167,31 @@ def test_nnunet_model_folder_predicts_as_nnunetv2_does(nnunet_model, shared_data
     assert agreement > 0.999, agreement
     assert len(np.unique(reference.array)) > 1  # the tiny model segments something: the comparison is not of two blanks
 
-    # every medseg input and output works for it: a real DICOM series in, DICOM SEG out
-    dicom_out = tmp_path / "dicom"
-    siemens = shared_data / "dicom-series-dicom2nifti" / "siemens" / "anatomical" / "001"
-    done = run_cli("predict", "-m", model, "-i", siemens, "-o", dicom_out, "--format", "nifti,dicom-seg")
-    assert done.returncode == 0, done.stdout + done.stderr
-    manifest = [json.loads(line) for line in (dicom_out / "manifest.jsonl").read_text().splitlines()]
-    assert [entry["status"] for entry in manifest] == ["done"]
-    assert "nnU-Net nnUNetTrainer" in manifest[0]["model_name"]
-    assert "nifti" in manifest[0]["outputs"]
-    assert "dicom-seg" in manifest[0]["outputs"] or "no label" in manifest[0]["skipped"]["dicom-seg"]
+    # every medseg runtime works for it: the ONNX export gives the same labels
+    require_peer("onnxruntime")
+    exported = tmp_path / "onnx"
+    run_cli("export", model, "-o", exported, check=True)
+    run_cli("predict", "-m", exported, "-i", inputs, "-o", tmp_path / "onnx_out", "--runtime", "onnx", check=True)
+    assert np.array_equal(read_image(tmp_path / "onnx_out" / "other.nii.gz").array, mine.array)
+
+
+@pytest.mark.slow
+def test_nnunet_model_on_a_mixed_folder_writes_valid_seg_and_rtstruct(nnunet_model, shared_data, tmp_path):
+    """The hospital batch with an nnU-Net model: DICOM trees, a zip, NIfTI and a corrupt file."""
+    from tests.test_hospital_inference import _mixed_inputs, dciodvfy_errors
+
+    _, model = nnunet_model
+    inputs = _mixed_inputs(shared_data, tmp_path / "in")
+    output = tmp_path / "out"
+    result = run_cli("predict", "-i", inputs, "-o", output, "-m", model, "--format", "nifti,dicom-seg,rtstruct", "--no-tta")
+    assert result.returncode == 1, result.stdout + result.stderr  # the corrupt file and the tilted series fail
+    entries = {entry["case"]: entry for entry in map(json.loads, (output / "manifest.jsonl").read_text().splitlines())}
+    assert {case for case, entry in entries.items() if entry["status"] == "failed"} == {"corrupt", "tilted"}
+    assert all(entry["model_name"].startswith("medseg nnU-Net nnUNetTrainer") for entry in entries.values())
+    written = [Path(entry["outputs"][fmt]) for entry in entries.values() for fmt in ("dicom-seg", "rtstruct") if fmt in entry["outputs"]]
+    assert sum(path.name.endswith(".seg.dcm") for path in written) >= 2, "the bright-blob model should label real scans"
+    for path in written:
+        assert dciodvfy_errors(path) == [], path
 
 
 def test_a_damaged_nnunet_folder_is_named(nnunet_model, tmp_path):
@@ -177,6 +202,6 @@ def test_a_damaged_nnunet_folder_is_named(nnunet_model, tmp_path):
     shutil.copytree(model, copy)
     checkpoint = copy / "fold_0" / "checkpoint_final.pth"
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
-    image = work / "raw" / "Dataset901_Demo" / "imagesTr" / "demo_000_0000.nii.gz"
+    image = work / "raw" / DATASET / "imagesTr" / "case_000_0000.nii.gz"
     result = run_cli("predict", "-m", copy, "-i", image, "-o", tmp_path / "out")
     assert result.returncode != 0 and "checkpoint_final.pth" in result.stderr and "Traceback" not in result.stderr

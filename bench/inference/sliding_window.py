@@ -3,7 +3,7 @@ predictor, on the same network weights, volume, patch, overlap 0.5 and gaussian 
 (sigma = patch / 8), no mirroring, in one run; JSON out.
 
     .venv/bin/python bench/inference/sliding_window.py [--dims 3] [--patch 96 96 96] [--features 16]
-        [--windows-per-batch 2] [--tools medseg,monai,nnunet,medseg-bf16,medseg-cl,medseg-onnx] [--out bench/results/inference_sliding_window_3d.json]
+        [--windows-per-batch 1] [--tools medseg,monai,nnunet,medseg-bf16,medseg-cl,medseg-onnx] [--out bench/results/inference_sliding_window_3d.json]
 
 3D volume: the shared TotalSegmentator CT (122 x 101 x 112 at 3 mm) resampled to 1.5 mm
 (244 x 202 x 224 voxels, z-scored). 2D image: the largest DSB2018 image. The network is medseg's
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--dims", type=int, default=3, choices=[2, 3])
     parser.add_argument("--patch", type=int, nargs="+")
     parser.add_argument("--features", type=int, default=16)
-    parser.add_argument("--windows-per-batch", type=int, default=2)
+    parser.add_argument("--windows-per-batch", type=int, default=1, help="windows per forward (medseg default 1; MONAI sw_batch_size)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--tools", default="medseg,monai,nnunet")
     parser.add_argument("--out", type=Path)

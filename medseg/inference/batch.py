@@ -242,7 +242,7 @@ def new_entry(case: InputCase, predictor, context: OutputContext, formats) -> di
     return {
         "case": case.case_id, "status": None, "inputs": case.inputs, "formats": list(formats), "outputs": {}, "skipped": {}, "error": None,
         "notes": list(case.notes), "timings": {}, "model": str(context.model_folder), "model_name": context.algorithm_name,
-        "folds": list(getattr(predictor, "folds", [])), "medseg_version": medseg.__version__,
+        "folds": list(getattr(predictor, "folds", [])), "precision": getattr(predictor, "precision", None), "medseg_version": medseg.__version__,
     }
 
 

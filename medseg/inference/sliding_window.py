@@ -45,7 +45,7 @@ def predict_logits(
     num_classes: int,
     step_fraction: float = 0.5,
     mirror_axes: Sequence[int] = (),
-    windows_per_batch: int = 2,
+    windows_per_batch: int = 1,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """data: (C, *S) -> logits (K, *S) float32 on the CPU. ``mirror_axes`` count spatial axes from 0."""
@@ -78,6 +78,7 @@ def predict_logits(
         for window, window_logits in zip(windows, logits):
             accumulated[(slice(None),) + window] += window_logits * weight
             coverage[window] += weight
-    result = accumulated / coverage
+    del batch, logits
+    accumulated /= coverage  # in place: a second (K, *S) buffer would be the largest allocation of the run
     crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(padding, spatial))
-    return result[(slice(None),) + crop].cpu()
+    return accumulated[(slice(None),) + crop].cpu()

@@ -47,7 +47,7 @@ class PredictRequest:
     device: str | None = None
     overlap: float = 0.5  # sliding-window overlap, where the task slides a window
     mirror: bool = True  # test-time mirroring, where the task allows it
-    windows_per_batch: int = 2
+    windows_per_batch: int = 1
     save_probabilities: bool = False
     series: str | None = None  # which DICOM series become cases (medseg.inference.inputs rules)
     progress: Callable[[int, int], None] | None = None
@@ -55,6 +55,7 @@ class PredictRequest:
     resume: bool = False  # skip cases the output folder's manifest records as complete
     workers: int = 0  # threads reading ahead and writing behind the forward
     runtime: str = "torch"  # or "onnx": an ONNX export run by ONNX Runtime (medseg.inference.onnx_export)
+    precision: str = "auto"  # float32, bfloat16 (bf16 autocast forward) or auto (medseg.inference.predictor)
     backend: str = "local"  # or "ray": cases spread over a Ray cluster (medseg.inference.ray_backend); workers = actors
     address: str | None = None  # the Ray cluster (None: a local one started for the run)
 

@@ -171,7 +171,7 @@ def predict(folder, request: PredictRequest):
     context = OutputContext(info.labels, info.file_ending, folder.path, info.algorithm_name, medseg.__version__)
     options = dict(
         folds=request.folds, checkpoint=request.checkpoint, device=request.device, step_fraction=1 - request.overlap, mirror=request.mirror,
-        windows_per_batch=request.windows_per_batch, runtime=request.runtime,
+        windows_per_batch=request.windows_per_batch, runtime=request.runtime, precision=request.precision,
     )
     batch = dict(
         source=request.source, output=request.output, formats=formats, context=context, save_probabilities=request.save_probabilities,
