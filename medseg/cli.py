@@ -426,6 +426,9 @@ def predict(
     overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap, 0-0.95."),
     windows_per_batch: int = typer.Option(1, "--windows-per-batch", help="Windows per forward pass (1 is as fast on CPUs and holds half the activations; raise it on GPUs)."),
     tta: bool = typer.Option(True, "--tta/--no-tta", help="Mirroring test-time augmentation."),
+    tta_axes: Optional[str] = typer.Option(
+        None, "--tta-axes", help="Mirror only these spatial axes (comma-separated, of those the model allows): each axis doubles the forward passes.",
+    ),
     save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write CASE.probabilities.npz (K, *spatial)."),
     device: Optional[str] = typer.Option(None, "--device"),
     series: Optional[str] = typer.Option(None, "--series", help=BATCH_SERIES_HELP),
@@ -443,6 +446,14 @@ def predict(
     from medseg.model_folder import ModelFolder
     from medseg.tasks import PredictRequest, get_task
 
+    mirror: bool | list[int] = tta
+    if tta_axes is not None:
+        if not tta:
+            raise MedsegError("--tta-axes and --no-tta contradict each other")
+        try:
+            mirror = [int(a) for a in tta_axes.split(",") if a.strip()]
+        except ValueError:
+            raise MedsegError(f"--tta-axes {tta_axes!r}: expected comma-separated axis numbers such as 1,2") from None
     if runtime == "onnx":
         from medseg.inference.onnx_export import onnx_export_folder
 
@@ -454,7 +465,7 @@ def predict(
         raise MedsegError(f"{model}: --runtime onnx runs segmentation models; this one is a {folder.info.task} model")
     request = PredictRequest(
         source=input, output=output, folds=folds.split(",") if folds else None, checkpoint=checkpoint, device=device,
-        overlap=overlap, mirror=tta, windows_per_batch=windows_per_batch, save_probabilities=save_probabilities, progress=_progress("predict"),
+        overlap=overlap, mirror=mirror, windows_per_batch=windows_per_batch, save_probabilities=save_probabilities, progress=_progress("predict"),
         series=series, formats=formats, resume=resume, workers=workers, runtime=runtime, precision=precision, backend=backend, address=address,
     )
     result = get_task(folder.info.task).predict(folder, request)

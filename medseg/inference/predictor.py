@@ -32,6 +32,20 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
+def chosen_mirror_axes(mirror: bool | Sequence[int], allowed: tuple[int, ...], folder: Path) -> tuple[int, ...]:
+    """``mirror``: True (every axis the training augmentation mirrored), False (none) or a subset:
+    each mirrored axis doubles the forward passes, so a subset trades some TTA for time."""
+    if mirror is True:
+        return allowed
+    if mirror is False:
+        return ()
+    axes = tuple(sorted({int(a) for a in mirror}))
+    refused = [a for a in axes if a not in allowed]
+    if refused:
+        raise MedsegError(f"{folder}: test-time mirroring of axis {refused} was not trained (the model allows {list(allowed) or 'none'})")
+    return axes
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
@@ -71,7 +85,7 @@ class Predictor:
         checkpoint: str = "auto",
         device: str | None = None,
         step_fraction: float = 0.5,
-        mirror: bool = True,
+        mirror: bool | Sequence[int] = True,
         windows_per_batch: int = 1,
         runtime: str = "torch",
         precision: str = "auto",
@@ -125,13 +139,13 @@ class Predictor:
         predictor.postprocess = []  # cross-validation scores the raw prediction
         return predictor
 
-    def _load_folder(self, model_folder: Path | ModelFolder, device: torch.device, step_fraction: float, windows_per_batch: int, mirror: bool) -> None:
+    def _load_folder(self, model_folder: Path | ModelFolder, device: torch.device, step_fraction: float, windows_per_batch: int, mirror) -> None:
         self.model_folder = model_folder if isinstance(model_folder, ModelFolder) else ModelFolder.open(model_folder)
         self.folder = self.model_folder.path
         self.plans = self.model_folder.plans
         self.configuration = self.model_folder.configuration
         self.device, self.step_fraction, self.windows_per_batch = device, step_fraction, windows_per_batch
-        self.mirror_axes = tuple(self.model_folder.info.mirror_axes) if mirror else ()
+        self.mirror_axes = chosen_mirror_axes(mirror, tuple(self.model_folder.info.mirror_axes), self.folder)
 
     def _logits(self, data: np.ndarray) -> torch.Tensor:
         """data: (C, *S) preprocessed -> fold-averaged logits (K, *S)."""

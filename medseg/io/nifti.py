@@ -15,6 +15,24 @@ from medseg.io.limits import check_claimed_size
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
+def _unpacked_size(path: Path, enough: int) -> int:
+    """Bytes the gzip file decompresses to, counted in chunks and capped at ``enough``."""
+    import gzip
+    import zlib
+
+    total = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while total < enough:
+                chunk = stream.read(1 << 24)
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error):  # a damaged stream holds what was read before the damage
+        pass
+    return total
+
+
 def check_data_size(path: Path, header) -> None:
     """Refuse a header whose shape the file cannot hold, or that exceeds the size limit."""
     shape = tuple(int(n) for n in header.get_data_shape())
@@ -24,10 +42,13 @@ def check_data_size(path: Path, header) -> None:
     except (KeyError, ValueError, TypeError):
         offset = 0
     if str(path).endswith(".gz"):
-        with open(path, "rb") as handle:  # gzip's last 4 bytes: the uncompressed size modulo 2**32
-            handle.seek(-4, os.SEEK_END)
-            stored = int.from_bytes(handle.read(4), "little")
-        if (offset + needed) < 2**32 and stored < offset + needed:
+        if offset + needed < 2**32:
+            with open(path, "rb") as handle:  # gzip's last 4 bytes: the uncompressed size modulo 2**32
+                handle.seek(-4, os.SEEK_END)
+                stored = int.from_bytes(handle.read(4), "little")
+        else:  # the stored size wraps at 4 GiB: count what the stream really holds, without keeping it
+            stored = _unpacked_size(path, offset + needed)
+        if stored < offset + needed:
             raise ImageReadError(path, f"header claims shape {shape} ({offset + needed} bytes) but the file unpacks to {stored} bytes (truncated?)")
     elif path.stat().st_size < offset + needed:
         raise ImageReadError(path, f"header claims shape {shape} ({offset + needed} bytes) but the file has {path.stat().st_size} (truncated?)")

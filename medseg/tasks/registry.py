@@ -46,7 +46,7 @@ class PredictRequest:
     checkpoint: str = "auto"
     device: str | None = None
     overlap: float = 0.5  # sliding-window overlap, where the task slides a window
-    mirror: bool = True  # test-time mirroring, where the task allows it
+    mirror: bool | list[int] = True  # test-time mirroring where the task allows it: all allowed axes, none, or these
     windows_per_batch: int = 1
     save_probabilities: bool = False
     series: str | None = None  # which DICOM series become cases (medseg.inference.inputs rules)
