@@ -518,6 +518,48 @@ def export(
 
 
 @app.command()
+def serve(
+    models: list[str] = typer.Option(..., "--model", "-m", help="NAME=MODEL_FOLDER to serve (repeatable)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0: every interface; set a token)."),
+    port: int = typer.Option(8000, "--port"),
+    data: Path = typer.Option(Path("medseg_serve"), "--data", help="Where jobs (uploads, outputs, state) are kept across restarts."),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding the bearer token [default: $MEDSEG_TOKEN; none: loopback clients only]."),
+    max_upload_mb: float = typer.Option(512.0, "--max-upload-mb", help="Largest request body accepted."),
+    allow_root: list[Path] = typer.Option([], "--allow-root", help="Server-side folder jobs may read by path (repeatable)."),
+    queue_size: int = typer.Option(16, "--queue", min=1, help="Jobs waiting at most; more get 503."),
+) -> None:
+    """REST server: GET /models, POST /jobs, GET /jobs/{id}, GET /jobs/{id}/result, DELETE /jobs/{id} (docs at /docs)."""
+    import os
+
+    from medseg.errors import MedsegError
+
+    try:
+        import uvicorn
+
+        from medseg.serve.app import ServeSettings, create_app
+    except ImportError as error:
+        raise MedsegError(f"medseg serve needs the serve extra ({error}): pip install 'medseg[serve]'") from None
+    named = {}
+    for item in models:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise MedsegError(f"--model {item!r}: expected NAME=MODEL_FOLDER")
+        named[name] = Path(folder)
+    token = os.environ.get("MEDSEG_TOKEN") or None
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip() or None
+        except OSError as error:
+            raise MedsegError(f"{token_file}: cannot read the token ({error.strerror})") from None
+        if token is None:
+            raise MedsegError(f"{token_file}: empty token file")
+    settings = ServeSettings(named, data, token, int(max_upload_mb * 2**20), list(allow_root), queue_size)
+    application = create_app(settings)
+    console.print(f"serving {', '.join(named)} on http://{host}:{port} ({'bearer token' if token else 'loopback clients only, no token'})", highlight=False, soft_wrap=True)
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+@app.command()
 def evaluate(
     predictions: Path = typer.Argument(..., help="Folder of predicted label maps, or a classifier's predictions.csv."),
     references: Path = typer.Argument(..., help="Folder of reference label maps (same file names), or a labels table (labelsTs.csv)."),

@@ -1,0 +1,1 @@
+"""The REST server (medseg serve): jobs on disk, one worker, FastAPI routes."""

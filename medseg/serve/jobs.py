@@ -1,0 +1,158 @@
+"""Jobs of ``medseg serve``, kept on disk so a restart loses nothing:
+
+    DATA/jobs/ID/job.json   state (queued, running, done, failed), model, formats, progress, error, outputs
+    DATA/jobs/ID/input/     the uploaded file (or nothing: a server-side path is read where it is)
+    DATA/jobs/ID/output/    what ``medseg predict`` wrote, with its manifest.jsonl
+
+One worker thread runs the jobs in order from a bounded queue through the batch predictor
+(medseg.inference.batch), keeping each model loaded between jobs. A job that was queued or running
+when the server stopped is queued again at start."""
+
+from __future__ import annotations
+
+import json
+import queue
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from medseg.atomic import write_json_atomic
+from medseg.errors import MedsegError
+
+STATES = ("queued", "running", "done", "failed")
+
+
+@dataclass
+class Job:
+    id: str
+    model: str
+    formats: list[str]
+    tta: bool
+    source: str  # the uploaded file or the server-side path
+    state: str = "queued"
+    progress: float = 0.0
+    error: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)  # format -> file (single case) or case/format -> file
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+
+    def public(self) -> dict:
+        """What GET /jobs/{id} shows: no server paths."""
+        content = asdict(self)
+        content["source"] = Path(self.source).name
+        content["outputs"] = sorted(self.outputs)
+        return content
+
+
+class JobStore:
+    def __init__(self, data: Path):
+        self.root = Path(data) / "jobs"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()
+        self.jobs: dict[str, Job] = {}
+        for path in sorted(self.root.glob("*/job.json")):
+            try:
+                self.jobs[path.parent.name] = Job(**json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError):
+                continue  # a job folder damaged outside the server: not served
+
+    def folder(self, job_id: str) -> Path:
+        return self.root / job_id
+
+    def new(self, model: str, formats: list[str], tta: bool) -> Job:
+        job = Job(id=uuid.uuid4().hex, model=model, formats=formats, tta=tta, source="")
+        (self.folder(job.id) / "input").mkdir(parents=True)
+        return job
+
+    def save(self, job: Job) -> None:
+        with self.lock:
+            self.jobs[job.id] = job
+            write_json_atomic(self.folder(job.id) / "job.json", asdict(job))
+
+    def get(self, job_id: str) -> Job | None:
+        with self.lock:
+            return self.jobs.get(job_id)
+
+    def delete(self, job_id: str) -> None:
+        with self.lock:
+            self.jobs.pop(job_id, None)
+        shutil.rmtree(self.folder(job_id), ignore_errors=True)
+
+    def unfinished(self) -> list[Job]:
+        with self.lock:
+            return sorted((j for j in self.jobs.values() if j.state in ("queued", "running")), key=lambda j: j.created)
+
+
+class Worker:
+    """The one thread that runs jobs; models stay loaded between jobs."""
+
+    def __init__(self, store: JobStore, models: dict[str, Path], queue_size: int):
+        self.store, self.models = store, models
+        self.queue: queue.Queue[str] = queue.Queue(maxsize=queue_size)
+        self.predictors: dict[tuple[str, bool], object] = {}
+        self.thread = threading.Thread(target=self._loop, name="medseg-serve-worker", daemon=True)
+        for job in store.unfinished():  # the server stopped before these finished
+            job.state, job.progress = "queued", 0.0
+            store.save(job)
+            self.queue.put(job.id)
+        self.thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; queue.Full when the queue is at its bound (the caller answers 503)."""
+        self.queue.put_nowait(job.id)
+
+    def _predictor(self, model: str, tta: bool):
+        from medseg.inference.predictor import Predictor
+
+        key = (model, tta)
+        if key not in self.predictors:
+            self.predictors[key] = Predictor(self.models[model], mirror=tta)
+        return self.predictors[key]
+
+    def _loop(self) -> None:
+        while True:
+            job = self.store.get(self.queue.get())
+            if job is None or job.state != "queued":  # deleted while queued
+                continue
+            job.state = "running"
+            self.store.save(job)
+            try:
+                self._run(job)
+            except MedsegError as error:
+                job.state, job.error = "failed", str(error)
+            except Exception as error:  # noqa: BLE001 - one job never stops the server
+                job.state, job.error = "failed", f"unexpected {type(error).__name__}: {error} (a medseg bug: please report it)"
+            job.finished = time.time()
+            if self.store.get(job.id) is not None:  # not deleted meanwhile
+                self.store.save(job)
+
+    def _run(self, job: Job) -> None:
+        import medseg
+        from medseg.inference.batch import predict_folder
+        from medseg.inference.outputs import OutputContext
+
+        predictor = self._predictor(job.model, job.tta)
+        info = predictor.model_folder.info
+        context = OutputContext(info.labels, info.file_ending, predictor.folder, info.algorithm_name, medseg.__version__)
+        output = self.store.folder(job.id) / "output"
+        if output.exists():  # a restart re-runs the job from the start
+            shutil.rmtree(output)
+
+        def progress(done: int, total: int) -> None:
+            job.progress = round(done / max(total, 1), 3)
+            self.store.save(job)
+
+        result = predict_folder(predictor, Path(job.source), output, job.formats, context, progress=progress)
+        entries = [json.loads(line) for line in (output / "manifest.jsonl").read_text().splitlines() if line.strip()]
+        single = len(entries) == 1
+        job.outputs = {
+            (fmt if single else f"{entry['case']}/{fmt}"): path for entry in entries for fmt, path in entry["outputs"].items()
+        }
+        if result.failed:
+            job.state = "failed"
+            job.error = "; ".join(f"{case}: {error}" for case, error in result.failed.items())
+        else:
+            job.state, job.progress = "done", 1.0
