@@ -342,7 +342,7 @@ def test_kill_mid_run_then_resume(bright_model, shared_data, tmp_path):
 
 
 def test_onnx_export_predicts_as_pytorch_does(bright_model, tmp_path):
-    """`medseg export` then `predict --runtime onnx`: the same segmentation, probabilities within 1e-4."""
+    """`medseg export` then `predict --runtime onnx`: the same segmentation, the same float16-stored probabilities within 1e-3."""
     require_peer("onnxruntime")
     root, model = bright_model
     export = tmp_path / "exported"
@@ -359,7 +359,7 @@ def test_onnx_export_predicts_as_pytorch_does(bright_model, tmp_path):
     torch_labels, onnx_labels = (read_image(outputs[r] / "case_001.nii.gz").array for r in ("torch", "onnx"))
     assert np.array_equal(torch_labels, onnx_labels) and torch_labels.any()
     difference = np.abs(np.load(outputs["torch"] / "case_001.probabilities.npz")["probabilities"] - np.load(outputs["onnx"] / "case_001.probabilities.npz")["probabilities"])
-    assert difference.max() < 1e-4, difference.max()
+    assert difference.max() < 1e-3, difference.max()  # probabilities are stored in float16: one step near 1 is 4.9e-4
     refused = run_cli("predict", "-m", tmp_path, "-i", image, "-o", tmp_path / "none", "--runtime", "onnx")
     assert refused.returncode == 1 and "no ONNX export here" in refused.stderr
     # bf16 autocast: the forward in bfloat16, the same segmentation but for a few boundary voxels
