@@ -308,6 +308,8 @@ class NnunetModelFolder(ModelFolder):
                 checkpoint = load_nnunet_checkpoint(self.checkpoint_path(fold))
             except MedsegError:
                 continue
+            # kept for the predictor's first load_module_states, so that checkpoint is read once
+            self._read_weights = (self.checkpoint_path(fold), checkpoint["network_weights"])
             axes = checkpoint.get("inference_allowed_mirroring_axes")
             return [int(a) for a in axes] if axes else []
         return []
@@ -327,7 +329,9 @@ class NnunetModelFolder(ModelFolder):
 
     def load_module_states(self, fold: str, checkpoint: str = "auto") -> dict[str, dict]:
         path = self.checkpoint_path(fold, checkpoint)
-        return {"network": rename_plain_conv_unet(load_nnunet_checkpoint(path)["network_weights"], path)}
+        kept = self.__dict__.pop("_read_weights", None)
+        weights = kept[1] if kept and kept[0] == path else load_nnunet_checkpoint(path)["network_weights"]
+        return {"network": rename_plain_conv_unet(weights, path)}
 
     def postprocessing(self) -> dict:
         return {}
