@@ -4,7 +4,8 @@ the xlstm package's parallel form where installed."""
 import pytest
 import torch
 
-from medseg_kernels.mlstm import mlstm, mlstm_chunkwise, mlstm_parallel_ref, mlstm_recurrent_ref
+from medseg_kernels.mlstm import TRITON_AUTO_MAX_LENGTH, choose_backend, mlstm, mlstm_chunkwise, mlstm_parallel_ref, mlstm_recurrent_ref
+from medseg_kernels.mlstm.triton_mlstm import triton_unavailable_reason
 from medseg_kernels.registry import backends, resolve
 from tests.conftest import require_backend, require_peer
 
@@ -97,6 +98,12 @@ def test_parallel_reference_equals_xlstm_package():
 
 def test_dispatcher_choices_and_errors():
     assert resolve("mlstm", "auto", torch.device("cpu"), torch.float32).name == "cpu"
+    # on CUDA, auto leaves Triton's quadratic form for the chunkwise one on long sequences; a named backend is kept
+    cuda = torch.device("cuda")
+    if triton_unavailable_reason(cuda, torch.float32) is None:
+        assert choose_backend("auto", cuda, torch.float32, TRITON_AUTO_MAX_LENGTH).name == "triton"
+        assert choose_backend("auto", cuda, torch.float32, TRITON_AUTO_MAX_LENGTH + 1).name == "chunkwise"
+        assert choose_backend("triton", cuda, torch.float32, 10**6).name == "triton"
     q, k, v, i, f = make_inputs(8)
     with pytest.raises(ValueError, match="unknown backend"):
         mlstm(q, k, v, i, f, backend="nonsense")
@@ -141,12 +148,19 @@ def test_finite_for_any_finite_gates(backend, gate_scale):
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
-@pytest.mark.parametrize("dim", [1, 24, 80])
+@pytest.mark.parametrize("dim", [1, 24, 80, 160])
 def test_head_dims_that_are_not_tile_sized(backend, dim):
-    # the Triton tiles pad the head dim to a power of two >= 16 and mask the rest
+    # the Triton tiles pad the head dim to a power of two >= 16 and mask the rest; from d = 160 (xLSTM-UNet's
+    # bottleneck) they take fewer rows, to fit a GPU's shared memory
     require_backend("mlstm", backend)
     tensors = make_inputs(70, batch=1, heads=2, dim=dim)
     want = run(mlstm_parallel_ref, tensors)
     got = run(lambda *t: mlstm(*t, backend=backend), tensors)
     for name, g, w in zip(NAMES, got, want):
         assert_close(g, w, TOLERANCE[torch.float32], f"{backend}/d={dim}/{name}")
+
+
+def test_triton_refuses_head_dims_beyond_its_tiles():
+    require_backend("mlstm", "triton")
+    with pytest.raises(ValueError, match="head dimensions up to 512"):
+        mlstm(*make_inputs(4, batch=1, heads=1, dim=513), backend="triton")

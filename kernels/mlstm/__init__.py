@@ -26,6 +26,21 @@ register_backend(Backend(OP, "chunkwise", mlstm_chunkwise, floating_point_reason
 register_backend(Backend(OP, "ref", mlstm_parallel_ref, lambda device, dtype: None, "quadratic parallel form (xlstm's parallel_stabilized_simple)"))
 
 
+# Triton's tiled parallel form is quadratic in S. On an H200 at S = 4096 (d = 64) its forward and
+# backward together were already slower than the chunkwise form (13.6 vs 10.8 ms), and an
+# xLSTM-UNet Enc training step at a 96^3 patch (884 736 tokens at the first stage) did not finish in
+# 100 s (bench/results/kernels_gpu.json, gpu_models.json). So "auto" takes it up to this length only.
+TRITON_AUTO_MAX_LENGTH = 2048
+
+
+def choose_backend(backend: str, device: torch.device, dtype: torch.dtype, length: int):
+    """The backend ``mlstm`` runs: the named one, or the best for this device, dtype and length."""
+    chosen = resolve(OP, backend, device, dtype)
+    if backend == "auto" and chosen.name == "triton" and length > TRITON_AUTO_MAX_LENGTH:
+        return resolve(OP, "chunkwise", device, dtype)
+    return chosen
+
+
 def mlstm(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor, eps: float = EPS, backend: str = "auto",
     order: torch.Tensor | None = None,
@@ -39,7 +54,7 @@ def mlstm(
         if tuple(gate.shape) not in (tuple(q.shape[:-1]), (*q.shape[:-1], 1)):
             raise ValueError(f"gate pre-activations {name} must be (batch, heads, S) = {tuple(q.shape[:-1])} or with a trailing 1, got {tuple(gate.shape)}")
     check_order(order, q.shape[-2])
-    chosen = resolve(OP, backend, q.device, q.dtype)
+    chosen = choose_backend(backend, q.device, q.dtype, q.shape[-2])
     if order is None:
         return chosen.function(q, k, v, i, f, eps)
     gate_dim = -2 if i.dim() == 4 else -1

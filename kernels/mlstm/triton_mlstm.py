@@ -26,7 +26,17 @@ from medseg_kernels.mlstm.ref import EPS, gate_preactivations, normaliser_floor
 from medseg_kernels.numerics import NORMALISER_EXP_CEILING
 from medseg_kernels.triton_support import tl, triton, triton_unavailable_reason
 
-BLOCK = 64
+def block_rows(block_d: int) -> int:
+    """Sequence rows per tile for a head dimension padded to ``block_d``. The tiles of q, k, v and the
+    accumulators sit in shared memory: 64 rows at d = 256 asked an H200 for 345 KB (limit 227 KB),
+    so rows shrink as d grows, keeping rows x d <= 8192."""
+    return max(16, min(64, 8192 // block_d))
+
+
+def _block_d(dim: int) -> int:
+    if dim > 512:  # 16 rows x 1024 would again exceed a GPU's shared memory
+        raise ValueError(f"mlstm backend 'triton' supports head dimensions up to 512, not {dim}: use backend='chunkwise'")
+    return max(16, triton.next_power_of_2(dim))
 
 __all__ = ["mlstm_triton", "triton_unavailable_reason"]
 
@@ -191,13 +201,14 @@ class _MLSTMTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, igate, log_f, eps):
         sequences, length, dim = q.shape
-        gates = _gate_layout(igate, log_f, BLOCK)
+        block_d = _block_d(dim)
+        block = block_rows(block_d)
+        gates = _gate_layout(igate, log_f, block)
         h = torch.empty(sequences, length, dim, dtype=torch.float32, device=q.device)
         row_sum = torch.empty(sequences, length, dtype=torch.float32, device=q.device)
-        block_d = max(16, triton.next_power_of_2(dim))
         _mlstm_forward_kernel[(sequences, gates["blocks"])](
             q, k, v, igate, gates["offset"], gates["block_start"], gates["stabiliser"], h, row_sum,
-            length, dim, gates["blocks"], 1.0 / math.sqrt(dim), eps, BLOCK_T=BLOCK, BLOCK_D=block_d,
+            length, dim, gates["blocks"], 1.0 / math.sqrt(dim), eps, BLOCK_T=block, BLOCK_D=block_d,
             FLOOR_EXP_CEILING=NORMALISER_EXP_CEILING,
         )
         ctx.save_for_backward(q, k, v, igate, gates["offset"], gates["block_start"], gates["stabiliser"], gates["best_at"], h, row_sum)
@@ -224,13 +235,14 @@ class _MLSTMTriton(torch.autograd.Function):
         grad_k, grad_v = torch.empty_like(grad_q), torch.empty_like(grad_q)
         row_p = torch.empty(sequences, length, dtype=torch.float32, device=q.device)
         column_p = torch.empty_like(row_p)
-        block_d = max(16, triton.next_power_of_2(dim))
+        block_d = _block_d(dim)
+        block = block_rows(block_d)
         common = (igate, offset, block_start, stabiliser, grad_num, grad_row_sum)
         _mlstm_backward_query_kernel[(sequences, blocks)](
-            q, k, v, *common, grad_q, row_p, length, dim, blocks, 1.0 / math.sqrt(dim), BLOCK_T=BLOCK, BLOCK_D=block_d,
+            q, k, v, *common, grad_q, row_p, length, dim, blocks, 1.0 / math.sqrt(dim), BLOCK_T=block, BLOCK_D=block_d,
         )
         _mlstm_backward_key_kernel[(sequences, blocks)](
-            q, k, v, *common, grad_k, grad_v, column_p, length, dim, blocks, 1.0 / math.sqrt(dim), BLOCK_T=BLOCK, BLOCK_D=block_d,
+            q, k, v, *common, grad_k, grad_v, column_p, length, dim, blocks, 1.0 / math.sqrt(dim), BLOCK_T=block, BLOCK_D=block_d,
         )
         # log D[t, s] - m_t = F_t - F_s + i_s - m_t, and m_t = F_t + i_a - F_a at its argmax a = best_at[t]
         grad_stabiliser = (grad_stabiliser - row_p).double()

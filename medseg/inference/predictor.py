@@ -86,7 +86,7 @@ class Predictor:
         device: str | None = None,
         step_fraction: float = 0.5,
         mirror: bool | Sequence[int] = True,
-        windows_per_batch: int = 1,
+        windows_per_batch: int | None = None,
         runtime: str = "torch",
         precision: str = "auto",
     ):
@@ -107,6 +107,8 @@ class Predictor:
         if runtime == "onnx":
             device = torch.device("cpu")  # ONNX Runtime's CPU provider; results come back as CPU tensors
         self.precision = "float32" if runtime == "onnx" else resolve_precision(precision, device)
+        if windows_per_batch is None:  # GPUs: 4 windows per forward ran 1.6x faster than 1 (bench/results/gpu_inference.json)
+            windows_per_batch = 4 if device.type == "cuda" else 1
         self._load_folder(model_folder, device, step_fraction, windows_per_batch, mirror)
         self.postprocess = list(self.model_folder.postprocessing().get("largest_component_classes", []))
         if runtime == "onnx":
@@ -133,7 +135,7 @@ class Predictor:
     def from_networks(cls, model_folder: ModelFolder, networks: list, device: torch.device, mirror: bool = True, step_fraction: float = 0.5):
         """A predictor around networks already in memory (the trainer's final validation)."""
         predictor = cls.__new__(cls)
-        predictor._load_folder(model_folder, device, step_fraction, 2 if device.type == "cuda" else 1, mirror)
+        predictor._load_folder(model_folder, device, step_fraction, 4 if device.type == "cuda" else 1, mirror)
         predictor.networks, predictor.folds = [n.eval() for n in networks], ["memory"]
         predictor.precision = "float32"
         predictor.postprocess = []  # cross-validation scores the raw prediction

@@ -47,7 +47,7 @@ class PredictRequest:
     device: str | None = None
     overlap: float = 0.5  # sliding-window overlap, where the task slides a window
     mirror: bool | list[int] = True  # test-time mirroring where the task allows it: all allowed axes, none, or these
-    windows_per_batch: int = 1
+    windows_per_batch: int | None = None  # None: the predictor's default for its device
     save_probabilities: bool = False
     series: str | None = None  # which DICOM series become cases (medseg.inference.inputs rules)
     progress: Callable[[int, int], None] | None = None
