@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,8 +64,11 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
         return removed
     for path in folder.iterdir():
         match = _TEMPORARY.match(path.name)
-        if match and path.is_file() and not process_alive(int(match["pid"])):
-            path.unlink(missing_ok=True)
+        if match and not process_alive(int(match["pid"])):
+            if path.is_dir():  # a folder output (the ``slices`` format) being written
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             removed.append(path)
     return removed
 

@@ -559,6 +559,48 @@ def serve(
     uvicorn.run(application, host=host, port=port, log_level="warning")
 
 
+@app.command("dicom-node")
+def dicom_node(
+    model: Path = typer.Option(..., "--model", "-m", help="Model folder that segments every received series."),
+    store: Path = typer.Option(Path("medseg_dicom_node"), "--store", help="Where received series, outputs and node.log are kept (survives restarts)."),
+    ae_title: str = typer.Option("MEDSEG", "--ae-title", help="This node's AE title."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(11112, "--port"),
+    allow: list[str] = typer.Option([], "--allow", help="Calling AE title allowed to associate (repeatable) [default: any]."),
+    quiet_seconds: float = typer.Option(10.0, "--quiet-seconds", min=0.0, help="A series is complete when nothing of it arrived for this long."),
+    send_to: Optional[str] = typer.Option(None, "--send-to", help="C-STORE the outputs to AET@HOST:PORT."),
+    stow_url: Optional[str] = typer.Option(None, "--stow-url", help="STOW-RS the outputs to this DICOMweb root (URL/studies)."),
+    formats: str = typer.Option("dicom-seg", "--format", help="Outputs to send: dicom-seg, rtstruct or both (comma-separated)."),
+    tta: bool = typer.Option(True, "--tta/--no-tta", help="Test-time mirroring, as trained."),
+) -> None:
+    """DICOM node: C-STORE SCP (and C-ECHO) that segments each complete series and sends DICOM SEG / RTSTRUCT back."""
+    import importlib.util
+    import signal
+    import threading
+
+    from medseg.errors import MedsegError
+    from medseg.model_folder import ModelFolder
+    from medseg.serve.dicom_node import Destination, DicomNode, NodeConfig
+
+    if importlib.util.find_spec("pynetdicom") is None:
+        raise MedsegError("medseg dicom-node needs pynetdicom: pip install 'medseg[dicom]'")
+    ModelFolder.open(model)  # a wrong model folder fails now, not at the first series
+    config = NodeConfig(
+        model=model, store=store, ae_title=ae_title, host=host, port=port, allowed=list(allow), quiet_seconds=quiet_seconds,
+        send_to=Destination.parse(send_to) if send_to else None, stow_url=stow_url,
+        formats=[f.strip() for f in formats.split(",") if f.strip()], tta=tta,
+    )
+    node = DicomNode(config, echo=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False))
+    if not (send_to or stow_url):
+        console.print("no --send-to or --stow-url: outputs stay in the store only", highlight=False)
+    node.start()
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    stopped.wait()
+    node.stop()
+
+
 @app.command()
 def evaluate(
     predictions: Path = typer.Argument(..., help="Folder of predicted label maps, or a classifier's predictions.csv."),

@@ -27,4 +27,18 @@ if [[ ",${extras}," == *",dicom,"* ]]; then
     apt-get update -qq && apt-get install -y -qq dicom3tools >/dev/null
   fi
 fi
+# The tests' real peers from Debian (dev extra): a PACS (Orthanc with DICOMweb) and dcmtk for the DICOM
+# node's round trip (dicom), a headless Chromium for the web page's browser test (serve).
+test_packages=()
+if [[ ",${extras}," == *",dev,"* && ",${extras}," == *",dicom,"* ]]; then
+  command -v Orthanc >/dev/null 2>&1 || test_packages+=(orthanc orthanc-dicomweb)
+  command -v storescu >/dev/null 2>&1 || test_packages+=(dcmtk)
+fi
+if [[ ",${extras}," == *",dev,"* && ",${extras}," == *",serve,"* ]]; then
+  command -v chromedriver >/dev/null 2>&1 || test_packages+=(chromium chromium-driver)
+fi
+if (( ${#test_packages[@]} )); then
+  echo "installing test peers (Debian): ${test_packages[*]}" >&2
+  apt-get update -qq && apt-get install -y -qq "${test_packages[@]}" >/dev/null
+fi
 .venv/bin/python -c "import torch, medseg; print(f'medseg {medseg.__version__} installed (torch {torch.__version__})')"

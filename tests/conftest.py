@@ -75,3 +75,58 @@ def run_cli(*args: str, root: Path | None = None, check: bool = False) -> subpro
     if check and result.returncode != 0:
         raise AssertionError(f"medseg {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (for servers the tests start)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+BRIGHT_DATASET = "Dataset990_Bright"
+
+
+def bright_case(rng):
+    """(image, label) MedicalImages: a volume whose bright blobs are the label, a task a tiny network
+    learns in a few iterations."""
+    import numpy as np
+    from scipy import ndimage
+
+    from medseg.io import MedicalImage
+
+    field = ndimage.gaussian_filter(rng.standard_normal((12, 32, 32)), 2.0)
+    image = (field - field.mean()) / field.std()
+    label = (image > 0.8).astype(np.uint8)
+    geometry = ((5.0, 4.0, 4.0), (0.0, 0.0, 0.0), np.eye(3))
+    return MedicalImage((image * 200 + 100).astype(np.float32)[None], *geometry), MedicalImage(label[None], *geometry)
+
+
+def build_bright_dataset(raw_dataset: Path, cases: int = 4, seed: int = 0) -> None:
+    """A raw dataset of ``bright_case`` volumes with the label 'liver' (so real scans get non-empty labels)."""
+    import numpy as np
+
+    from medseg.data.builder import RawDatasetBuilder
+
+    rng = np.random.default_rng(seed)
+    with RawDatasetBuilder(raw_dataset, ".nii.gz") as builder:
+        for index in range(cases):
+            image, label = bright_case(rng)
+            builder.add_image(f"case_{index:03d}", image)
+            builder.add_label(f"case_{index:03d}", label)
+        builder.finish({"channel_names": {"0": "MR"}, "labels": {"background": 0, "liver": 1}, "numTraining": cases, "file_ending": ".nii.gz"})
+
+
+@pytest.fixture(scope="session")
+def bright_model(tmp_path_factory) -> tuple[Path, Path]:
+    """(MEDSEG_ROOT, model folder): a 3D U-Net trained briefly on the bright dataset, shared by the
+    hospital-inference, serving and DICOM-node tests."""
+    root = tmp_path_factory.mktemp("hospital")
+    build_bright_dataset(root / "raw" / BRIGHT_DATASET)
+    run_cli("fingerprint", BRIGHT_DATASET, "--workers", "1", root=root, check=True)
+    run_cli("plan", BRIGHT_DATASET, root=root, check=True)
+    run_cli("preprocess", BRIGHT_DATASET, "-c", "3d_fullres", "--workers", "1", root=root, check=True)
+    run_cli("train", BRIGHT_DATASET, "3d_fullres", "0", "--epochs", "4", "--iterations-per-epoch", "15", "--no-validate", root=root, check=True)
+    return root, root / "results" / BRIGHT_DATASET / "unet__medsegPlans__3d_fullres"

@@ -20,7 +20,7 @@ from medseg.io import MedicalImage, read_image
 from tests.conftest import require_peer, run_cli
 
 LABELS = {"background": 0, "liver": 1, "tumour": 2}
-DATASET = "Dataset990_Bright"
+from tests.conftest import BRIGHT_DATASET as DATASET
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
@@ -209,37 +209,6 @@ def test_no_foreground_writes_no_dicom_object(shared_data, tmp_path):
 
 
 # -------------------------------------------------------------------------------- the CLI, end to end
-def _bright_case(rng: np.random.Generator) -> tuple[MedicalImage, MedicalImage]:
-    """A volume whose bright blobs are the label: a task a tiny network learns in a few iterations."""
-    from scipy import ndimage
-
-    field = ndimage.gaussian_filter(rng.standard_normal((12, 32, 32)), 2.0)
-    image = (field - field.mean()) / field.std()
-    label = (image > 0.8).astype(np.uint8)
-    geometry = ((5.0, 4.0, 4.0), (0.0, 0.0, 0.0), np.eye(3))
-    return MedicalImage((image * 200 + 100).astype(np.float32)[None], *geometry), MedicalImage(label[None], *geometry)
-
-
-@pytest.fixture(scope="module")
-def bright_model(tmp_path_factory) -> tuple[Path, Path]:
-    """A 3D U-Net trained briefly to label bright regions (so real scans get non-empty labels)."""
-    from medseg.data.builder import RawDatasetBuilder
-
-    root = tmp_path_factory.mktemp("hospital")
-    rng = np.random.default_rng(0)
-    with RawDatasetBuilder(root / "raw" / DATASET, ".nii.gz") as builder:
-        for index in range(4):
-            image, label = _bright_case(rng)
-            builder.add_image(f"case_{index:03d}", image)
-            builder.add_label(f"case_{index:03d}", label)
-        builder.finish({"channel_names": {"0": "MR"}, "labels": {"background": 0, "liver": 1}, "numTraining": 4, "file_ending": ".nii.gz"})
-    run_cli("fingerprint", DATASET, "--workers", "1", root=root, check=True)
-    run_cli("plan", DATASET, root=root, check=True)
-    run_cli("preprocess", DATASET, "-c", "3d_fullres", "--workers", "1", root=root, check=True)
-    run_cli("train", DATASET, "3d_fullres", "0", "--epochs", "4", "--iterations-per-epoch", "15", "--no-validate", root=root, check=True)
-    return root, root / "results" / DATASET / "unet__medsegPlans__3d_fullres"
-
-
 def _mixed_inputs(shared_data: Path, folder: Path) -> Path:
     folder.mkdir(parents=True)
     shutil.copytree(series(shared_data, "ct_empty_uids"), folder / "ct")

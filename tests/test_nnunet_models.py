@@ -16,7 +16,7 @@ import torch
 
 from medseg.errors import MedsegError
 from medseg.io import MedicalImage, read_image, write_image
-from tests.conftest import REPO, require_peer, run_cli
+from tests.conftest import REPO, build_bright_dataset, require_peer, run_cli
 
 DATASET = "Dataset991_Bright"
 
@@ -105,17 +105,8 @@ def nnunet_model(tmp_path_factory):
     """Six bright-blob volumes (the hospital tests' task: real scans get labels too) planned,
     preprocessed and trained (one fold, a few iterations) by nnunetv2's own code."""
     require_peer("nnunetv2")
-    from medseg.data.builder import RawDatasetBuilder
-    from tests.test_hospital_inference import _bright_case
-
     work = tmp_path_factory.mktemp("nnunet")
-    rng = np.random.default_rng(0)
-    with RawDatasetBuilder(work / "raw" / DATASET, ".nii.gz") as builder:
-        for index in range(6):
-            image, label = _bright_case(rng)
-            builder.add_image(f"case_{index:03d}", image)
-            builder.add_label(f"case_{index:03d}", label)
-        builder.finish({"channel_names": {"0": "MR"}, "labels": {"background": 0, "liver": 1}, "numTraining": 6, "file_ending": ".nii.gz"})
+    build_bright_dataset(work / "raw" / DATASET, cases=6)
     result = subprocess.run(
         [sys.executable, "-m", "tests.peers.nnunet_train", str(work / "raw"), "991", str(work), "3d_fullres", "40"],
         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO, timeout=900,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,10 @@ import numpy as np
 import pytest
 
 from medseg.io import read_image
-from tests.conftest import require_peer, run_cli
-from tests.test_hospital_inference import DATASET, bright_model  # noqa: F401,F811 - the trained model fixture
+from tests.conftest import free_port, require_peer, run_cli
+from tests.conftest import BRIGHT_DATASET as DATASET
 
 TOKEN = "s3cret-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Server:
@@ -40,7 +33,7 @@ class Server:
     def start(self) -> str:
         import httpx
 
-        port = _free_port()
+        port = free_port()
         self.process = subprocess.Popen([*self.args, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 90
@@ -62,7 +55,7 @@ class Server:
 
 
 @pytest.fixture
-def server(bright_model, tmp_path):  # noqa: F811
+def server(bright_model, tmp_path):
     require_peer("fastapi")
     root, model = bright_model
     (tmp_path / "token").write_text(TOKEN + "\n")

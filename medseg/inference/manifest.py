@@ -57,7 +57,7 @@ class Manifest:
         outputs, skipped = entry.get("outputs", {}), entry.get("skipped", {})
         if any(fmt not in outputs and fmt not in skipped for fmt in formats):
             return None
-        if not all(Path(path).is_file() for fmt, path in outputs.items() if fmt in formats):
+        if not all(Path(path).exists() for fmt, path in outputs.items() if fmt in formats):
             return None
         return entry
 

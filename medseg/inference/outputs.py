@@ -8,6 +8,7 @@
 - ``rtstruct``  CASE.rtstruct.dcm: RT structure set (rt-utils) on the source series (DICOM volumes)
 - ``overlay``   CASE.overlay.png: the image with the labels in colour (3D: a grid of slices
                 through the labelled region) for a quick look
+- ``slices``    CASE.slices/0000.png ...: every slice's overlay (what ``medseg serve``'s page slides through)
 
 Every file is written atomically. A format that does not apply to an input (a DICOM SEG of a NIfTI
 file) is skipped with the reason, which the manifest records; a format that applies but fails is
@@ -25,8 +26,8 @@ import numpy as np
 from medseg.errors import MedsegError
 from medseg.io import MedicalImage, write_image
 
-FORMATS = ("label", "nifti", "png", "dicom-seg", "rtstruct", "overlay")
-FILE_NAMES = {"label": "{case}{ending}", "nifti": "{case}.nii.gz", "png": "{case}.png", "dicom-seg": "{case}.seg.dcm", "rtstruct": "{case}.rtstruct.dcm", "overlay": "{case}.overlay.png"}
+FORMATS = ("label", "nifti", "png", "dicom-seg", "rtstruct", "overlay", "slices")
+FILE_NAMES = {"label": "{case}{ending}", "nifti": "{case}.nii.gz", "png": "{case}.png", "dicom-seg": "{case}.seg.dcm", "rtstruct": "{case}.rtstruct.dcm", "overlay": "{case}.overlay.png", "slices": "{case}.slices"}
 
 
 class NotApplicable(Exception):
@@ -113,9 +114,15 @@ def _write_overlay(segmentation: MedicalImage, image: MedicalImage, context: Out
     return overlay_png(image.array, _label_map(segmentation), target), []
 
 
+def _write_slices(segmentation: MedicalImage, image: MedicalImage, context: OutputContext, target: Path) -> Written:
+    from medseg.inference.overlay import overlay_slice_pngs
+
+    return overlay_slice_pngs(image.array, _label_map(segmentation), target), []
+
+
 WRITERS: dict[str, Callable] = {
     "label": _write_label_image, "nifti": _write_label_image, "png": _write_label_image, "dicom-seg": _write_derived("write_dicom_seg"),
-    "rtstruct": _write_derived("write_rtstruct"), "overlay": _write_overlay,
+    "rtstruct": _write_derived("write_rtstruct"), "overlay": _write_overlay, "slices": _write_slices,
 }
 
 

@@ -5,11 +5,12 @@ Intensities are windowed at the 1st-99th percentile."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from medseg.atomic import atomic_path
+from medseg.atomic import atomic_path, temporary_path
 from medseg.io.colours import label_colour
 
 MAX_SLICES = 9
@@ -40,13 +41,19 @@ def overlay_slices(label_map: np.ndarray) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(first, last, count)})
 
 
+def _first_channel_and_window(image: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(C, *spatial) -> the first channel as float32 and its 1st-99th percentile window."""
+    plane_source = np.asarray(image[0], dtype=np.float32)
+    finite = plane_source[np.isfinite(plane_source)]
+    low, high = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
+    return plane_source, float(low), float(high)
+
+
 def overlay_png(image: np.ndarray, label_map: np.ndarray, target: Path) -> Path:
     """``image``: (C, *spatial) (the first channel is shown); ``label_map``: (*spatial)."""
     from PIL import Image
 
-    plane_source = np.asarray(image[0], dtype=np.float32)
-    finite = plane_source[np.isfinite(plane_source)]
-    low, high = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
+    plane_source, low, high = _first_channel_and_window(image)
     if label_map.ndim == 2:
         canvas = _blend(_grey(plane_source, low, high), label_map)
     else:
@@ -60,4 +67,26 @@ def overlay_png(image: np.ndarray, label_map: np.ndarray, target: Path) -> Path:
             canvas[r * height:(r + 1) * height, c * width:(c + 1) * width] = tile
     with atomic_path(target) as temporary:
         Image.fromarray(canvas).save(temporary, format="PNG")
+    return target
+
+
+def overlay_slice_pngs(image: np.ndarray, label_map: np.ndarray, target: Path) -> Path:
+    """Every slice's overlay (axis 0 of a 3D map; the image itself in 2D) as TARGET/0000.png, ...,
+    one window for all, for a slider. The folder appears complete or not at all."""
+    from PIL import Image
+
+    plane_source, low, high = _first_channel_and_window(image)
+    pairs = [(plane_source, label_map)] if label_map.ndim == 2 else list(zip(plane_source, label_map))
+    temporary = temporary_path(target, "")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir()
+    try:
+        for index, (plane, labels) in enumerate(pairs):
+            Image.fromarray(_blend(_grey(plane, low, high), labels)).save(temporary / f"{index:04d}.png", format="PNG")
+        if target.exists():
+            shutil.rmtree(target)
+        temporary.replace(target)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     return target

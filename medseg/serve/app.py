@@ -6,7 +6,11 @@
                                 (a server-side file or folder under an allowed root)
     GET    /jobs/{id}           state, progress, error, outputs
     GET    /jobs/{id}/result    one output file (``?format=nifti``), or a zip of them all
+    GET    /jobs/{id}/slices    the jobs' ``slices`` outputs: [{key, count}]
+    GET    /jobs/{id}/slices/{i}.png?key=K   slice i's overlay
     DELETE /jobs/{id}           forget a job and its files (not while it runs)
+    GET    /                    the web page (medseg/serve/static/index.html): pick a model, upload,
+                                watch progress, slide through the overlays, download the outputs
 
 Auth: a bearer token (``MEDSEG_TOKEN`` or ``--token-file``); with no token configured only
 loopback clients are served. Bad requests get a 4xx with a one-line ``detail``: no or wrong token
@@ -23,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile  # the serve extra
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from medseg.errors import MedsegError
 from medseg.serve.jobs import Job, JobStore, Worker
@@ -31,6 +35,7 @@ from medseg.serve.jobs import Job, JobStore, Worker
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png")
 UPLOAD_SUFFIXES = IMAGE_SUFFIXES + (".zip",)
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+PAGE = Path(__file__).with_name("static") / "index.html"
 
 
 @dataclass
@@ -90,10 +95,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/models", dependencies=guard)
     def list_models() -> list[dict]:
+        from medseg.io.colours import label_colour
+
         return [
             {
                 "name": name, "family": f.info.model, "task": f.info.task, "configuration": f.info.configuration,
-                "labels": f.info.labels, "input_channels": f.plans.channel_names, "file_ending": f.info.file_ending,
+                "labels": f.info.labels,
+                "colours": {label: "#%02x%02x%02x" % tuple(label_colour(value)) for label, value in f.info.labels.items() if value > 0}, "input_channels": f.plans.channel_names, "file_ending": f.info.file_ending,
                 "version": f.info.medseg_version or medseg.__version__, "folds": f.folds(),
             }
             for name, f in folders.items()
@@ -184,12 +192,41 @@ def create_app(settings: ServeSettings) -> FastAPI:
             if format not in job.outputs:
                 raise HTTPException(404, f"job {job_id} has no {format!r} output (has: {', '.join(sorted(job.outputs))})")
             path = Path(job.outputs[format])
+            if path.is_dir():
+                raise HTTPException(400, f"{format!r} is a folder of slices: GET /jobs/{job_id}/slices, or the whole result as a zip")
             return FileResponse(path, filename=path.name)
         bundle = Path(tempfile.mkstemp(suffix=".zip", dir=store.folder(job_id))[1])
         with zipfile.ZipFile(bundle, "w") as archive:
             for key, file in sorted(job.outputs.items()):
-                archive.write(file, Path(file).name)
+                path = Path(file)
+                for member in sorted(path.rglob("*")) if path.is_dir() else [path]:
+                    if member.is_file():
+                        archive.write(member, str(member.relative_to(path.parent)))
         return FileResponse(bundle, filename=f"{job_id}.zip", background=_remove_after(bundle))
+
+    def _slice_folders(job_id: str) -> dict[str, Path]:
+        job = _job_or_404(job_id)
+        if job.state != "done":
+            raise HTTPException(409, f"job {job_id} is {job.state}" + (f": {job.error}" if job.error else ""))
+        return {key: Path(path) for key, path in job.outputs.items() if key.split("/")[-1] == "slices"}
+
+    @app.get("/jobs/{job_id}/slices", dependencies=guard)
+    def job_slices(job_id: str) -> list[dict]:
+        return [{"key": key, "count": len(list(folder.glob("*.png")))} for key, folder in sorted(_slice_folders(job_id).items())]
+
+    @app.get("/jobs/{job_id}/slices/{index}.png", dependencies=guard)
+    def job_slice(job_id: str, index: int, key: str = "slices"):
+        folders = _slice_folders(job_id)
+        if key not in folders:
+            raise HTTPException(404, f"job {job_id} has no slices {key!r} (ask for the 'slices' format)")
+        path = folders[key] / f"{index:04d}.png"
+        if index < 0 or not path.is_file():
+            raise HTTPException(404, f"job {job_id}: no slice {index} in {key!r}")
+        return FileResponse(path, media_type="image/png")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text())
 
     @app.delete("/jobs/{job_id}", dependencies=guard)
     def delete_job(job_id: str) -> dict:
