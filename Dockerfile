@@ -15,6 +15,9 @@ RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install -c constraints.txt ".[${EXTRAS}]" \
     && /opt/venv/bin/pip install -c constraints.txt --no-deps "rt-utils==1.2.7"
 ENV PATH=/opt/venv/bin:$PATH
-VOLUME /data
+# `docker run -p 8000:8000 -v MODELS:/models -v DATA:/data -e MEDSEG_TOKEN=... medseg` serves every
+# model folder in MODELS. Clients outside the container are not loopback: without a token they get 403.
+VOLUME ["/data", "/models"]
+EXPOSE 8000
 ENTRYPOINT ["medseg"]
-CMD ["--help"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8000", "--models-dir", "/models", "--data", "/data/serve"]

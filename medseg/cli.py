@@ -519,7 +519,8 @@ def export(
 
 @app.command()
 def serve(
-    models: list[str] = typer.Option(..., "--model", "-m", help="NAME=MODEL_FOLDER to serve (repeatable)."),
+    models: list[str] = typer.Option([], "--model", "-m", help="NAME=MODEL_FOLDER to serve (repeatable)."),
+    models_dir: Optional[Path] = typer.Option(None, "--models-dir", help="Serve every model folder in DIR, named by its folder (the container's default: /models)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0: every interface; set a token)."),
     port: int = typer.Option(8000, "--port"),
     data: Path = typer.Option(Path("medseg_serve"), "--data", help="Where jobs (uploads, outputs, state) are kept across restarts."),
@@ -545,6 +546,15 @@ def serve(
         if not sep or not name or not folder:
             raise MedsegError(f"--model {item!r}: expected NAME=MODEL_FOLDER")
         named[name] = Path(folder)
+    if models_dir is not None:
+        if not models_dir.is_dir():
+            raise MedsegError(f"--models-dir {models_dir}: not a folder")
+        found = {p.name: p for p in sorted(models_dir.iterdir()) if p.is_dir() and (p / "plans.json").is_file()}
+        if not found:
+            raise MedsegError(f"--models-dir {models_dir}: no model folders in it (folders holding plans.json, as `medseg train` or nnU-Net write them)")
+        named.update(found)
+    if not named:
+        raise MedsegError("nothing to serve: give --model NAME=MODEL_FOLDER or --models-dir DIR")
     token = os.environ.get("MEDSEG_TOKEN") or None
     if token_file is not None:
         try:

@@ -147,3 +147,44 @@ def test_jobs_over_http_bad_requests_load_and_restart(server, tmp_path):
         again = client.get(f"/jobs/{job['id']}").json()
         assert again["state"] == "done"
         assert client.get(f"/jobs/{job['id']}/result", params={"format": "nifti"}).content == result.content
+
+
+def test_the_container_default_command_serves_the_models_dir(bright_model, tmp_path):
+    """The Dockerfile's ENTRYPOINT + CMD, run outside a container (no engine here) with its paths
+    mapped to temporary folders: every model folder in the models dir is served, and the page too."""
+    import json
+    import re
+
+    import httpx
+
+    require_peer("fastapi")
+    _, model = bright_model
+    dockerfile = (Path(__file__).resolve().parents[1] / "Dockerfile").read_text()
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", dockerfile, re.M).group(1))
+    command = json.loads(re.search(r"^CMD (\[.*\])$", dockerfile, re.M).group(1))
+    assert entrypoint == ["medseg"] and command[0] == "serve"
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "bright").symlink_to(model, target_is_directory=True)
+    (tmp_path / "models" / "notes").mkdir()  # not a model folder: left alone
+    port = free_port()
+    mapped = {"/models": str(tmp_path / "models"), "/data/serve": str(tmp_path / "data"), "8000": str(port), "0.0.0.0": "127.0.0.1"}
+    args = [mapped.get(a, a) for a in command]
+    process = subprocess.Popen([sys.executable, "-m", "medseg.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                models = httpx.get(f"{url}/models", timeout=2)
+                break
+            except httpx.HTTPError:
+                assert time.time() < deadline, "the default command did not come up"
+                time.sleep(0.3)
+        assert [m["name"] for m in models.json()] == ["bright"]
+        assert "<title>medseg</title>" in httpx.get(url + "/", timeout=5).text
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    empty = run_cli("serve", "--models-dir", tmp_path / "models" / "notes")
+    assert empty.returncode != 0 and "no model folders" in empty.stderr + empty.stdout
