@@ -261,6 +261,24 @@ DATASET_HELP = "Raw dataset: name, id or folder."
 
 
 @app.command()
+def describe(
+    model: Path = typer.Argument(..., help="Model folder (medseg or nnU-Net v2)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object, as `medseg serve` lists models (for scripts and the Slicer module)."),
+) -> None:
+    """A trained model's family, configuration, labels with their colours, inputs and folds."""
+    import json
+
+    from medseg.model_folder import ModelFolder, model_summary
+
+    summary = model_summary(model.name, ModelFolder.open(model))
+    if as_json:
+        print(json.dumps(summary))
+        return
+    for key, value in summary.items():
+        console.print(f"{key}: {value}", highlight=False, soft_wrap=True, markup=False)
+
+
+@app.command()
 def models() -> None:
     """List the registered model families: task type, dimensions, kernels, self-configurable, options."""
     from rich.table import Table

@@ -172,3 +172,19 @@ class ModelFolder:
 
     def crossval_summary_path(self) -> Path:
         return self.path / "crossval_summary.json"
+
+
+def model_summary(name: str, folder: ModelFolder) -> dict:
+    """What a client needs to pick and show a model (``medseg serve``'s GET /models, ``medseg describe``):
+    family, labels and their display colours (those of the DICOM SEG, RTSTRUCT and overlays), inputs."""
+    import medseg
+    from medseg.io.colours import label_colour
+
+    info = folder.info
+    return {
+        "name": name, "family": info.model, "task": info.task, "configuration": info.configuration,
+        "labels": info.labels,
+        "colours": {label: "#%02x%02x%02x" % tuple(label_colour(value)) for label, value in info.labels.items() if value > 0},
+        "input_channels": folder.plans.channel_names, "file_ending": info.file_ending,
+        "version": info.medseg_version or medseg.__version__, "folds": folder.folds(),
+    }

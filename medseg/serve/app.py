@@ -55,7 +55,7 @@ def _suffix(name: str) -> str | None:
 
 def create_app(settings: ServeSettings) -> FastAPI:
     import medseg
-    from medseg.model_folder import ModelFolder
+    from medseg.model_folder import ModelFolder, model_summary
 
     folders = {}
     for name, path in settings.models.items():
@@ -95,17 +95,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/models", dependencies=guard)
     def list_models() -> list[dict]:
-        from medseg.io.colours import label_colour
-
-        return [
-            {
-                "name": name, "family": f.info.model, "task": f.info.task, "configuration": f.info.configuration,
-                "labels": f.info.labels,
-                "colours": {label: "#%02x%02x%02x" % tuple(label_colour(value)) for label, value in f.info.labels.items() if value > 0}, "input_channels": f.plans.channel_names, "file_ending": f.info.file_ending,
-                "version": f.info.medseg_version or medseg.__version__, "folds": f.folds(),
-            }
-            for name, f in folders.items()
-        ]
+        return [model_summary(name, f) for name, f in folders.items()]
 
     def _job_or_404(job_id: str) -> Job:
         job = store.get(job_id)
