@@ -387,7 +387,7 @@ def _training_options(epochs, iterations, learning_rate, optimizer, batch_size, 
     )
 
 
-PRETRAINED_HELP = "Start from a pretrained encoder (the encoder.pt `medseg pretrain` writes; ViT classifiers)."
+PRETRAINED_HELP = "Start from a pretrained encoder (the encoder.pt `medseg pretrain` writes; ViT classifiers), or GMS's autoencoder folder (diffusers' AutoencoderKL layout; default: the one `medseg pretrain-ae` trained on the dataset)."
 
 
 EPOCHS_HELP = "Epochs [default: 1000, or what --time-budget buys]."
@@ -767,6 +767,38 @@ def one_line(error: Exception) -> str:
     return escape(" ".join(str(error).split()))  # and no rich markup taken from file names or messages
 
 
+PRETRAINING_TASKS = ("masked_pretraining", "autoencoder_pretraining")
+
+
+def _pretrain(dataset, model, time_budget, epochs, iterations, learning_rate, test_images, replan, device, workers, extra_images=()) -> Path:
+    """Plan and train a pretraining family on fold 'all'; returns its fold folder."""
+    from medseg.data.layout import load_dataset_description
+    from medseg.errors import MedsegError
+    from medseg.models.spec import parse_model_spec
+    from medseg.pipeline import configuration_model_folder, default_plans_name, load_plans, prepare_task, run_plan_and_train
+    from medseg.tasks.registry import task_for_model
+
+    spec = parse_model_spec(model)
+    folder = prepare_task(dataset, False, progress_console=err_console)
+    task = task_for_model(spec.family, load_dataset_description(folder).task_type, folder.name)
+    if task.name not in PRETRAINING_TASKS:
+        raise MedsegError(f"{spec.family} is trained by the {task.name} task; pretraining runs mae_vit (`medseg pretrain`) or kl_autoencoder (`medseg pretrain-ae`)")
+    if time_budget is None and epochs is None:
+        raise MedsegError("give the pretraining a budget: --time-budget MIN or --epochs N")
+    if not run_dataset_check(folder, strict=False, workers=workers):
+        raise typer.Exit(1)
+
+    def options_for(num_runs: int):
+        return _training_options(epochs, iterations, learning_rate, None, None, time_budget, device, False, 0)
+
+    settings = {"include_test": test_images, **({"extra_images": [str(p) for p in extra_images]} if extra_images else {})}
+    run_plan_and_train(
+        folder, None, ["all"], options_for, replan=replan, workers=workers, log=lambda m: console.print(m, highlight=False, markup=False),
+        training_seconds=time_budget * 60 if time_budget else None, model=str(spec), plan_settings=settings,
+    )
+    return configuration_model_folder(folder, load_plans(folder, default_plans_name(str(spec))), "2d") / "fold_all"
+
+
 @app.command()
 def pretrain(
     dataset: str = typer.Option(..., "--dataset", "--task", help="Dataset name, id or folder."),
@@ -782,32 +814,31 @@ def pretrain(
 ) -> None:
     """Self-supervised pretraining on a dataset's images (labels unused): writes the encoder that
     `plan-and-train --model vit --pretrained ENCODER` fine-tunes, and reconstruction PNGs per epoch."""
-    from medseg.data.layout import load_dataset_description
-    from medseg.errors import MedsegError
-    from medseg.models.spec import parse_model_spec
-    from medseg.pipeline import configuration_model_folder, default_plans_name, load_plans, prepare_task, run_plan_and_train
-    from medseg.tasks.registry import task_for_model
+    fold = _pretrain(dataset, model, time_budget, epochs, iterations, learning_rate, test_images, replan, device, workers)
+    if (fold / "encoder.pt").is_file():
+        console.print(f"encoder: {fold / 'encoder.pt'}\nfine-tune: medseg plan-and-train --dataset {dataset} --model vit --pretrained {fold / 'encoder.pt'}", highlight=False, markup=False, soft_wrap=True)
+    else:
+        console.print(f"autoencoder: {fold / 'autoencoder'}\nGMS: medseg plan-and-train --dataset {dataset} --model gms --pretrained {fold / 'autoencoder'}", highlight=False, markup=False, soft_wrap=True)
 
-    spec = parse_model_spec(model)
-    folder = prepare_task(dataset, False, progress_console=err_console)
-    task = task_for_model(spec.family, load_dataset_description(folder).task_type, folder.name)
-    if task.name != "masked_pretraining":
-        raise MedsegError(f"{spec.family} is trained by the {task.name} task; `medseg pretrain` runs pretraining families such as mae_vit")
-    if time_budget is None and epochs is None:
-        raise MedsegError("give the pretraining a budget: --time-budget MIN or --epochs N")
-    if not run_dataset_check(folder, strict=False, workers=workers):
-        raise typer.Exit(1)
 
-    def options_for(num_runs: int):
-        return _training_options(epochs, iterations, learning_rate, None, None, time_budget, device, False, 0)
-
-    run_plan_and_train(
-        folder, None, ["all"], options_for, replan=replan, workers=workers, log=lambda m: console.print(m, highlight=False, markup=False),
-        training_seconds=time_budget * 60 if time_budget else None, model=str(spec), plan_settings={"include_test": test_images},
-    )
-    plans = load_plans(folder, default_plans_name(str(spec)))
-    encoder = configuration_model_folder(folder, plans, "2d") / "fold_all" / "encoder.pt"
-    console.print(f"encoder: {encoder}\nfine-tune: medseg plan-and-train --dataset {folder.name} --model vit --pretrained {encoder}", highlight=False, markup=False, soft_wrap=True)
+@app.command("pretrain-ae")
+def pretrain_ae(
+    dataset: str = typer.Option(..., "--dataset", "--task", help="Dataset name, id or folder."),
+    images: list[Path] = typer.Option([], "--images", help="More image folders to learn from (repeatable; labels are never used)."),
+    model: str = typer.Option("kl_autoencoder", "--model", help="kl_autoencoder or e.g. 'kl_autoencoder[block_out_channels=[64,128,256,256]]'."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Training minutes."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help=EPOCHS_HELP),
+    iterations: int = typer.Option(250, "--iterations-per-epoch"),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate"),
+    test_images: bool = typer.Option(True, "--test-images/--no-test-images", help="Learn from the unlabelled imagesTs too."),
+    replan: bool = typer.Option(False, "--replan", help="Fingerprint and plan again even if plans exist."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+) -> None:
+    """Train a small KL autoencoder (f=8, 4 latent channels) on a dataset's images, for GMS to segment in
+    its latent space: writes FOLD/autoencoder (diffusers' AutoencoderKL layout) and reconstruction PNGs."""
+    fold = _pretrain(dataset, model, time_budget, epochs, iterations, learning_rate, test_images, replan, device, workers, images)
+    console.print(f"autoencoder: {fold / 'autoencoder'}\nGMS: medseg plan-and-train --dataset {dataset} --model gms", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

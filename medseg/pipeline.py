@@ -327,7 +327,7 @@ def run_compare(
     dataset_type = _description(raw_folder).task_type
     for model in models:
         task = task_for_model(parse_model_spec(model).family, dataset_type, raw_folder.name)  # every family checked before any training
-        if task.name != "segmentation":
+        if task.name not in ("segmentation", "latent_segmentation"):  # the tasks whose folds write Dice/NSD/HD95 reports
             raise MedsegError(f"compare scores segmentations; {model} is trained by the {task.name} task")
     folders = {}
     for model in models:

@@ -3,6 +3,6 @@ here; adding a task is one new module plus its import line below (or a plug-in, 
 
 from medseg.tasks.registry import PlanRequest, PredictRequest, RunContext, Task, TrainingRun, get_task, list_tasks, register_task
 
-from medseg.tasks import segmentation, classification, masked_pretraining  # noqa: E402,F401,I001  (segmentation first: the default task)  (registers the built-in tasks)
+from medseg.tasks import segmentation, classification, masked_pretraining, autoencoder_pretraining, latent_segmentation  # noqa: E402,F401,I001  (segmentation first: the default task)  (registers the built-in tasks)
 
 __all__ = ["PlanRequest", "PredictRequest", "RunContext", "Task", "TrainingRun", "get_task", "list_tasks", "register_task"]

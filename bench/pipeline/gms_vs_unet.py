@@ -1,0 +1,82 @@
+"""GMS against the U-Net on Kvasir-SEG under the same total CPU training budget; JSON out.
+
+    .venv/bin/python bench/pipeline/gms_vs_unet.py [--minutes 30] [--ae-share 0.4] [--folds 0,1,2]
+        [--out bench/results/gms_vs_unet_kvasir.json]
+
+Both get ``--minutes`` of training in all. GMS spends ``--ae-share`` of it on `medseg pretrain-ae`
+(its autoencoder learns the dataset's images; no pretrained one can be downloaded here) and the rest
+on its folds; the U-Net spends all of it on its folds. Both run the real CLI (`plan-and-train
+--time-budget-per-run`) on the same 5-fold split, and each fold's Dice is its held-out cases'
+foreground Dice from the final validation (original image size). Wall-clock seconds of every
+command are recorded too (planning, preprocessing, GMS's latent encoding and validation come on top
+of the training budget). Run it alone: two cores, and the budgets are wall-clock."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench" / "kernels"))
+from common import machine_info  # noqa: E402
+
+SHARED = Path(os.environ.get("MEDSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+DATASET = "Dataset003_KvasirSEG"
+
+
+def medseg(*args, root: Path) -> float:
+    """Run the CLI, streaming its output; returns wall seconds (fails loudly)."""
+    started = time.perf_counter()
+    command = [sys.executable, "-m", "medseg.cli", *map(str, args)]
+    print("$ medseg " + " ".join(map(str, args)), flush=True)
+    if subprocess.run(command, env=dict(os.environ, MEDSEG_ROOT=str(root))).returncode != 0:
+        raise SystemExit(f"failed: {' '.join(command)}")
+    return round(time.perf_counter() - started, 1)
+
+
+def fold_dice(folder: Path, folds: list[str]) -> dict[str, float]:
+    return {fold: json.loads((folder / f"fold_{fold}" / "validation" / "summary.json").read_text())["foreground_mean"]["dice"] for fold in folds}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--minutes", type=float, default=30.0, help="total training minutes for each method")
+    parser.add_argument("--ae-share", type=float, default=0.4, help="GMS: the share of its budget spent pretraining the autoencoder")
+    parser.add_argument("--folds", default="0,1,2")
+    parser.add_argument("--work", type=Path, default=REPO / "bench_work" / "gms_vs_unet")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "gms_vs_unet_kvasir.json")
+    args = parser.parse_args()
+    folds = args.folds.split(",")
+    root = args.work
+    raw = root / "raw" / DATASET
+    seconds = {}
+    if not raw.is_dir():
+        seconds["convert"] = medseg("datasets", "convert", "KvasirSEG", "--src", SHARED / "endoscopy-kvasir-seg", root=root)
+    ae_minutes = args.minutes * args.ae_share
+    gms_per_fold = (args.minutes - ae_minutes) / len(folds)
+    unet_per_fold = args.minutes / len(folds)
+    seconds["pretrain_ae"] = medseg("pretrain-ae", "--dataset", DATASET, "--time-budget", ae_minutes, root=root)
+    seconds["gms"] = medseg("plan-and-train", "--dataset", DATASET, "--model", "gms", "--folds", args.folds, "--time-budget-per-run", gms_per_fold, root=root)
+    seconds["unet"] = medseg("plan-and-train", "--dataset", DATASET, "--model", "unet", "-c", "2d", "--folds", args.folds, "--time-budget-per-run", unet_per_fold, root=root)
+    results = root / "results" / DATASET
+    gms = fold_dice(results / "gms__medsegPlans_gms__2d", folds)
+    unet = fold_dice(results / "unet__medsegPlans__2d", folds)
+    report = {
+        "machine": machine_info(), "command": "python bench/pipeline/gms_vs_unet.py " + " ".join(sys.argv[1:]), "dataset": DATASET,
+        "budget_minutes_each": args.minutes, "gms": {"autoencoder_minutes": ae_minutes, "minutes_per_fold": gms_per_fold, "fold_dice": gms,
+                                                     "mean_dice": round(sum(gms.values()) / len(gms), 4)},
+        "unet": {"minutes_per_fold": unet_per_fold, "fold_dice": unet, "mean_dice": round(sum(unet.values()) / len(unet), 4)},
+        "wall_seconds": seconds,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in ("gms", "unet")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
