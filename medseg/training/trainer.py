@@ -9,6 +9,7 @@ task's training run (``medseg.tasks``), so a new task or family never needs a tr
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import random
@@ -322,6 +323,10 @@ class Trainer:
                 break
         self._checkpoint("final")
         self.distributed.barrier()
+        # the DDP wrappers hold the process group: drop them before it goes, or their teardown at
+        # exit can touch a destroyed group (a torchrun worker once aborted with SIGABRT after training)
+        self.models, model = dict(self.task_run.modules), None  # also the loops' last wrapper
+        gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()
         if self.distributed.main and self.options.final_validation and self.val_cases:
