@@ -231,15 +231,19 @@ def save_autoencoder(model: AutoencoderKL, folder: Path) -> Path:
     return folder
 
 
+def autoencoder_folder(folder: Path) -> Path:
+    """The folder itself, or the ``vae/`` of a Stable Diffusion folder."""
+    folder = Path(folder)
+    return folder / "vae" if not (folder / CONFIG_FILE).is_file() and (folder / "vae" / CONFIG_FILE).is_file() else folder
+
+
 def load_autoencoder(folder: Path) -> AutoencoderKL:
     """An ``AutoencoderKL`` folder (diffusers' layout, or a ``vae/`` subfolder of a Stable Diffusion
     folder), frozen in eval mode. A missing or damaged folder is named with the problem."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    folder = Path(folder)
-    if not (folder / CONFIG_FILE).is_file() and (folder / "vae" / CONFIG_FILE).is_file():
-        folder = folder / "vae"
+    folder = autoencoder_folder(folder)
     if not folder.is_dir():
         raise MedsegError(f"{folder}: no autoencoder folder there (expected config.json and {WEIGHTS_FILE})")
     try:

@@ -11,16 +11,15 @@ set to unit variance on the training images) and a reconstruction PNG."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from medseg.atomic import atomic_path, write_json_atomic
+from medseg.atomic import atomic_path
 from medseg.data.autoencoder_images import autoencoder_image, mask_as_image, random_blob_masks
 from medseg.errors import DatasetError, MedsegError
-from medseg.tasks import classification, segmentation
+from medseg.tasks import classification, masked_pretraining, segmentation
 from medseg.tasks.registry import PlanRequest, RunContext, Task, register_task
 
 TASK = "autoencoder_pretraining"
@@ -107,14 +106,6 @@ def _prepare_image_file(job) -> str | None:
     return None
 
 
-def fresh_folder(folder: Path, expected: dict) -> None:
-    """Create the preprocessed folder; a changed plan removes what an older plan prepared."""
-    folder.mkdir(parents=True, exist_ok=True)
-    signature_file = folder / "signature.json"
-    if signature_file.is_file() and json.loads(signature_file.read_text()) != expected:
-        for stale in folder.glob("*.npz"):
-            stale.unlink()
-    write_json_atomic(signature_file, expected)
 
 
 def extra_image_files(folders: list[str]) -> list[Path]:
@@ -133,7 +124,7 @@ def preprocess(description, plans, configuration, folder: Path, workers, progres
     from medseg.data.layout import list_cases
     from medseg.parallel import map_parallel
 
-    fresh_folder(folder, signature(configuration, TASK))
+    classification.fresh_folder(folder, signature(configuration, TASK))
     side, targets = configuration.patch_size[0], []
     for split in ("Tr", "Ts") if configuration.training.get("include_test") else ("Tr",):
         if split == "Ts" and not (description.folder / "imagesTs").is_dir():
@@ -152,18 +143,8 @@ def preprocess(description, plans, configuration, folder: Path, workers, progres
     return len(jobs), len(targets) - len(jobs)
 
 
-def preprocessed_cases(data_folder: Path, plans, configuration) -> list[str]:
-    if not data_folder.is_dir():
-        return []
-    return sorted(p.stem for p in data_folder.glob("*.npz") if not p.name.startswith("."))
 
 
-def load_arrays(data_folder: Path, case_ids: list[str], key: str) -> torch.Tensor:
-    arrays = []
-    for case_id in case_ids:
-        with np.load(data_folder / f"{case_id}.npz") as content:
-            arrays.append(content[key])
-    return torch.from_numpy(np.stack(arrays))
 
 
 # ------------------------------------------------------------------------------------- training
@@ -194,7 +175,7 @@ class AutoencoderPretrainingRun:
 
     def batches(self, split: str, seed: int, background: bool):
         cases = self.context.train_cases if split == "train" else (self.context.val_cases or self.context.train_cases)
-        images = load_arrays(self.context.data_folder, cases, "image")
+        images = classification.load_images(self.context.data_folder, cases)
         generator = torch.Generator().manual_seed(seed)
         masks = round(self.batch_size * self.training.get("mask_fraction", 0.25))
         while True:
@@ -242,7 +223,7 @@ class AutoencoderPretrainingRun:
         from medseg.models.kl_autoencoder import save_autoencoder
 
         folder = self.context.fold_folder
-        images = load_arrays(self.context.data_folder, self.context.train_cases[:64], "image").float().to(self.context.device)
+        images = classification.load_images(self.context.data_folder, self.context.train_cases[:64]).float().to(self.context.device)
         was_training = self.network.training
         self.network.eval()
         with torch.no_grad():
@@ -288,7 +269,7 @@ register_task(
         fingerprint=segmentation.fingerprint,
         plan=plan,
         preprocess=preprocess,
-        preprocessed_cases=preprocessed_cases,
+        preprocessed_cases=masked_pretraining.preprocessed_cases,  # every image file, test and extra ones too
         start_run=AutoencoderPretrainingRun,
         model_info=lambda configuration: {},
         predict=predict,

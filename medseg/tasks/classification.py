@@ -270,6 +270,16 @@ def _preprocess_case(job) -> str | None:
     return None
 
 
+def fresh_folder(folder: Path, expected: dict) -> None:
+    """Create the preprocessed folder; a changed plan (signature) removes what an older plan prepared."""
+    folder.mkdir(parents=True, exist_ok=True)
+    signature_file = folder / "signature.json"
+    if signature_file.is_file() and json.loads(signature_file.read_text()) != expected:
+        for stale in folder.glob("*.npz"):
+            stale.unlink()  # the plan changed: every case is prepared again
+    write_json_atomic(signature_file, expected)
+
+
 TEST_PREFIX = "imagesTs__"  # preprocessed test images (masked pretraining may learn from them): never a training case id
 
 
@@ -278,13 +288,7 @@ def preprocess(description, plans, configuration, folder: Path, workers, progres
     from medseg.data.layout import list_cases
     from medseg.parallel import map_parallel
 
-    folder.mkdir(parents=True, exist_ok=True)
-    signature_file = folder / "signature.json"
-    signature = _signature(configuration)
-    if signature_file.is_file() and json.loads(signature_file.read_text()) != signature:
-        for stale in folder.glob("*.npz"):
-            stale.unlink()  # the plan changed: every case is prepared again
-    write_json_atomic(signature_file, signature)
+    fresh_folder(folder, _signature(configuration))
     targets = []
     for split in ("Tr", "Ts") if configuration.training.get("include_test") else ("Tr",):
         if split == "Ts" and not (description.folder / "imagesTs").is_dir():
@@ -310,12 +314,12 @@ def preprocessed_cases(data_folder: Path, plans, configuration) -> list[str]:
     return sorted(p.stem for p in data_folder.glob("*.npz") if not p.name.startswith(".") and not p.stem.startswith(TEST_PREFIX))
 
 
-def load_images(data_folder: Path, case_ids: list[str]) -> torch.Tensor:
-    """(N, C, H, W) float16 images of the cases, in order."""
+def load_images(data_folder: Path, case_ids: list[str], key: str = "image") -> torch.Tensor:
+    """(N, C, H, W) float16 images of the cases, in order (``key``: another array of the case files)."""
     arrays = []
     for case_id in case_ids:
         with np.load(data_folder / f"{case_id}.npz") as content:
-            arrays.append(content["image"])
+            arrays.append(content[key])
     return torch.from_numpy(np.stack(arrays))
 
 

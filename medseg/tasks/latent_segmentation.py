@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from medseg.data.autoencoder_images import autoencoder_image, decoded_mask, mask_as_image, mask_at
 from medseg.errors import DatasetError, MedsegError
 from medseg.tasks import autoencoder_pretraining as pretraining
-from medseg.tasks import classification, segmentation
+from medseg.tasks import classification, masked_pretraining, segmentation
 from medseg.tasks.registry import PlanRequest, PredictRequest, RunContext, Task, register_task
 
 TASK = "latent_segmentation"
@@ -69,7 +69,7 @@ def preprocess(description, plans, configuration, folder: Path, workers, progres
     from medseg.data.layout import list_cases
     from medseg.parallel import map_parallel
 
-    pretraining.fresh_folder(folder, pretraining.signature(configuration, TASK))
+    classification.fresh_folder(folder, pretraining.signature(configuration, TASK))
     cases, problems = list_cases(description, "Tr")
     if problems:
         raise DatasetError(f"{description.folder}: " + "; ".join(problems[:5]) + " (run `medseg datasets check`)")
@@ -105,14 +105,16 @@ def default_autoencoder(raw_folder: Path) -> Path:
 def model_autoencoder(model_folder, pretrained: str | None):
     """The model folder's autoencoder, copied there from ``pretrained`` (or the dataset's own) at the
     first run; a later run may not bring another one."""
-    from medseg.models.kl_autoencoder import CONFIG_FILE, WEIGHTS_FILE, load_autoencoder
+    from medseg.models.kl_autoencoder import CONFIG_FILE, WEIGHTS_FILE, autoencoder_folder, load_autoencoder
 
     kept = Path(model_folder.path) / AUTOENCODER_FOLDER
     source = Path(pretrained) if pretrained else None
     if (kept / WEIGHTS_FILE).is_file():
         if source is not None:
-            incoming = load_autoencoder(source).folder
-            if _digest(incoming / WEIGHTS_FILE) != _digest(kept / WEIGHTS_FILE):
+            incoming = autoencoder_folder(source) / WEIGHTS_FILE  # compared by content, not loaded
+            if not incoming.is_file():
+                load_autoencoder(source)  # raises, naming what is wrong with the folder
+            if _digest(incoming) != _digest(kept / WEIGHTS_FILE):
                 raise MedsegError(f"{model_folder.path}: its folds were trained with the autoencoder in {kept}; --pretrained {source} is another one (use a new plans name or remove the model folder)")
         return load_autoencoder(kept)
     source = source or default_autoencoder(model_folder.raw_folder)
@@ -142,8 +144,8 @@ def encode_cases(autoencoder, data_folder: Path, case_ids: list[str], device: to
     parts: dict[str, list[torch.Tensor]] = {"image_mean": [], "image_logvar": [], "mask_latent": [], "mask": []}
     for first in range(0, len(case_ids), batch):
         chosen = case_ids[first : first + batch]
-        images = pretraining.load_arrays(data_folder, chosen, "image").float().to(device)
-        masks = pretraining.load_arrays(data_folder, chosen, "mask").float()[:, None].to(device)
+        images = classification.load_images(data_folder, chosen).float().to(device)
+        masks = classification.load_images(data_folder, chosen, "mask").float()[:, None].to(device)
         mean, logvar = autoencoder.encode(images)
         parts["image_mean"].append(mean.cpu())
         parts["image_logvar"].append(logvar.cpu())
@@ -370,7 +372,7 @@ register_task(
         fingerprint=segmentation.fingerprint,
         plan=plan,
         preprocess=preprocess,
-        preprocessed_cases=pretraining.preprocessed_cases,
+        preprocessed_cases=masked_pretraining.preprocessed_cases,
         start_run=LatentSegmentationRun,
         model_info=lambda configuration: {"mirror_axes": []},
         predict=predict,
