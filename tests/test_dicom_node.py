@@ -72,14 +72,23 @@ class Orthanc:
         self.log.close()
 
 
-class Node:
-    """`medseg dicom-node` in its own process."""
+DEFAULT_STORE = "medseg_dicom_node"  # the node's --store default, relative to its working folder
 
-    def __init__(self, model: Path, store: Path, port: int, *options: str):
-        self.store, self.port = store, port
-        args = [sys.executable, "-m", "medseg.cli", "dicom-node", "-m", str(model), "--store", str(store), "--port", str(port), *options]
+
+class Node:
+    """`medseg dicom-node` in its own process. ``store``: a --store path, or None for the default
+    store, with the node running in ``cwd`` (as a user who types the default command)."""
+
+    def __init__(self, model: Path, store: Path | None, port: int, *options: str, cwd: Path | None = None):
+        self.port = port
+        args = [sys.executable, "-m", "medseg.cli", "dicom-node", "-m", str(model), "--port", str(port), *options]
+        if store is None:
+            store = Path(cwd) / DEFAULT_STORE
+        else:
+            args += ["--store", str(store)]
+        self.store = store
         self.output = (store.parent / f"{store.name}-{time.time_ns()}.out").open("w")
-        self.process = subprocess.Popen(args, stdout=self.output, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(args, stdout=self.output, stderr=subprocess.STDOUT, cwd=cwd)
         wait_for(lambda: self._listening(), 60, "the node did not start listening")
 
     def _listening(self) -> bool:
@@ -175,18 +184,18 @@ def test_orthanc_round_trip_survives_a_killed_node(bright_model, shared_data, pa
 
 
 def test_stow_rs_delivery_and_a_bad_series_failed_with_its_reason(bright_model, shared_data, pacs, tmp_path):
-    """Outputs go back by STOW-RS to Orthanc's DICOMweb; a tilted series fails alone, named, and the node goes on."""
+    """Outputs go back by STOW-RS to Orthanc's DICOMweb; a tilted series fails alone, named, and the node goes on.
+    The node runs with its default (relative) store from a working folder, as a user starts it."""
     _, model = bright_model
     orthanc, node_port = pacs
-    store = tmp_path / "node"
-    node = Node(model, store, node_port, "--quiet-seconds", "1", "--stow-url", f"{orthanc.url}/dicom-web")
+    node = Node(model, None, node_port, "--quiet-seconds", "1", "--stow-url", f"{orthanc.url}/dicom-web", cwd=tmp_path)
     try:
         tilted = storescu(sorted(series(shared_data, "gantry_tilt").iterdir()), node_port, "MODALITY", "MEDSEG")
         assert tilted.returncode == 0, tilted.stderr
         wait_for(lambda: node.events("failed"), 120, f"the tilted series was not failed; node log: {node.events()}")
         [failure] = node.events("failed")
         assert "tilt" in failure["error"].lower()
-        assert (Path(failure["kept"]) / "error.txt").is_file()
+        assert (tmp_path / Path(failure["kept"]) / "error.txt").is_file()
 
         source = series(shared_data, "ge")
         good = storescu(sorted(source.iterdir()), node_port, "MODALITY", "MEDSEG")

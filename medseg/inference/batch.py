@@ -55,6 +55,7 @@ class BatchResult:
     ignored: list[tuple[Path, str]] = field(default_factory=list)  # files under the input that are no case
     manifest: Path | None = None
     cases: int = 0
+    entries: list[dict] = field(default_factory=list)  # this run's manifest lines, in the order recorded
 
 
 def read_case(case: InputCase) -> MedicalImage:
@@ -92,7 +93,9 @@ def predict_folder(
     """``series``: which DICOM series become cases (medseg.inference.inputs rules). ``runner``: runs
     the pending cases elsewhere (medseg.inference.ray_backend), called as
     ``runner(cases, output, formats, context, save_probabilities, record)`` where ``record(entry)``
-    puts a finished case in the manifest (and the progress); None runs them here with ``predictor``."""
+    puts a finished case in the manifest (and the progress); None runs them here with ``predictor``.
+    Output paths in the manifest and the result are absolute: they stay true from any working folder."""
+    output = Path(output).absolute()
     prepare_output_folder(output)
     remove_stale_temporaries(output)  # left by a run that was killed mid-write
     _remove_stale_unpack_folders(output)
@@ -269,4 +272,5 @@ def _record(entry: dict, manifest: Manifest, result: BatchResult) -> None:
         result.skipped_outputs[entry["case"]] = entry["skipped"]
     if entry["error"]:
         result.failed[entry["case"]] = entry["error"]
+    result.entries.append(entry)
     manifest.append(entry)

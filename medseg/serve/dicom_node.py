@@ -244,7 +244,7 @@ class DicomNode:
             result = predict_folder(predictor, folder / "input", output, self.config.formats, context)
             if result.failed:
                 raise MedsegError("; ".join(f"{case}: {error}" for case, error in result.failed.items()))
-            sent = self._send(written_files(output), series)
+            sent = self._send(sorted(result.written), series)
         except Exception as error:  # noqa: BLE001 - one series never stops the node
             message = str(error) if isinstance(error, MedsegError) else f"unexpected {type(error).__name__}: {error}"
             (folder / "error.txt").write_text(message + "\n")
@@ -266,15 +266,6 @@ class DicomNode:
             for path in files:
                 self.log("sent", series=series, file=path.name, to=self.config.stow_url, via="STOW-RS")
         return len(files)
-
-
-def written_files(output: Path) -> list[Path]:
-    """Every file the manifest in ``output`` records as written."""
-    files = []
-    for line in (output / "manifest.jsonl").read_text().splitlines():
-        if line.strip():
-            files += [output / path for path in json.loads(line).get("outputs", {}).values()]
-    return sorted(files)
 
 
 def send_by_c_store(files: list[Path], calling_ae: str, destination: Destination) -> None:

@@ -146,7 +146,7 @@ class Worker:
             self.store.save(job)
 
         result = predict_folder(predictor, Path(job.source), output, job.formats, context, progress=progress)
-        entries = [json.loads(line) for line in (output / "manifest.jsonl").read_text().splitlines() if line.strip()]
+        entries = result.entries
         single = len(entries) == 1
         job.outputs = {
             (fmt if single else f"{entry['case']}/{fmt}"): path for entry in entries for fmt, path in entry["outputs"].items()
