@@ -62,10 +62,43 @@ class ModelInfo:
             raise MedsegError(f"{source}: model.json version {version!r} is not supported (expected {MODEL_INFO_VERSION})")
         try:
             info = cls(**{k: v for k, v in content.items() if k in known})
-            info.labels = {str(name): int(value) for name, value in info.labels.items()}
         except (TypeError, ValueError, AttributeError) as error:
             raise MedsegError(f"{source}: malformed model.json ({error})") from None
+        check_info_values(info, source)
         return info
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_info_values(info: ModelInfo, source: Path) -> None:
+    """model.json's values that reach paths, label maps and DICOM headers: the file ending names
+    every output file (a ``.slices/../../x`` ending wrote outside the output folder), labels become
+    voxel values and segment names. Raises naming the file, the key and the value."""
+    from medseg.io import IMAGE_SUFFIXES
+
+    ending = info.file_ending
+    if not isinstance(ending, str) or ending.lower() not in IMAGE_SUFFIXES:
+        raise MedsegError(f"{source}: file_ending = {ending!r}: expected an image file ending ({', '.join(IMAGE_SUFFIXES)})")
+    labels = info.labels
+    if not isinstance(labels, dict):  # empty for classifiers (their classes are in the plans)
+        raise MedsegError(f"{source}: labels = {labels!r}: expected names mapped to label values")
+    for name, value in labels.items():
+        if not name.strip() or len(name) > 64 or any(ord(c) < 32 for c in name):
+            raise MedsegError(f"{source}: labels: name {name!r}: expected 1 to 64 printable characters")
+        if not _is_int(value) or not 0 <= value < 65536:
+            raise MedsegError(f"{source}: labels.{name} = {value!r}: expected a label value from 0 to 65535")
+    values = list(labels.values())
+    duplicates = sorted({v for v in values if values.count(v) > 1})
+    if duplicates:
+        names = [n for n, v in labels.items() if v == duplicates[0]]
+        raise MedsegError(f"{source}: labels: value {duplicates[0]} is given to {', '.join(names)}; each label needs its own value")
+    axes = info.mirror_axes
+    if not isinstance(axes, list) or not all(_is_int(a) and 0 <= a <= 2 for a in axes):
+        raise MedsegError(f"{source}: mirror_axes = {axes!r}: expected a list of axes among 0, 1, 2")
+    if not isinstance(info.extra, dict):
+        raise MedsegError(f"{source}: extra = {info.extra!r}: expected an object")
 
 
 REQUIRED_INFO = ("configuration", "model", "dataset_name", "raw_folder", "preprocessed_folder", "file_ending", "labels")

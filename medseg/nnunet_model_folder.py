@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 from medseg.errors import MedsegError
-from medseg.model_folder import ModelFolder, ModelInfo
+from medseg.model_folder import ModelFolder, ModelInfo, check_info_values
 from medseg.planning.plans import ConfigurationPlan, Plans
+from medseg.planning.plans_checks import check_plans_values
 
 NORMALIZATION_SCHEMES = {
     "ZScoreNormalization": "zscore",
@@ -296,6 +298,8 @@ class NnunetModelFolder(ModelFolder):
             labels=translated.labels,
             extra={"source": "nnunetv2", "trainer": path.resolve().name.split("__")[0], "plans_name": translated.plans_name},
         )
+        check_info_values(info, path / "dataset.json")
+        check_plans_values(asdict(translated), str(path / "plans.json"))
         folder = cls(path, info)
         folder.__dict__["plans"] = translated  # fills ModelFolder.plans' cache: there is no medseg plans.json to read
         folder.info.mirror_axes = folder._mirror_axes()

@@ -220,3 +220,24 @@ def test_model_specs_parse_and_check_options():
             parse_model_spec(bad)
     with pytest.raises(MedsegError, match="listed twice"):
         parse_model_specs("unet,xlstm_unet_bot[vil_blocks=1],xlstm_unet_bot[vil_blocks=1]")
+
+
+@pytest.mark.parametrize(("name", "ndim"), FAMILIES)
+def test_every_family_is_checked_on_the_meta_device_before_it_is_built(name, ndim, tmp_path):
+    """Model folders are loaded through build_checked: the network is first built on the meta device
+    (no memory) and compared with the checkpoint, so every family must build there with the real shapes."""
+    from medseg.errors import MedsegError
+    from medseg.models import get_model_family
+    from medseg.models.loading import build_checked
+
+    spacing, patch = TINY[ndim]
+    kwargs, _ = get_model_family(name).architecture_for_patch(spacing, patch, base_features=4)
+    architecture = {"name": name, "kwargs": kwargs}
+    state = build_model(architecture, in_channels=1, num_classes=3).state_dict()
+    loaded = build_checked(architecture, 1, 3, state, tmp_path / "plans.json", tmp_path / "checkpoint.pt")
+    assert all(torch.equal(loaded.state_dict()[key], value) for key, value in state.items())
+    with pytest.raises(MedsegError, match="checkpoint.pt: does not fit the network in .*plans.json"):
+        build_checked(architecture, 1, 4, state, tmp_path / "plans.json", tmp_path / "checkpoint.pt")  # one class more
+    huge = {"name": name, "kwargs": {**kwargs, "features_per_stage": [100000] * len(kwargs["features_per_stage"])}}
+    with pytest.raises(MedsegError, match=r"is \[.*\] in the checkpoint"):
+        build_checked(huge, 1, 3, state, tmp_path / "plans.json", tmp_path / "checkpoint.pt")  # refused before allocating

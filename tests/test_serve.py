@@ -149,6 +149,36 @@ def test_jobs_over_http_bad_requests_load_and_restart(server, tmp_path):
         assert client.get(f"/jobs/{job['id']}/result", params={"format": "nifti"}).content == result.content
 
 
+def test_links_under_an_allowed_root_that_lead_outside_are_not_read(server, shared_data, tmp_path):
+    """--allow-root confines every file a job reads, not only the submitted path: a file link and a
+    folder link inside the allowed folder that point outside fail as cases of their own (named as
+    they appear under the root), are never segmented, and the outside path is never shown."""
+    outside = tmp_path / "outside"
+    (outside / "series").mkdir(parents=True)
+    image = server.root / "raw" / DATASET / "imagesTr" / "case_002_0000.nii.gz"
+    (outside / "secret_0000.nii.gz").write_bytes(image.read_bytes())
+    for source in sorted((shared_data / "dicom-monai" / "CT_DICOM").iterdir()):  # a 4-slice CT series
+        (outside / "series" / source.name).write_bytes(source.read_bytes())
+    submitted = server.allowed / "study"
+    submitted.mkdir()
+    (submitted / "good_0000.nii.gz").write_bytes(image.read_bytes())
+    (submitted / "linked_0000.nii.gz").symlink_to(outside / "secret_0000.nii.gz")
+    (submitted / "linked_folder").symlink_to(outside / "series", target_is_directory=True)
+    with _client(server.url) as client:
+        for direct in ("linked_0000.nii.gz", "linked_folder"):  # the links themselves, submitted
+            response = client.post("/jobs", data={"model": "bright", "path": str(submitted / direct)})
+            assert response.status_code == 403, response.text
+        created = client.post("/jobs", data={"model": "bright", "path": str(submitted)})
+        assert created.status_code == 202, created.text
+        job = _wait(client, created.json()["id"])
+    assert job["state"] == "failed" and "leading outside" in job["error"], job
+    assert "linked_0000" in job["error"] and "linked_folder" in job["error"], job
+    assert str(outside) not in job["error"] and "secret" not in job["error"]
+    assert job["outputs"] == ["good/nifti"], job
+    written = sorted(p.name for p in (tmp_path / "data" / "jobs" / job["id"] / "output").iterdir())
+    assert written == ["good.nii.gz", "manifest.jsonl"], written
+
+
 def test_the_container_default_command_serves_the_models_dir(bright_model, tmp_path):
     """The Dockerfile's ENTRYPOINT + CMD, run outside a container (no engine here) with its paths
     mapped to temporary folders: every model folder in the models dir is served, and the page too."""

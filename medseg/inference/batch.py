@@ -31,18 +31,20 @@ from medseg.data.cases import stack_channel_files
 from medseg.errors import MedsegError
 from medseg.inference.inputs import InputCase, discover
 from medseg.inference.manifest import Manifest
-from medseg.inference.outputs import CaseOutputs, OutputContext, OutputsFailed, write_outputs
+from medseg.inference.outputs import STAGING_PREFIX, CaseOutputs, OutputContext, OutputsFailed, write_outputs
 from medseg.io import MedicalImage
 
 
 UNPACK_PREFIX = ".medseg-unpack-"  # zip inputs are extracted to OUTPUT/.medseg-unpack-PID-XXXX, removed at the end
 
 
-def _remove_stale_unpack_folders(output: Path) -> None:
-    for folder in output.glob(f"{UNPACK_PREFIX}*"):
-        pid = folder.name[len(UNPACK_PREFIX):].split("-", 1)[0]
-        if folder.is_dir() and pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
+def _remove_stale_work_folders(output: Path) -> None:
+    """Zip unpack and case staging folders that a killed run left (their process is gone)."""
+    for prefix in (UNPACK_PREFIX, STAGING_PREFIX):
+        for folder in output.glob(f"{prefix}*"):
+            pid = folder.name[len(prefix):].split("-", 1)[0]
+            if folder.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass
@@ -88,20 +90,21 @@ def _read(case: InputCase) -> _Read:
 def predict_folder(
     predictor, source: Path, output: Path, formats: list[str], context: OutputContext, save_probabilities: bool = False,
     progress: Callable[[int, int], None] | None = None, series: str | None = None, resume: bool = False, workers: int = 0,
-    runner: Callable | None = None,
+    runner: Callable | None = None, confine: list[Path] | None = None,
 ) -> BatchResult:
     """``series``: which DICOM series become cases (medseg.inference.inputs rules). ``runner``: runs
     the pending cases elsewhere (medseg.inference.ray_backend), called as
     ``runner(cases, output, formats, context, save_probabilities, record)`` where ``record(entry)``
     puts a finished case in the manifest (and the progress); None runs them here with ``predictor``.
+    ``confine``: folders every input file must resolve into (medseg.inference.inputs.discover).
     Output paths in the manifest and the result are absolute: they stay true from any working folder."""
     output = Path(output).absolute()
     prepare_output_folder(output)
     remove_stale_temporaries(output)  # left by a run that was killed mid-write
-    _remove_stale_unpack_folders(output)
+    _remove_stale_work_folders(output)
     unpack = Path(tempfile.mkdtemp(prefix=f"{UNPACK_PREFIX}{os.getpid()}-", dir=output))
     try:
-        discovery = discover(source, series, unpack_to=unpack)
+        discovery = discover(source, series, unpack_to=unpack, confine=confine)
         if not discovery.cases:
             raise MedsegError(f"{source}: no input images")
         manifest = Manifest(output, resume)
@@ -237,6 +240,8 @@ def _completed_write(case, job, entry) -> dict:
         return complete_entry(entry, failure.partial, str(failure))
     except MedsegError as error:
         return complete_entry(entry, None, str(error))
+    except OSError as error:  # a full disk, a folder made read-only meanwhile
+        return complete_entry(entry, None, f"{case.case_id}: {error.filename or 'an output'}: cannot be written ({error.strerror or error})")
     except Exception as error:  # noqa: BLE001
         return complete_entry(entry, None, f"{case.case_id}: unexpected {type(error).__name__} while writing: {error} (a medseg bug: please report it)")
 

@@ -74,17 +74,45 @@ class Discovery:
     ignored: list[tuple[Path, str]] = field(default_factory=list)  # files below the input that are neither DICOM nor cases
 
 
-def discover(source: Path, series_rule: str | None = None, unpack_to: Path | None = None) -> Discovery:
+def discover(source: Path, series_rule: str | None = None, unpack_to: Path | None = None, confine: list[Path] | None = None) -> Discovery:
     """Cases under ``source`` (a file or folder), sorted by case id. Top-level files are images,
     DICOM files or zips; everything in subfolders is searched for DICOM series. ``unpack_to``: where
-    zip files are extracted."""
+    zip files are extracted. ``confine``: folders every file read must resolve into (a server's
+    allowed roots): a file or folder link under ``source`` that leads elsewhere fails as a case of
+    its own and is never read."""
     source = Path(source)
     if not source.exists():
         raise MedsegError(f"{source}: no such file or folder")
-    return _discover_with_rules(source, parse_series_rule(series_rule), unpack_to)
+    return _discover_with_rules(source, parse_series_rule(series_rule), unpack_to, confine)
 
 
-def _discover_with_rules(source: Path, rules: list, unpack_to: Path | None) -> Discovery:
+def _inside(path: Path, roots: list[Path]) -> bool:
+    resolved = path.resolve()
+    return any(resolved == root or root in resolved.parents for root in roots)
+
+
+def _leading_outside(source: Path, files: list[Path], roots: list[Path]) -> tuple[list[Path], list[InputCase]]:
+    """``files`` split into those inside the roots and one failed case per top-level entry of
+    ``source`` through which others lead outside (named as under ``source``, not by their target)."""
+    kept, outside = [], {}
+    for path in files:
+        if _inside(path, roots):
+            kept.append(path)
+        else:
+            entry = path.relative_to(source).parts[0] if path != source else path.name
+            outside.setdefault(entry, []).append(path)
+    cases = [
+        InputCase(safe_id(entry), [], problem=f"{entry}: a link leading outside the allowed folders ({len(paths)} file(s)); not read")
+        for entry, paths in outside.items()
+    ]
+    return kept, cases
+
+
+def _discover_with_rules(source: Path, rules: list, unpack_to: Path | None, confine: list[Path] | None = None) -> Discovery:
+    if confine is not None:
+        roots = [Path(root).resolve() for root in confine]
+        if not _inside(source, roots):
+            raise MedsegError(f"{source.name}: outside the allowed folders")
     if source.is_file():
         if source.suffix.lower() == ZIP_SUFFIX:
             return _unique(_zip_cases(source, rules, unpack_to))
@@ -94,12 +122,17 @@ def _discover_with_rules(source: Path, rules: list, unpack_to: Path | None) -> D
         return _unique(_image_cases([source]))
     top = [p for p in sorted(source.iterdir()) if not p.name.startswith(".")]
     files = [p for p in top if p.is_file()]
+    nested = [p for d in top if d.is_dir() for p in sorted(d.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+    refused: list[InputCase] = []
+    if confine is not None:
+        files, refused = _leading_outside(source, files + nested, roots)
+        nested = [p for p in files if p.parent != source]
+        files = [p for p in files if p.parent == source]
     archives = [p for p in files if p.suffix.lower() == ZIP_SUFFIX]
     images = [p for p in files if _is_plain_image(p)]
     top_dicom = [p for p in files if p not in archives and p not in images and is_dicom_file(p)]
     unknown = [p for p in files if p not in archives and p not in images and p not in top_dicom]
-    nested = [p for d in top if d.is_dir() for p in sorted(d.rglob("*")) if p.is_file() and not p.name.startswith(".")]
-    cases = _image_cases(images)
+    cases = _image_cases(images) + refused
     ignored: list[tuple[Path, str]] = []
     if top_dicom or nested:
         found, ignored = _dicom_cases(top_dicom + nested, rules, source, safe_id(source.name))

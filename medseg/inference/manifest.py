@@ -11,9 +11,12 @@ output files all exist (outputs are written atomically: existing means complete)
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
+
+from medseg.errors import MedsegError
 
 MANIFEST_NAME = "manifest.jsonl"
 
@@ -37,10 +40,13 @@ class Manifest:
     def __init__(self, folder: Path, resume: bool):
         self.path = Path(folder) / MANIFEST_NAME
         self.previous = {entry["case"]: entry for entry in read_manifest(self.path)} if resume else {}
-        if resume and self.path.is_file():
-            self._repair_torn_line()
-        else:
-            self.path.write_text("")
+        try:
+            if resume and self.path.is_file():
+                self._repair_torn_line()
+            else:
+                self.path.write_text("")
+        except OSError as error:
+            raise MedsegError(f"{self.path}: cannot be written ({error.strerror or error})") from None
 
     def _repair_torn_line(self) -> None:
         """A killed run may have left half a line: end it, so the next line starts clean."""
@@ -62,10 +68,26 @@ class Manifest:
         return entry
 
     def append(self, entry: dict) -> None:
-        line = json.dumps(entry, default=str) + "\n"
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        """A case that cannot be recorded ends the batch (a full disk takes every later case too),
+        with an error naming the manifest; the lines written before stay whole."""
+        line = (json.dumps(entry, default=str) + "\n").encode()
         try:
-            os.write(descriptor, line.encode())
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise MedsegError(f"{self.path}: cannot record case {entry.get('case')} ({error.strerror or error}); the batch stops") from None
+        start = os.lseek(descriptor, 0, os.SEEK_END)
+        try:
+            if os.write(descriptor, line) != len(line):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             os.fsync(descriptor)
+        except OSError as error:
+            try:
+                os.ftruncate(descriptor, start)  # no torn line left behind
+            except OSError:
+                pass
+            raise MedsegError(
+                f"{self.path}: cannot record case {entry.get('case')} ({error.strerror or error}); the batch stops. "
+                "Free space, then rerun with --resume: recorded cases are kept"
+            ) from None
         finally:
             os.close(descriptor)

@@ -17,6 +17,8 @@ they are skipped with that reason (the label image is still written)."""
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -65,7 +67,12 @@ def parse_formats(text: str | None) -> list[str]:
 
 
 def output_path(output: Path, case_id: str, fmt: str, file_ending: str) -> Path:
-    return output / FILE_NAMES[fmt].format(case=case_id, ending=file_ending)
+    """A file directly in ``output``: case ids and file endings are checked where they are made
+    (inputs, model.json); this refuses anything that would still leave the folder."""
+    name = FILE_NAMES[fmt].format(case=case_id, ending=file_ending)
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise MedsegError(f"{case_id}: output name {name!r} would leave the output folder {output}")
+    return output / name
 
 
 def _label_map(segmentation: MedicalImage) -> np.ndarray:
@@ -133,27 +140,84 @@ class CaseOutputs:
     notes: list[str] = field(default_factory=list)
 
 
+STAGING_PREFIX = ".medseg-case-"  # OUTPUT/.medseg-case-PID-XXXX: a case's outputs before they are all written
+FAILED_FOLDER = "failed"  # OUTPUT/failed/: what a failed case had written, kept for a look, apart from finished outputs
+
+
 def write_outputs(segmentation: MedicalImage, image: MedicalImage, case_id: str, output: Path, formats: list[str], context: OutputContext) -> CaseOutputs:
-    """Write every format; a MedsegError of one format fails the case (after the others ran, so a
-    label image is not lost to a DICOM problem)."""
+    """Write every format into a hidden staging folder, then move them into ``output`` together: a
+    case appears there only when all its formats were written (a failed DICOM SEG never leaves a
+    NIfTI beside it that looks finished). A MedsegError of one format fails the case after the others
+    ran; what they wrote goes to ``output/failed/`` (listed in the failure). A full disk or another
+    OS error is a MedsegError naming the file."""
+    import shutil
+    import tempfile
+
     result = CaseOutputs()
     errors = []
-    for fmt in formats:
-        target = output_path(output, case_id, fmt, context.file_ending)
-        if str(target) in result.written.values():  # 'label' and 'nifti' of a NIfTI model: one file
-            result.written[fmt] = str(target)
-            continue
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=output))
+    except OSError as error:
+        raise MedsegError(f"{output}: cannot write {case_id}'s outputs ({error.strerror or error})") from None
+    try:
+        for fmt in formats:
+            target = output_path(staging, case_id, fmt, context.file_ending)
+            if str(target) in result.written.values():  # 'label' and 'nifti' of a NIfTI model: one file
+                result.written[fmt] = str(target)
+                continue
+            try:
+                path, notes = WRITERS[fmt](segmentation, image, context, target)
+                result.written[fmt] = str(path)
+                result.notes.extend(note for note in notes if note not in result.notes)
+            except NotApplicable as reason:
+                result.skipped[fmt] = str(reason)
+            except MedsegError as error:
+                errors.append(f"{fmt}: {error}")
+            except OSError as error:
+                errors.append(f"{fmt}: {output_path(output, case_id, fmt, context.file_ending)}: cannot be written ({error.strerror or error})")
+                if error.errno == errno.ENOSPC:
+                    break  # nothing else fits either
+        destination = output / FAILED_FOLDER if errors else output
         try:
-            path, notes = WRITERS[fmt](segmentation, image, context, target)
-            result.written[fmt] = str(path)
-            result.notes.extend(note for note in notes if note not in result.notes)
-        except NotApplicable as reason:
-            result.skipped[fmt] = str(reason)
-        except MedsegError as error:
-            errors.append(f"{fmt}: {error}")
+            if result.written:
+                destination.mkdir(exist_ok=True)
+            moved = {path: str(_move_into(Path(path), destination)) for path in dict.fromkeys(result.written.values())}
+            result.written = {fmt: moved[path] for fmt, path in result.written.items()}
+            if not errors:  # an earlier failed attempt's leftovers of this case are superseded
+                for path in moved.values():
+                    _remove(output / FAILED_FOLDER / Path(path).name)
+        except OSError as error:
+            raise OutputsFailed(CaseOutputs(skipped=result.skipped), f"{case_id}: outputs cannot be moved into {destination} ({error.strerror or error})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     if errors:
-        raise OutputsFailed(result, "; ".join(errors))
+        kept = f" (what was written is in {output / FAILED_FOLDER})" if result.written else ""
+        raise OutputsFailed(result, "; ".join(errors) + kept)
     return result
+
+
+def _move_into(path: Path, folder: Path) -> Path:
+    """Rename a staged file or folder into ``folder`` (replacing an earlier run's output of that name)."""
+    import shutil
+
+    target = folder / path.name
+    if target.is_dir() and not target.is_symlink():
+        old = target.with_name(f".{target.name}.{os.getpid()}.tmp.old")
+        os.replace(target, old)
+        os.replace(path, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(path, target)
+    return target
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 class OutputsFailed(MedsegError):

@@ -77,6 +77,19 @@ def check_input(image: MedicalImage, plans, case_id: str) -> None:
             )
 
 
+def check_segmentation_labels(folder: ModelFolder) -> None:
+    """Every class the network outputs needs a named label: model.json's labels must be the plans'
+    labels, values 0 (background) to K-1 for a K-class network; otherwise a predicted class would
+    be written as a value nobody declared."""
+    info_labels, plans_labels = folder.info.labels, folder.plans.labels
+    source = folder.path / "model.json"
+    if sorted(info_labels.values()) != sorted(plans_labels.values()):
+        raise MedsegError(f"{source}: labels {info_labels} are not the labels the network was planned with ({plans_labels} in plans.json)")
+    values = sorted(info_labels.values())
+    if len(values) < 2 or values != list(range(len(values))):
+        raise MedsegError(f"{source}: labels {info_labels}: expected the values 0 (background) to {len(values) - 1}, one per network output")
+
+
 class Predictor:
     def __init__(
         self,
@@ -99,7 +112,7 @@ class Predictor:
             raise MedsegError(f"unknown precision '{precision}' (choose {', '.join(PRECISIONS)})")
         if precision == "bfloat16" and runtime == "onnx":
             raise MedsegError("--precision bfloat16 applies to the torch runtime; the ONNX export runs in float32")
-        from medseg.models.registry import build_model
+        from medseg.models.loading import build_checked
 
         if runtime not in RUNTIMES:
             raise MedsegError(f"unknown runtime '{runtime}' (choose {', '.join(RUNTIMES)})")
@@ -122,12 +135,10 @@ class Predictor:
         self.networks = []
         for fold in folds:
             states = self.model_folder.load_module_states(fold, checkpoint)
-            network = build_model(self.configuration.architecture, len(self.plans.channel_names), self.plans.num_classes)
-            try:
-                network.load_state_dict(states["network"])
-            except (KeyError, RuntimeError) as error:
-                path = self.model_folder.checkpoint_path(fold, checkpoint)
-                raise MedsegError(f"{path}: does not fit the network in {self.folder / 'plans.json'} ({str(error).splitlines()[0]})") from None
+            path = self.model_folder.checkpoint_path(fold, checkpoint)
+            if "network" not in states:
+                raise MedsegError(f"{path}: holds no 'network' weights")
+            network = build_checked(self.configuration.architecture, len(self.plans.channel_names), self.plans.num_classes, states["network"], self.folder / "plans.json", path)
             self.networks.append(network.to(self.device).eval())
         self.folds = folds
 
@@ -148,6 +159,9 @@ class Predictor:
         self.configuration = self.model_folder.configuration
         self.device, self.step_fraction, self.windows_per_batch = device, step_fraction, windows_per_batch
         self.mirror_axes = chosen_mirror_axes(mirror, tuple(self.model_folder.info.mirror_axes), self.folder)
+        check_segmentation_labels(self.model_folder)
+        if any(axis >= self.configuration.ndim for axis in self.model_folder.info.mirror_axes):
+            raise MedsegError(f"{self.folder / 'model.json'}: mirror_axes = {self.model_folder.info.mirror_axes}: a {self.configuration.ndim}D model has axes 0..{self.configuration.ndim - 1}")
 
     def _logits(self, data: np.ndarray) -> torch.Tensor:
         """data: (C, *S) preprocessed -> fold-averaged logits (K, *S)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from medseg.atomic import write_text_atomic
 from medseg.errors import MedsegError
+from medseg.planning.plans_checks import check_plans_values
 
 PLANS_VERSION = 1
 
@@ -77,6 +78,7 @@ class Plans:
         version = content.get("version")
         if version != PLANS_VERSION:
             raise MedsegError(f"{source}: plans version {version!r} is not supported (expected {PLANS_VERSION}); re-plan with `medseg plan`")
+        check_plans_values(content, source)
         try:
             configurations = {name: ConfigurationPlan(**value) for name, value in content["configurations"].items()}
             return cls(**{**content, "configurations": configurations})

@@ -43,6 +43,20 @@ def target_spacing_for(configuration: ConfigurationPlan, spacing_t: list[float])
     return [spacing_t[0], *configuration.spacing]
 
 
+def _check_resampled_size(case_id: str, channels: int, shape, spacing, target) -> None:
+    """Resampling to the plan's spacing must stay under the image size limit (a target spacing far
+    finer than the image's would otherwise allocate without bound)."""
+    from medseg.errors import MedsegError
+    from medseg.io.limits import LIMIT_VARIABLE, max_image_bytes
+
+    size = float(np.prod(shape, dtype=np.float64)) * channels * 4
+    if size > max_image_bytes():
+        raise MedsegError(
+            f"{case_id}: resampling from spacing {[round(s, 4) for s in spacing]} to the plan's {[round(t, 4) for t in target]} "
+            f"gives {list(shape)} voxels ({size / 1024**3:.1f} GB), above the {max_image_bytes() / 1024**3:.0f} GB limit (${LIMIT_VARIABLE})"
+        )
+
+
 def _transpose(array: np.ndarray, order: list[int]) -> np.ndarray:
     return array.transpose([0, *[axis + 1 for axis in order]])
 
@@ -68,6 +82,7 @@ def preprocess_case(
     data = np.stack(channels)
     target = target_spacing_for(configuration, spacing_t)
     shape = new_shape(data.shape[1:], spacing_t, target)
+    _check_resampled_size(case_id, data.shape[0], shape, spacing_t, target)
     resampling = configuration.resampling
     axis = coarse_axis(spacing_t, target, resampling["anisotropy_threshold"])
     data = resample_image(data, shape, axis, resampling["image_order"], resampling["out_of_plane_order"])

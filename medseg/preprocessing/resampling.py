@@ -13,7 +13,8 @@ from scipy import ndimage
 
 
 def new_shape(shape: Sequence[int], spacing: Sequence[float], target_spacing: Sequence[float]) -> tuple[int, ...]:
-    return tuple(int(round(s / t * n)) for n, s, t in zip(shape, spacing, target_spacing))
+    """At least one voxel per axis: two 1 mm slices at a 5 mm target are one slice, not none."""
+    return tuple(max(1, int(round(s / t * n))) for n, s, t in zip(shape, spacing, target_spacing))
 
 
 def coarse_axis(spacing: Sequence[float], target_spacing: Sequence[float], threshold: float) -> int | None:

@@ -64,8 +64,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise MedsegError(f"{path}: medseg serve runs segmentation models; this one is a {folder.info.task} model")
         folders[name] = folder
     store = JobStore(settings.data)
-    worker = Worker(store, {name: f.path for name, f in folders.items()}, settings.queue_size)
     roots = [Path(r).resolve() for r in settings.allowed_roots]
+    worker = Worker(store, {name: f.path for name, f in folders.items()}, settings.queue_size, roots)
     app = FastAPI(title="medseg", version=medseg.__version__, description="Segmentation jobs over HTTP: upload, poll, download.")
 
     @app.middleware("http")

@@ -89,8 +89,11 @@ class JobStore:
 class Worker:
     """The one thread that runs jobs; models stay loaded between jobs."""
 
-    def __init__(self, store: JobStore, models: dict[str, Path], queue_size: int):
-        self.store, self.models = store, models
+    def __init__(self, store: JobStore, models: dict[str, Path], queue_size: int, roots: list[Path] | None = None):
+        """``roots``: the folders server-side paths may read; every file a job reads must resolve
+        into them or into the job's own upload folder (a link under an allowed folder that leads
+        elsewhere is refused, not followed)."""
+        self.store, self.models, self.roots = store, models, list(roots or [])
         self.queue: queue.Queue[str] = queue.Queue(maxsize=queue_size)
         self.predictors: dict[tuple[str, bool], object] = {}
         self.thread = threading.Thread(target=self._loop, name="medseg-serve-worker", daemon=True)
@@ -145,7 +148,8 @@ class Worker:
             job.progress = round(done / max(total, 1), 3)
             self.store.save(job)
 
-        result = predict_folder(predictor, Path(job.source), output, job.formats, context, progress=progress)
+        confine = [*self.roots, self.store.folder(job.id) / "input"]
+        result = predict_folder(predictor, Path(job.source), output, job.formats, context, progress=progress, confine=confine)
         entries = result.entries
         single = len(entries) == 1
         job.outputs = {

@@ -97,6 +97,18 @@ COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "Patient
           "StudyDate", "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName", "StudyDescription")
 
 
+# Enumerated values among them (PS3.3 C.7.1.1: Patient's Sex is M, F or O): real headers carry
+# '0000', 'MALE', 'f'; common spellings are mapped, anything else is left empty (type 2), with a note.
+ENUMERATED = {"PatientSex": {"M": "M", "F": "F", "O": "O", "MALE": "M", "FEMALE": "F", "OTHER": "O"}}
+
+
+def _enumerated_value(keyword: str, value) -> str | None:
+    """The valid spelling of an enumerated value, '' when it has none; None when ``keyword`` is not enumerated."""
+    if keyword not in ENUMERATED:
+        return None
+    return ENUMERATED[keyword].get(str(value).strip().upper(), "")
+
+
 def _repair_copied_values(datasets: list, notes: list[str]) -> None:
     import re
 
@@ -108,6 +120,14 @@ def _repair_copied_values(datasets: list, notes: list[str]) -> None:
             if keyword not in dataset or dataset[keyword].value in (None, ""):
                 continue
             element = dataset[keyword]
+            enumerated = _enumerated_value(keyword, element.value)
+            if enumerated is not None:
+                if enumerated != element.value:
+                    note = f"the source's {keyword} {str(element.value)!r} is not one of its DICOM values ({', '.join(sorted(set(ENUMERATED[keyword].values())))}): {'written as ' + repr(enumerated) if enumerated else 'left empty'} in the output"
+                    element.value = enumerated
+                    if note not in notes:
+                        notes.append(note)
+                continue
             try:
                 validate_value(element.VR, element.value, config.RAISE)
                 continue
