@@ -600,6 +600,13 @@ def dicom_node(
     stow_url: Optional[str] = typer.Option(None, "--stow-url", help="STOW-RS the outputs to this DICOMweb root (URL/studies)."),
     formats: str = typer.Option("dicom-seg", "--format", help="Outputs to send: dicom-seg, rtstruct or both (comma-separated)."),
     tta: bool = typer.Option(True, "--tta/--no-tta", help="Test-time mirroring, as trained."),
+    incomplete_wait: float = typer.Option(600.0, "--incomplete-wait", min=0.0, help="How long a quiet series whose headers say it is incomplete waits for the rest."),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="DICOM TLS: this node's certificate (PEM); with --tls-key the SCP accepts TLS only."),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="DICOM TLS: the certificate's private key (PEM)."),
+    tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", help="DICOM TLS: CA certificates peers must chain to (clients of the SCP must then present one)."),
+    send_tls: bool = typer.Option(False, "--send-tls", help="C-STORE to --send-to over TLS (verified against --tls-ca)."),
+    retry_seconds: float = typer.Option(30.0, "--retry-seconds", min=0.0, help="A failed delivery is retried after this, doubled per attempt (at most an hour)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="At start, retry every pending delivery now (node.log lists them as 'pending')."),
 ) -> None:
     """DICOM node: C-STORE SCP (and C-ECHO) that segments each complete series and sends DICOM SEG / RTSTRUCT back."""
     import importlib.util
@@ -607,16 +614,20 @@ def dicom_node(
     import threading
 
     from medseg.errors import MedsegError
-    from medseg.model_folder import ModelFolder
-    from medseg.serve.dicom_node import Destination, DicomNode, NodeConfig
+    from medseg.serve.dicom_node import Destination, DicomNode, NodeConfig, TlsSettings
 
     if importlib.util.find_spec("pynetdicom") is None:
         raise MedsegError("medseg dicom-node needs pynetdicom: pip install 'medseg[dicom]'")
-    ModelFolder.open(model)  # a wrong model folder fails now, not at the first series
+    if bool(tls_cert) != bool(tls_key):
+        raise MedsegError("--tls-cert and --tls-key go together")
+    if send_tls and not send_to:
+        raise MedsegError("--send-tls applies to --send-to")
+    tls = TlsSettings(tls_cert, tls_key, tls_ca) if (tls_cert or tls_ca) else None
     config = NodeConfig(
         model=model, store=store, ae_title=ae_title, host=host, port=port, allowed=list(allow), quiet_seconds=quiet_seconds,
         send_to=Destination.parse(send_to) if send_to else None, stow_url=stow_url,
-        formats=[f.strip() for f in formats.split(",") if f.strip()], tta=tta,
+        formats=[f.strip() for f in formats.split(",") if f.strip()], tta=tta, incomplete_wait=incomplete_wait,
+        tls=tls, send_tls=send_tls, retry_base_seconds=retry_seconds, retry_failed=retry_failed,
     )
     node = DicomNode(config, echo=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False))
     if not (send_to or stow_url):

@@ -42,6 +42,7 @@ class Orthanc:
             "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False, "DicomModalities": {"medseg": ["MEDSEG", "127.0.0.1", node_port]},
             "Plugins": [str(ORTHANC_PLUGINS / "libOrthancDicomWeb.so")], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "DicomAssociationCloseDelay": 0,  # no association kept open to a node the tests kill and restart
         }
         (folder / "orthanc.json").write_text(json.dumps(config))
         self.log = (folder / "orthanc.log").open("w")
@@ -87,13 +88,14 @@ class Node:
         else:
             args += ["--store", str(store)]
         self.store = store
+        self.earlier_starts = len([e for e in self.events("listening") if e["port"] == port])  # a restarted node's log holds its earlier starts
         self.output = (store.parent / f"{store.name}-{time.time_ns()}.out").open("w")
         self.process = subprocess.Popen(args, stdout=self.output, stderr=subprocess.STDOUT, cwd=cwd)
         wait_for(lambda: self._listening(), 60, "the node did not start listening")
 
     def _listening(self) -> bool:
         assert self.process.poll() is None, f"the node exited: {Path(self.output.name).read_text()[-3000:]}"
-        return any(e["event"] == "listening" and e["port"] == self.port for e in self.events())
+        return len([e for e in self.events("listening") if e["port"] == self.port]) > self.earlier_starts
 
     def events(self, kind: str | None = None) -> list[dict]:
         log = self.store / "node.log"
@@ -203,5 +205,36 @@ def test_stow_rs_delivery_and_a_bad_series_failed_with_its_reason(bright_model, 
         wait_for(lambda: orthanc.series_of_modality("SEG"), 180, f"no SEG reached Orthanc by STOW-RS; node log: {node.events()}")
         assert_seg_references(orthanc, source)
         assert [e["via"] for e in node.events("sent")] == ["STOW-RS"]
+    finally:
+        node.stop()
+
+
+def test_a_series_sent_in_two_parts_across_a_node_restart_gives_one_whole_seg(bright_model, shared_data, pacs, tmp_path):
+    """Orthanc forwards half a series, the node is killed, restarted, and Orthanc forwards the rest:
+    the node segments the series once, whole (its quiet period counts from its start, so the part
+    received before the restart does not look finished), and Orthanc receives one SEG referencing
+    every instance, not a partial one."""
+    _, model = bright_model
+    orthanc, node_port = pacs
+    source = series(shared_data, "ge")
+    assert storescu(sorted(source.iterdir()), orthanc.dicom_port, "STORESCU", "ORTHANC").returncode == 0
+    instances = sorted(orthanc.get("/instances?expand"), key=lambda i: int(i["MainDicomTags"]["InstanceNumber"]))
+    ids = [instance["ID"] for instance in instances]
+    store = tmp_path / "node"
+    options = ["--allow", "ORTHANC", "--send-to", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"]
+    node = Node(model, store, node_port, "--quiet-seconds", "600", *options)
+    assert orthanc.post("/modalities/medseg/store", ids[:2]).status_code == 200
+    node.stop(signal.SIGKILL)
+    node = Node(model, store, node_port, "--quiet-seconds", "8", *options)
+    try:
+        assert orthanc.post("/modalities/medseg/store", ids[2:]).status_code == 200
+        wait_for(lambda: node.events("done") or node.events("failed"), 240, f"the series was not processed; node log: {node.events()}")
+        wait_for(lambda: orthanc.series_of_modality("SEG"), 60, f"no SEG reached Orthanc; node log: {node.events()}")
+        assert [e["instances"] for e in node.events("processing")] == [4]
+        [seg_series] = orthanc.series_of_modality("SEG")
+        [seg] = seg_series["Instances"]
+        tags = orthanc.get(f"/instances/{seg}/tags?simplify")
+        referenced = {item["ReferencedSOPInstanceUID"] for item in tags["ReferencedSeriesSequence"][0]["ReferencedInstanceSequence"]}
+        assert referenced == {dcmread(path, stop_before_pixels=True).SOPInstanceUID for path in source.iterdir()}
     finally:
         node.stop()
