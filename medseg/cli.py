@@ -686,6 +686,12 @@ def evaluate(
     print_report_tables(get_task("segmentation"), {"evaluation": report})
     for case_id, problem in report["scored_as_empty"].items():
         err_console.print(f"[yellow]scored as empty[/yellow] {case_id}: {problem}", highlight=False, soft_wrap=True)
+    extra = report.get("unreferenced_predictions", [])
+    if extra:
+        err_console.print(
+            f"[yellow]not scored[/yellow] {len(extra)} prediction(s) without a reference in {references}: {', '.join(extra[:10])}{', ...' if len(extra) > 10 else ''}",
+            highlight=False, soft_wrap=True,
+        )
 
 
 def _plans_task(folder: Path, plans_name: str):

@@ -150,3 +150,76 @@ def test_a_full_output_disk_is_a_clear_error_and_resume_finishes(bright_model, t
         [f"case_00{i}{suffix}" for i in range(3) for suffix in (".nii.gz", ".overlay.png")] + ["manifest.jsonl"]
     )
     assert [entry["status"] for entry in read_manifest(out / "manifest.jsonl")][-3:] == ["done"] * 3
+
+
+# --------------------------------------------------------------------------- silent wrong results
+def test_intensities_near_1e33_are_segmented_as_the_image_they_scale(bright_model, tmp_path):
+    """The z-score's statistics overflowed float32 and the image was segmented as a constant. A
+    z-score does not depend on the scale: the scaled image gets the original's segmentation."""
+    root, model = bright_model
+    image = read_image(_bright_image(root))
+    scaled = write_image(image.with_array((image.array * np.float32(1e31)).astype(np.float32)), tmp_path / "in" / "scaled.nii.gz")
+    original = write_image(image, tmp_path / "in" / "original.nii.gz")
+    assert float(np.abs(read_image(scaled).array).max()) > 1e33
+    run_cli("predict", "-i", tmp_path / "in", "-o", tmp_path / "out", "-m", model, "--no-tta", root=root, check=True)
+    labels = {name: read_image(tmp_path / "out" / f"{name}.nii.gz").array for name in ("scaled", "original")}
+    assert labels["original"].any() and np.array_equal(labels["scaled"], labels["original"])
+    assert original.is_file()
+
+
+def test_a_label_map_segmentation_object_is_not_segmented_as_an_image(bright_model, shared_data, tmp_path):
+    """A DICOM SEG of the label map type (2024's storage class) beside its source series: the series
+    is the one case; the SEG is listed as a non-image object, not segmented."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    root, model = bright_model
+    source = tmp_path / "in" / "study" / "ct"
+    shutil.copytree(shared_data / "dicom-seg-dcmqi" / "segmentations" / "ct-3slice", source)  # real CT slices, complete headers
+    datasets = [__import__("pydicom").dcmread(p) for p in sorted(source.iterdir())]
+    for dataset in datasets:  # blank in these files, which highdicom refuses to copy
+        dataset.SpecificCharacterSet = "ISO_IR 100"
+    mask = np.zeros((len(datasets), int(datasets[0].Rows), int(datasets[0].Columns)), np.uint8)
+    mask[:, 100:140, 100:140] = 1
+    description = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="box", segmented_property_category=codes.SCT.Tissue, segmented_property_type=codes.SCT.Tissue,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=datasets, pixel_array=mask, segmentation_type=hd.seg.SegmentationTypeValues.LABELMAP, segment_descriptions=[description],
+        series_instance_uid=hd.UID(), series_number=50, sop_instance_uid=hd.UID(), instance_number=1, manufacturer="test",
+        manufacturer_model_name="test", software_versions="1", device_serial_number="1",
+    )
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"
+    (tmp_path / "in" / "study" / "seg").mkdir()
+    seg.save_as(tmp_path / "in" / "study" / "seg" / "labelmap.dcm")
+    result = run_cli("predict", "-i", tmp_path / "in", "-o", tmp_path / "out", "-m", model, "--no-tta", root=root)
+    assert result.returncode == 0, result.stderr
+    cases = [entry["case"] for entry in read_manifest(tmp_path / "out" / "manifest.jsonl")]
+    assert cases == ["study_ct"], cases
+    assert "Label Map Segmentation" in result.stdout + result.stderr
+
+
+def test_evaluate_refuses_a_two_channel_prediction_and_names_unreferenced_ones(bright_model, tmp_path):
+    root, _ = bright_model
+    raw = root / "raw" / BRIGHT_DATASET
+    predictions = tmp_path / "pred"
+    predictions.mkdir()
+    for case in ("case_000", "case_001"):
+        shutil.copy(raw / "labelsTr" / f"{case}.nii.gz", predictions / f"{case}.nii.gz")
+    shutil.copy(raw / "labelsTr" / "case_002.nii.gz", predictions / "case_099.nii.gz")  # no reference of that name
+    references = tmp_path / "ref"
+    references.mkdir()
+    for case in ("case_000", "case_001"):
+        shutil.copy(raw / "labelsTr" / f"{case}.nii.gz", references / f"{case}.nii.gz")
+    result = run_cli("evaluate", predictions, references, "-j", raw / "dataset.json", root=root)
+    assert result.returncode == 0, result.stderr
+    assert "not scored" in result.stderr and "case_099.nii.gz" in result.stderr
+    assert json.loads((predictions / "summary.json").read_text())["unreferenced_predictions"] == ["case_099.nii.gz"]
+
+    label = read_image(raw / "labelsTr" / "case_001.nii.gz")
+    two = label.with_array(np.concatenate([label.array, label.array]))
+    write_image(two, predictions / "case_001.nii.gz")
+    result = run_cli("evaluate", predictions, references, "-j", raw / "dataset.json", root=root)
+    lines = _error_lines(result)
+    assert result.returncode == 1 and "case_001.nii.gz" in lines[-1] and "2 channels" in lines[-1], result.stderr

@@ -56,6 +56,10 @@ def read_prediction(path: Path, reference, reference_path: Path, labels: dict[st
     if not path.is_file():
         raise MedsegError(f"{path}: missing prediction")
     prediction = read_image(path)
+    if prediction.num_channels != 1:
+        raise MedsegError(f"{path}: has {prediction.num_channels} channels; a prediction is one label map (scoring channel 0 alone would hide the rest)")
+    if reference.num_channels != 1:
+        raise MedsegError(f"{reference_path}: has {reference.num_channels} channels; a reference is one label map")
     differences = reference.geometry_differences(prediction, names=("reference", "prediction"))
     if differences:
         raise MedsegError(f"{path}: geometry differs from {reference_path}: {'; '.join(differences)}")
@@ -101,6 +105,9 @@ def evaluate_folder(
         raise MedsegError(f"{len(unscored)} of {len(references)} case(s) cannot be scored, so no mean is reported{hint}: {listing}")
     per_case = {case_id: metrics for case_id, metrics, _ in results}
     report = {**summarize(per_case, labels), "per_case": per_case, "scored_as_empty": problems, "missing_predictions": missing}
+    if case_ids is None:  # predictions nobody scored: listed, so a mislabelled file is not silently left out
+        scored = {r.name for r in references}
+        report["unreferenced_predictions"] = sorted(p.name for p in prediction_folder.glob(f"*{file_ending}") if p.name not in scored)
     if output is not None:
         write_report(output, report)
     return report

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from medseg.errors import MedsegError
 from medseg.io import MedicalImage
 from medseg.planning.fingerprint import bounding_box, box_slices, nonzero_mask
 from medseg.planning.plans import ConfigurationPlan, Plans
@@ -77,8 +78,11 @@ def preprocess_case(
     if seg is not None:
         seg = seg[(slice(None),) + crop]
     channels = []
-    for channel, norm in zip(data, configuration.normalization):
-        channels.append(normalize_channel(channel, norm["scheme"], norm["properties"], mask if norm["use_mask"] else None))
+    for index, (channel, norm) in enumerate(zip(data, configuration.normalization)):
+        try:
+            channels.append(normalize_channel(channel, norm["scheme"], norm["properties"], mask if norm["use_mask"] else None))
+        except MedsegError as error:
+            raise MedsegError(f"{case_id}: channel {index}: {error}") from None
     data = np.stack(channels)
     target = target_spacing_for(configuration, spacing_t)
     shape = new_shape(data.shape[1:], spacing_t, target)

@@ -16,6 +16,14 @@ from medseg.errors import ImageReadError
 # Storage classes that carry no image to turn into a volume (they are reported, not read).
 NON_IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation",
+    "1.2.840.10008.5.1.4.1.1.66.7": "Label Map Segmentation",
+    "1.2.840.10008.5.1.4.1.1.66.8": "Height Map Segmentation",
+    "1.2.840.10008.5.1.4.1.1.66.5": "Surface Segmentation",
+    "1.2.840.10008.5.1.4.1.1.66.1": "Spatial Registration",
+    "1.2.840.10008.5.1.4.1.1.66.3": "Deformable Spatial Registration",
+    "1.2.840.10008.5.1.4.1.1.66.2": "Spatial Fiducials",
+    "1.2.840.10008.5.1.4.1.1.67": "Real World Value Mapping",
+    "1.2.840.10008.5.1.4.1.1.481.2": "RT Dose",
     "1.2.840.10008.5.1.4.1.1.481.3": "RT Structure Set",
     "1.2.840.10008.5.1.4.1.1.481.5": "RT Plan",
     "1.2.840.10008.5.1.4.1.1.66": "Raw Data",
@@ -26,6 +34,11 @@ NON_IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.88.59": "Key Object Selection",
     "1.2.840.10008.5.1.4.1.1.11.1": "Grayscale Softcopy Presentation State",
 }
+# Modalities of derived, non-image objects: a storage class newer than the table above (a label map
+# SEG is 2024's) is still recognised by its Modality and never segmented as if it were an image.
+NON_IMAGE_MODALITIES = {"SEG": "Segmentation", "RTSTRUCT": "RT Structure Set", "RTPLAN": "RT Plan", "RTDOSE": "RT Dose",
+                        "RTRECORD": "RT Treatment Record", "SR": "Structured Report", "KO": "Key Object Selection",
+                        "PR": "Presentation State", "REG": "Registration", "FID": "Fiducials", "RWV": "Real World Value Map", "DOC": "Document"}
 
 
 @dataclass
@@ -152,8 +165,9 @@ def scan_files(root: Path, files: list[Path]) -> FolderScan:
             skipped.append((path, f"{UNREADABLE_DICOM} ({error})"))
             continue
         sop_class = str(header.get("SOPClassUID", ""))
-        if sop_class in NON_IMAGE_SOP_CLASSES:
-            non_image.append((path, NON_IMAGE_SOP_CLASSES[sop_class]))
+        modality = str(header.get("Modality", "")).strip().upper()
+        if sop_class in NON_IMAGE_SOP_CLASSES or modality in NON_IMAGE_MODALITIES:
+            non_image.append((path, NON_IMAGE_SOP_CLASSES.get(sop_class) or f"{NON_IMAGE_MODALITIES[modality]} (Modality {modality})"))
             continue
         if "Rows" not in header or "Columns" not in header:
             non_image.append((path, "no image pixels (no Rows/Columns)"))
