@@ -223,3 +223,29 @@ def test_evaluate_refuses_a_two_channel_prediction_and_names_unreferenced_ones(b
     result = run_cli("evaluate", predictions, references, "-j", raw / "dataset.json", root=root)
     lines = _error_lines(result)
     assert result.returncode == 1 and "case_001.nii.gz" in lines[-1] and "2 channels" in lines[-1], result.stderr
+
+
+# ------------------------------------------------------------------------------------ batch rules
+def test_resume_keeps_one_manifest_line_per_case_with_its_attempt(bright_model, tmp_path):
+    root, model = bright_model
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(_bright_image(root), inputs / "good_0000.nii.gz")
+    (inputs / "later_0000.nii.gz").write_bytes(b"not yet copied")
+    out = tmp_path / "out"
+    first = run_cli("predict", "-i", inputs, "-o", out, "-m", model, "--no-tta", root=root)
+    assert first.returncode == 1
+    shutil.copy(_bright_image(root), inputs / "later_0000.nii.gz")  # the transfer finished
+    for _ in range(2):  # resumed twice: the second finds everything done
+        run_cli("predict", "-i", inputs, "-o", out, "-m", model, "--no-tta", "--resume", root=root, check=True)
+    entries = read_manifest(out / "manifest.jsonl")
+    assert [(e["case"], e["status"], e["attempt"]) for e in entries] == [("good", "done", 1), ("later", "done", 2)], entries
+
+
+def test_dicom_formats_for_a_nifti_input_fail_the_case_instead_of_writing_nothing(bright_model, tmp_path):
+    root, model = bright_model
+    out = tmp_path / "out"
+    result = run_cli("predict", "-i", _bright_image(root), "-o", out, "-m", model, "--no-tta", "--format", "dicom-seg,rtstruct", root=root)
+    assert result.returncode == 1 and "none of the formats asked for applies" in result.stderr and "not a DICOM series" in result.stderr, result.stderr
+    [entry] = read_manifest(out / "manifest.jsonl")
+    assert entry["status"] == "failed" and entry["outputs"] == {}

@@ -116,6 +116,8 @@ def predict_folder(
             else:
                 pending.append(case)
         already_done = len(discovery.cases) - len(pending)
+        if resume:
+            manifest.keep_only_except({case.case_id for case in pending})
         if runner is None:
             _run(predictor, pending, output, formats, context, save_probabilities, manifest, result, workers, progress, already_done)
         else:
@@ -272,6 +274,7 @@ def complete_entry(entry: dict, outputs: CaseOutputs | None, error: str | None) 
 
 def _record(entry: dict, manifest: Manifest, result: BatchResult) -> None:
     """The one place a case enters the manifest and the result."""
+    entry["attempt"] = manifest.attempt(entry["case"])
     result.written += [Path(p) for p in entry["outputs"].values()]
     if entry["skipped"]:
         result.skipped_outputs[entry["case"]] = entry["skipped"]

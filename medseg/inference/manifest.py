@@ -7,7 +7,8 @@
 Lines are appended and flushed to disk one case at a time, so a run killed at any moment leaves
 every finished case recorded and at most one torn last line, which reading ignores. ``--resume``
 keeps the manifest and skips a case whose last line says done with the same formats and whose
-output files all exist (outputs are written atomically: existing means complete)."""
+output files all exist (outputs are written atomically: existing means complete); the cases it
+redoes lose their earlier line, so the manifest holds one line per case, with an ``attempt`` count."""
 
 from __future__ import annotations
 
@@ -54,6 +55,21 @@ class Manifest:
         if content and not content.endswith(b"\n"):
             with open(self.path, "ab") as handle:
                 handle.write(b"\n")
+
+    def keep_only_except(self, redone: set[str]) -> None:
+        """Before a resumed run redoes ``redone``: the manifest is rewritten (atomically) with the
+        latest line of every other case, so each case keeps one line, its latest state."""
+        from medseg.atomic import write_text_atomic
+
+        kept = [entry for case, entry in self.previous.items() if case not in redone]
+        try:
+            write_text_atomic(self.path, "".join(json.dumps(entry, default=str) + "\n" for entry in kept))
+        except OSError as error:
+            raise MedsegError(f"{self.path}: cannot be rewritten ({error.strerror or error})") from None
+
+    def attempt(self, case_id: str) -> int:
+        """This run's attempt at the case: one more than the manifest's last."""
+        return int(self.previous.get(case_id, {}).get("attempt", 1 if case_id in self.previous else 0)) + 1
 
     def completed(self, case_id: str, formats: list[str]) -> dict | None:
         """The earlier entry when this case is done for every format and its files exist."""

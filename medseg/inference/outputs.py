@@ -36,6 +36,11 @@ class NotApplicable(Exception):
     """The format does not apply to this input; the message says why."""
 
 
+class NoSegment(NotApplicable):
+    """The prediction has no foreground, so a DICOM object (which needs a segment) is not made: a
+    result, not a mismatch between the input and the format."""
+
+
 @dataclass
 class OutputContext:
     """What the writers need besides the prediction: the model's labels, codes and identity."""
@@ -109,7 +114,7 @@ def _write_derived(writer_name: str) -> Callable:
         except derived.UnsupportedSource as reason:
             raise NotApplicable(str(reason)) from None
         if written is None:
-            raise NotApplicable("no label was found in this case; a DICOM object needs at least one segment")
+            raise NoSegment("no label was found in this case; a DICOM object needs at least one segment")
         return written, sources.notes
 
     return write
@@ -154,7 +159,7 @@ def write_outputs(segmentation: MedicalImage, image: MedicalImage, case_id: str,
     import tempfile
 
     result = CaseOutputs()
-    errors = []
+    errors, mismatched = [], []
     try:
         staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=output))
     except OSError as error:
@@ -171,12 +176,16 @@ def write_outputs(segmentation: MedicalImage, image: MedicalImage, case_id: str,
                 result.notes.extend(note for note in notes if note not in result.notes)
             except NotApplicable as reason:
                 result.skipped[fmt] = str(reason)
+                if not isinstance(reason, NoSegment):
+                    mismatched.append(fmt)
             except MedsegError as error:
                 errors.append(f"{fmt}: {error}")
             except OSError as error:
                 errors.append(f"{fmt}: {output_path(output, case_id, fmt, context.file_ending)}: cannot be written ({error.strerror or error})")
                 if error.errno == errno.ENOSPC:
                     break  # nothing else fits either
+        if mismatched and len(mismatched) == len(formats):  # e.g. a NIfTI input with only DICOM formats: nothing to write
+            errors.append("none of the formats asked for applies to this input: " + "; ".join(f"{fmt}: {result.skipped[fmt]}" for fmt in mismatched))
         destination = output / FAILED_FOLDER if errors else output
         try:
             if result.written:
