@@ -3,6 +3,7 @@ commands so that `medseg --help` answers at once. Errors print as one line (trac
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -49,6 +50,8 @@ def _main(
     ),
 ) -> None:
     _state["debug"] = debug
+    if debug:
+        os.environ["MEDSEG_DEBUG"] = "1"  # batch prediction prints per-case tracebacks (medseg.inference.batch.unexpected)
     if plugins:
         from medseg.plugins import add_plugin_modules
 
@@ -107,9 +110,12 @@ def dicom_list(folder: Path = typer.Argument(..., help="Folder to scan (recursiv
 
     scan = scan_folder(folder)
     table = Table("index", "series", "modality", "description", "frames", "notes")
-    for index, series in enumerate(scan.series):
-        table.add_row(str(index), series.key, series.modality, series.description, str(series.num_frames), "; ".join(series.notes))
-    console.print(table)
+    table.columns[1].no_wrap = True  # a UID is copied whole (into --series uid:...), never cut at the terminal's width
+    rows = [(str(i), s.key, s.modality, s.description, str(s.num_frames), "; ".join(s.notes)) for i, s in enumerate(scan.series)]
+    for row in rows:
+        table.add_row(*row)
+    needed = sum(max([len(r[c]) for r in rows] + [8]) for c in range(6)) + 3 * 6 + 1
+    console.print(table, width=max(console.width, min(needed, 400)))
     for path, kind in scan.non_image:
         console.print(f"non-image object: {path} ({kind})")
     if scan.skipped:

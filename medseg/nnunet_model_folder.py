@@ -271,7 +271,13 @@ def load_nnunet_checkpoint(path: Path) -> dict:
     except FileNotFoundError:
         raise MedsegError(f"{path}: no such checkpoint") from None
     except Exception as error:  # truncated zip, pickled objects beyond plain values
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        text = str(error).strip()
+        if "weights_only" in text or "Unsupported global" in text:  # torch's advice to unpickle anyway is not ours to give
+            raise MedsegError(
+                f"{path}: holds Python objects besides tensors and plain values; medseg loads checkpoints without running code, "
+                "so it refuses this one (re-save it with torch.save(checkpoint) from plain tensors and values)"
+            ) from None
+        message = text.splitlines()[0] if text else type(error).__name__
         raise MedsegError(f"{path}: not a loadable nnU-Net checkpoint ({message})") from None
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise MedsegError(f"{path}: not an nnU-Net checkpoint (no network_weights)")

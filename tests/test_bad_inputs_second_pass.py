@@ -249,3 +249,86 @@ def test_dicom_formats_for_a_nifti_input_fail_the_case_instead_of_writing_nothin
     assert result.returncode == 1 and "none of the formats asked for applies" in result.stderr and "not a DICOM series" in result.stderr, result.stderr
     [entry] = read_manifest(out / "manifest.jsonl")
     assert entry["status"] == "failed" and entry["outputs"] == {}
+
+
+def test_zip_bombs_are_refused_before_unpacking_and_messages_hide_the_unpack_folder(bright_model, tmp_path):
+    import zipfile
+
+    root, model = bright_model
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    with zipfile.ZipFile(inputs / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as archive, archive.open("scan_0000.nii", "w") as member:
+        for _ in range(300):  # 300 MB of zeros in a ~300 KB archive
+            member.write(bytes(1 << 20))
+    assert (inputs / "bomb.zip").stat().st_size < 2 * 1024**2
+    with zipfile.ZipFile(inputs / "study.zip", "w") as archive:
+        archive.write(_bright_image(root), "scans/good_0000.nii.gz")
+        archive.writestr("scans/broken_0000.nii.gz", b"\x1f\x8b\x08\x00 not gzip")
+    out = tmp_path / "out"
+    result = run_cli("predict", "-i", inputs, "-o", out, "-m", model, "--no-tta", root=root)
+    assert result.returncode == 1 and "unexpected" not in result.stderr, result.stderr
+    failed = {entry["case"]: entry["error"] for entry in read_manifest(out / "manifest.jsonl") if entry["status"] == "failed"}
+    assert set(failed) == {"bomb", "study__scans_broken"}, failed  # volumes below the top level are cases too
+    assert "bomb.zip" in failed["bomb"] and "zip bomb" in failed["bomb"]
+    assert "zip:" in failed["study__scans_broken"] and "broken_0000.nii.gz" in failed["study__scans_broken"]
+    assert ".medseg-unpack" not in result.stderr + (out / "manifest.jsonl").read_text()
+    assert (out / "study__scans_good.nii.gz").is_file() and not list(out.glob(".medseg-*"))
+
+
+# --------------------------------------------------------------------------------------- usability
+def test_dicom_list_shows_whole_uids_on_a_narrow_terminal(shared_data):
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_hospital_inference import series
+
+    folder = series(shared_data, "siemens")
+    uid = str(__import__("pydicom").dcmread(next(folder.iterdir()), stop_before_pixels=True).SeriesInstanceUID)
+    result = subprocess.run([sys.executable, "-m", "medseg.cli", "dicom", "list", str(folder)], capture_output=True, text=True,
+                            env=dict(os.environ, COLUMNS="80"), timeout=120)
+    assert result.returncode == 0 and uid in result.stdout, result.stdout
+
+
+def test_a_palette_png_is_read_as_the_colours_it_shows(tmp_path):
+    from PIL import Image
+
+    from medseg.data.cases import stack_channel_files
+
+    rgb = np.zeros((16, 20, 3), np.uint8)
+    rgb[:, :10] = (200, 30, 40)
+    rgb[:, 10:] = (10, 220, 90)
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=4).save(tmp_path / "colour.png")
+    Image.fromarray(rgb[..., 0]).convert("P").save(tmp_path / "grey.png")
+    assert read_image(tmp_path / "colour.png").num_channels == 1  # read as such: indices (a label map's reading)
+    colour, grey = stack_channel_files([tmp_path / "colour.png"]), stack_channel_files([tmp_path / "grey.png"])
+    assert colour.num_channels == 3 and np.array_equal(np.moveaxis(colour.array, 0, -1), rgb.astype(np.float32))
+    assert grey.num_channels == 1 and np.array_equal(grey.array[0], rgb[..., 0].astype(np.float32))
+
+
+def test_nnunet_checkpoint_refusal_gives_no_advice_to_unpickle(tmp_path):
+    import torch
+
+    from medseg.errors import MedsegError
+    from medseg.nnunet_model_folder import load_nnunet_checkpoint
+
+    path = tmp_path / "checkpoint_final.pth"
+    torch.save({"network_weights": {}, "trainer": Path("/somewhere")}, path)  # a pickled object beyond plain values
+    with pytest.raises(MedsegError) as refused:
+        load_nnunet_checkpoint(path)
+    message = str(refused.value)
+    assert "checkpoint_final.pth" in message and "without running code" in message and "weights_only=False" not in message
+
+
+def test_debug_prints_the_traceback_of_a_per_case_bug(monkeypatch, capsys):
+    from medseg.inference.batch import DEBUG_VARIABLE, unexpected
+
+    for debug in (False, True):
+        if debug:
+            monkeypatch.setenv(DEBUG_VARIABLE, "1")
+        try:
+            {}["missing"]
+        except KeyError as error:
+            line = unexpected("case_7", error)
+        assert line.startswith("case_7: unexpected KeyError") and "\n" not in line
+        assert ("Traceback" in capsys.readouterr().err) == debug

@@ -12,8 +12,11 @@ from medseg.io import MedicalImage, read_image
 
 
 def stack_channel_files(paths: list[Path]) -> MedicalImage:
-    """Channel files of one case stacked: array (C, *spatial) float32, geometry of the first file."""
-    images = [read_image(path) for path in paths]
+    """Channel files of one case stacked: array (C, *spatial) float32, geometry of the first file.
+    A palette PNG counts as the colours it shows (label maps keep their indices: load_case_label)."""
+    from medseg.io.natural import palette_as_colours
+
+    images = [palette_as_colours(read_image(path)) for path in paths]
     first = images[0]
     for path, image in zip(paths[1:], images[1:]):
         differences = first.geometry_differences(image, names=(paths[0].name, path.name))

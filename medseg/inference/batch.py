@@ -58,6 +58,7 @@ class BatchResult:
     manifest: Path | None = None
     cases: int = 0
     entries: list[dict] = field(default_factory=list)  # this run's manifest lines, in the order recorded
+    unpack_folder: str = ""  # where zips were unpacked: shown as 'zip:' in messages (a hidden folder, gone after the run)
 
 
 def read_case(case: InputCase) -> MedicalImage:
@@ -68,6 +69,21 @@ def read_case(case: InputCase) -> MedicalImage:
 
         return series_to_image(case.series)
     return stack_channel_files(case.files)
+
+
+DEBUG_VARIABLE = "MEDSEG_DEBUG"  # set by `medseg --debug`: per-case bugs print their traceback too
+
+
+def unexpected(case: str, error: BaseException, doing: str = "") -> str:
+    """A per-case error that is medseg's own bug: one line for the manifest; with --debug its
+    traceback goes to stderr as well (call from the except block)."""
+    if os.environ.get(DEBUG_VARIABLE):
+        import sys
+        import traceback
+
+        print(f"traceback of case {case}:", file=sys.stderr)
+        traceback.print_exception(error, file=sys.stderr)
+    return f"{case}: unexpected {type(error).__name__}{doing}: {error} (a medseg bug: please report it)"
 
 
 @dataclass
@@ -84,7 +100,7 @@ def _read(case: InputCase) -> _Read:
     except MedsegError as error:
         return _Read(None, str(error), time.perf_counter() - start)
     except Exception as error:  # one unreadable case must not end the batch
-        return _Read(None, f"{case.inputs[0] if case.inputs else case.case_id}: unexpected {type(error).__name__}: {error} (a medseg bug: please report it)", 0.0)
+        return _Read(None, unexpected(case.inputs[0] if case.inputs else case.case_id, error), 0.0)
 
 
 def predict_folder(
@@ -108,7 +124,7 @@ def predict_folder(
         if not discovery.cases:
             raise MedsegError(f"{source}: no input images")
         manifest = Manifest(output, resume)
-        result = BatchResult(ignored=discovery.ignored, manifest=manifest.path, cases=len(discovery.cases))
+        result = BatchResult(ignored=discovery.ignored, manifest=manifest.path, cases=len(discovery.cases), unpack_folder=str(unpack) + os.sep)
         pending = []
         for case in discovery.cases:
             if resume and manifest.completed(case.case_id, formats):
@@ -149,7 +165,7 @@ def process_case(predictor, case: InputCase, output: Path, formats, context: Out
     except MedsegError as error:
         return complete_entry(entry, None, str(error))
     except Exception as error:  # noqa: BLE001 - recorded, the batch goes on
-        return complete_entry(entry, None, f"{case.case_id}: unexpected {type(error).__name__}: {error} (a medseg bug: please report it)")
+        return complete_entry(entry, None, unexpected(case.case_id, error))
     entry["timings"]["predict_s"] = round(time.perf_counter() - start, 3)
     return _completed_write(case, _immediate(_write, prediction, loaded.image, case, output, formats, context, save_probabilities), entry)
 
@@ -180,7 +196,7 @@ def _run(predictor, cases, output, formats, context, save_probabilities, manifes
                 except MedsegError as error:
                     _finish(entry, None, str(error), manifest, result)
                 except Exception as error:  # noqa: BLE001 - recorded, the batch goes on
-                    _finish(entry, None, f"{case.case_id}: unexpected {type(error).__name__}: {error} (a medseg bug: please report it)", manifest, result)
+                    _finish(entry, None, unexpected(case.case_id, error), manifest, result)
                 else:
                     entry["timings"]["predict_s"] = round(time.perf_counter() - start, 3)
                     job = (pool.submit if workers else _immediate)(_write, prediction, loaded.image, case, output, formats, context, save_probabilities)
@@ -245,7 +261,7 @@ def _completed_write(case, job, entry) -> dict:
     except OSError as error:  # a full disk, a folder made read-only meanwhile
         return complete_entry(entry, None, f"{case.case_id}: {error.filename or 'an output'}: cannot be written ({error.strerror or error})")
     except Exception as error:  # noqa: BLE001
-        return complete_entry(entry, None, f"{case.case_id}: unexpected {type(error).__name__} while writing: {error} (a medseg bug: please report it)")
+        return complete_entry(entry, None, unexpected(case.case_id, error, " while writing"))
 
 
 def new_entry(case: InputCase, predictor, context: OutputContext, formats) -> dict:
@@ -275,6 +291,13 @@ def complete_entry(entry: dict, outputs: CaseOutputs | None, error: str | None) 
 def _record(entry: dict, manifest: Manifest, result: BatchResult) -> None:
     """The one place a case enters the manifest and the result."""
     entry["attempt"] = manifest.attempt(entry["case"])
+    if result.unpack_folder:
+        def shown(text):
+            return text.replace(result.unpack_folder, "zip:") if isinstance(text, str) else text
+
+        entry["error"] = shown(entry["error"])
+        entry["notes"] = [shown(note) for note in entry["notes"]]
+        entry["inputs"] = [shown(path) for path in entry["inputs"]]
     result.written += [Path(p) for p in entry["outputs"].values()]
     if entry["skipped"]:
         result.skipped_outputs[entry["case"]] = entry["skipped"]

@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.errors import MedsegError
-from medseg.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, image_suffix
+from medseg.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, image_suffix
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 ZIP_SUFFIX = ".zip"
+# Volumes found below the top level are cases; 2D pictures there (thumbnails beside DICOM) are not.
+NESTED_IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 
 
 @dataclass
@@ -132,7 +134,9 @@ def _discover_with_rules(source: Path, rules: list, unpack_to: Path | None, conf
     images = [p for p in files if _is_plain_image(p)]
     top_dicom = [p for p in files if p not in archives and p not in images and is_dicom_file(p)]
     unknown = [p for p in files if p not in archives and p not in images and p not in top_dicom]
-    cases = _image_cases(images) + refused
+    volumes = [p for p in nested if image_suffix(p) in NESTED_IMAGE_SUFFIXES]  # NIfTI/NRRD/MHA below the top: cases too
+    nested = [p for p in nested if p not in volumes]
+    cases = _image_cases(images) + _image_cases(volumes, source) + refused
     ignored: list[tuple[Path, str]] = []
     if top_dicom or nested:
         found, ignored = _dicom_cases(top_dicom + nested, rules, source, safe_id(source.name))
@@ -147,11 +151,15 @@ def _is_plain_image(path: Path) -> bool:
     return image_suffix(path) in IMAGE_SUFFIXES and image_suffix(path) not in DICOM_SUFFIXES
 
 
-def _image_cases(files: list[Path]) -> list[InputCase]:
+def _image_cases(files: list[Path], base: Path | None = None) -> list[InputCase]:
+    """Image files as cases; ``base``: files below it are named by their folders too
+    (``scans/a/x_0000.nii.gz`` is case ``scans_a_x``)."""
     grouped: dict[str, dict[int, Path]] = {}
     for path in files:
         suffix = image_suffix(path)
         stem = path.name[: -len(suffix)] if suffix else path.name
+        if base is not None:
+            stem = "_".join([*path.parent.relative_to(base).parts, stem])
         match = _CHANNEL.match(stem)
         if match:
             grouped.setdefault(match["case"], {})[int(match["channel"])] = path
@@ -286,8 +294,6 @@ def _common_parts(folders: list[Path]) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------------------------- zip files
 def _zip_cases(archive: Path, rules: list[SeriesRule], unpack_to: Path | None) -> list[InputCase]:
-    from medseg.io.limits import max_image_bytes
-
     prefix = safe_id(archive.name[: -len(ZIP_SUFFIX)])
     if unpack_to is None:
         return [InputCase(prefix, [archive], problem=f"{archive}: zip inputs are not read here (no folder to unpack into)")]
@@ -295,19 +301,24 @@ def _zip_cases(archive: Path, rules: list[SeriesRule], unpack_to: Path | None) -
     try:
         with zipfile.ZipFile(archive) as handle:
             members = [m for m in handle.infolist() if not m.is_dir()]
+            cap = zip_unpack_cap(archive.stat().st_size)
+            if len(members) > MAX_ZIP_MEMBERS:
+                raise MedsegError(f"{archive.name}: holds {len(members)} files, above the limit of {MAX_ZIP_MEMBERS}")
             total = sum(m.file_size for m in members)
-            if total > max_image_bytes():
-                raise MedsegError(f"{archive}: unpacks to {total / 1024**3:.1f} GB, above the image size limit ($MEDSEG_MAX_IMAGE_GB)")
+            if total > cap:
+                raise MedsegError(f"{archive.name}: would unpack to {total / 1024**2:.0f} MB, above the limit of {cap / 1024**2:.0f} MB for a {archive.stat().st_size / 1024**2:.1f} MB archive (a zip bomb?)")
             if target.exists():
                 shutil.rmtree(target)
             target.mkdir(parents=True)
+            unpacked = 0
             for member in members:
                 name = Path(member.filename)
                 if name.is_absolute() or ".." in name.parts:
-                    raise MedsegError(f"{archive}: member {member.filename!r} points outside the archive")
-                handle.extract(member, target)
+                    raise MedsegError(f"{archive.name}: member {member.filename!r} points outside the archive")
+                unpacked += _extract_capped(handle, member, target / name, cap - unpacked, archive.name)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as error:
-        return [InputCase(prefix, [archive], problem=f"{archive}: not a readable zip file ({error})")]
+        detail = str(error).replace(str(target), prefix)  # the hidden unpack folder is ours, not the user's
+        return [InputCase(prefix, [archive], problem=f"{archive.name}: not a readable zip file ({detail})")]
     except MedsegError as error:
         return [InputCase(prefix, [archive], problem=str(error))]
     inner = _discover_with_rules(target, rules, target / ".nested").cases
@@ -316,6 +327,32 @@ def _zip_cases(archive: Path, rules: list[SeriesRule], unpack_to: Path | None) -
     if not inner:
         return [InputCase(prefix, [archive], problem=f"{archive}: holds no image or DICOM file")]
     return inner
+
+
+MAX_ZIP_MEMBERS = 100_000
+ZIP_RATIO = 100  # unpacked bytes per archive byte beyond the floor: DICOM and NIfTI zips compress 2-10x
+ZIP_FLOOR = 256 * 1024**2
+
+
+def zip_unpack_cap(archive_bytes: int) -> int:
+    """How much a zip of this size may unpack to: 100x its size (at least 256 MB), never above the
+    image size limit ($MEDSEG_MAX_IMAGE_GB)."""
+    from medseg.io.limits import max_image_bytes
+
+    return min(max_image_bytes(), max(ZIP_FLOOR, ZIP_RATIO * archive_bytes))
+
+
+def _extract_capped(handle: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path, allowed: int, name: str) -> int:
+    """Stream one member out, counting real bytes (a member's declared size can lie); returns them."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with handle.open(member) as source, open(target, "wb") as sink:
+        while chunk := source.read(1 << 20):
+            written += len(chunk)
+            if written > min(allowed, member.file_size):
+                raise MedsegError(f"{name}: member {member.filename!r} unpacks to more than {'it declares' if written > member.file_size else 'the limit'} (a zip bomb?)")
+            sink.write(chunk)
+    return written
 
 
 def _unique(cases: list[InputCase], ignored: list[tuple[Path, str]] | None = None) -> Discovery:

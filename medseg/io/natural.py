@@ -23,15 +23,37 @@ def read_natural(path: Path) -> MedicalImage:
                 pil = pil.convert("RGB" if mode == "RGBA" else "L")
             elif mode in ("CMYK", "YCbCr", "HSV", "LAB", "1"):
                 pil = pil.convert("RGB" if mode != "1" else "L")
+            palette = _palette(pil)
             data = np.asarray(pil)  # palette ('P') images keep their indices: label maps
     except Image.DecompressionBombError as error:  # a small file that would unpack to gigabytes
         raise ImageReadError(path, f"refused: {error}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ImageReadError(path, f"not a readable image ({error or type(error).__name__})") from None
     array = data[None] if data.ndim == 2 else np.moveaxis(data, -1, 0)
-    return MedicalImage(
-        np.ascontiguousarray(array), (1.0, 1.0), (0.0, 0.0), default_direction(2), {"source_format": path.suffix.lower()}
-    )
+    metadata = {"source_format": path.suffix.lower(), **({"palette": palette} if palette is not None else {})}
+    return MedicalImage(np.ascontiguousarray(array), (1.0, 1.0), (0.0, 0.0), default_direction(2), metadata)
+
+
+def _palette(pil) -> list[list[int]] | None:
+    """A palette image's colours (index -> RGB), None for other modes."""
+    if pil.mode != "P":
+        return None
+    colours = np.asarray(pil.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)
+    return colours.tolist()
+
+
+def palette_as_colours(image: MedicalImage) -> MedicalImage:
+    """An image read from a palette PNG as what it shows: grey (1 channel) when every colour of its
+    palette is grey, else RGB. Label maps keep their indices; images to segment need this."""
+    palette = image.metadata.get("palette")
+    if palette is None:
+        return image
+    colours = np.zeros((256, 3), np.uint8)
+    colours[: len(palette)] = np.asarray(palette, np.uint8)[:256]
+    rgb = np.moveaxis(colours[image.array[0].astype(np.intp)], -1, 0)
+    grey = bool((colours[:, 0] == colours[:, 1]).all() and (colours[:, 1] == colours[:, 2]).all())
+    metadata = {k: v for k, v in image.metadata.items() if k != "palette"}
+    return MedicalImage(np.ascontiguousarray(rgb[:1] if grey else rgb), image.spacing, image.origin, image.direction, metadata)
 
 
 def write_natural(image: MedicalImage, path: Path) -> None:

@@ -128,9 +128,20 @@ class Worker:
                 job.state, job.error = "failed", str(error)
             except Exception as error:  # noqa: BLE001 - one job never stops the server
                 job.state, job.error = "failed", f"unexpected {type(error).__name__}: {error} (a medseg bug: please report it)"
+            job.error = self._without_server_paths(job)
             job.finished = time.time()
             if self.store.get(job.id) is not None:  # not deleted meanwhile
                 self.store.save(job)
+
+    def _without_server_paths(self, job: Job) -> str | None:
+        """A job's error as its client may read it: the server's data folder is not shown."""
+        if not job.error:
+            return job.error
+        text = job.error
+        for folder in (self.store.folder(job.id) / "input", self.store.folder(job.id) / "output", self.store.root):
+            for form in {str(folder), str(folder.resolve())}:
+                text = text.replace(form + "/", "")
+        return text
 
     def _run(self, job: Job) -> None:
         import medseg
