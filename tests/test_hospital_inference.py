@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medseg.inference.manifest import read_manifest
 from medseg.io import MedicalImage, read_image
 from tests.conftest import require_peer, run_cli
 
@@ -384,7 +385,8 @@ def test_ray_backend_writes_each_case_once_as_the_local_run_does(bright_model, r
     # resume on the cluster: nothing done is redone
     again = run_cli("predict", "-i", inputs, "-o", spread, "-m", model, "--no-tta", "--backend", "ray", "--address", ray_cluster, "--resume")
     assert "3 already complete" in again.stdout, again.stdout
-    assert len((spread / "manifest.jsonl").read_text().splitlines()) == 5  # only the failed case ran again
+    resumed = read_manifest(spread / "manifest.jsonl")  # one line per case; only the failed case ran again
+    assert len(resumed) == 4 and sorted(entry["attempt"] for entry in resumed) == [1, 1, 1, 2], resumed
 
 
 def test_tta_axes_pick_a_subset_of_the_trained_mirroring(bright_model, tmp_path):

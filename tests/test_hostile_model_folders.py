@@ -54,13 +54,33 @@ HOSTILE = {
 }
 
 
-@pytest.mark.parametrize("defect", sorted(HOSTILE))
-def test_hostile_model_folder_values_are_refused_by_name(bright_model, tmp_path, defect):
-    root, model = bright_model
-    folder = tmp_path / "work" / "model"
+def _hostile_copy(model: Path, folder: Path, defect: str) -> list[str]:
     shutil.copytree(model, folder)
     file_name, edit, words = HOSTILE[defect]
     _edit_json(folder / file_name, edit)
+    return words
+
+
+@pytest.mark.parametrize("defect", sorted(HOSTILE))
+def test_hostile_model_folder_values_are_refused_by_name(bright_model, tmp_path, defect):
+    """Opening the folder for prediction (what every surface does) refuses the value by name."""
+    from medseg.errors import MedsegError
+    from medseg.inference.predictor import Predictor
+
+    _, model = bright_model
+    words = _hostile_copy(model, tmp_path / "model", defect)
+    with pytest.raises(MedsegError) as refused:
+        Predictor(tmp_path / "model", device="cpu")
+    for word in words:
+        assert word in str(refused.value), f"{word!r} not in: {refused.value}"
+
+
+@pytest.mark.parametrize("defect", ["file_ending_escape", "features_100000", "spacing_tiny"])
+def test_predict_refuses_hostile_folders_in_one_line_and_writes_nothing(bright_model, tmp_path, defect):
+    """Through the CLI: exit 1, one line, nothing written, nothing outside the output folder."""
+    root, model = bright_model
+    folder = tmp_path / "work" / "model"
+    words = _hostile_copy(model, folder, defect)
     out = tmp_path / "work" / "out"
     image = root / "raw" / BRIGHT_DATASET / "imagesTr" / "case_000_0000.nii.gz"
     result = run_cli("predict", "-i", image, "-o", out, "-m", folder, "--format", "slices,label", "--no-tta", root=root)
