@@ -130,3 +130,14 @@ def bright_model(tmp_path_factory) -> tuple[Path, Path]:
     run_cli("preprocess", BRIGHT_DATASET, "-c", "3d_fullres", "--workers", "1", root=root, check=True)
     run_cli("train", BRIGHT_DATASET, "3d_fullres", "0", "--epochs", "4", "--iterations-per-epoch", "15", "--no-validate", root=root, check=True)
     return root, root / "results" / BRIGHT_DATASET / "unet__medsegPlans__3d_fullres"
+
+
+def copy_bright_images(root: Path, folder: Path, count: int = 3) -> Path:
+    """The first ``count`` training images of the bright dataset under MEDSEG_ROOT ``root``, copied into ``folder``."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        name = f"case_{index:03d}_0000.nii.gz"
+        shutil.copy(root / "raw" / BRIGHT_DATASET / "imagesTr" / name, folder / name)
+    return folder

@@ -12,7 +12,7 @@ import pytest
 
 from medseg.io import MedicalImage, read_image, write_image
 from medseg.inference.manifest import read_manifest
-from tests.conftest import BRIGHT_DATASET, run_cli
+from tests.conftest import BRIGHT_DATASET, copy_bright_images, run_cli
 
 
 def _error_lines(result) -> list[str]:
@@ -131,10 +131,7 @@ def _fill(folder: Path) -> Path:
 
 def test_a_full_output_disk_is_a_clear_error_and_resume_finishes(bright_model, tmp_path, small_disk):
     root, model = bright_model
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for index in range(3):
-        shutil.copy(root / "raw" / BRIGHT_DATASET / "imagesTr" / f"case_00{index}_0000.nii.gz", inputs / f"case_00{index}_0000.nii.gz")
+    inputs = copy_bright_images(root, tmp_path / "in")
     out = small_disk / "out"
     out.mkdir()
     filler = _fill(small_disk)

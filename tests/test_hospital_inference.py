@@ -18,7 +18,7 @@ import pytest
 
 from medseg.inference.manifest import read_manifest
 from medseg.io import MedicalImage, read_image
-from tests.conftest import require_peer, run_cli
+from tests.conftest import copy_bright_images, require_peer, run_cli
 
 LABELS = {"background": 0, "liver": 1, "tumour": 2}
 from tests.conftest import BRIGHT_DATASET as DATASET
@@ -363,10 +363,7 @@ def ray_cluster():
 
 def test_ray_backend_writes_each_case_once_as_the_local_run_does(bright_model, ray_cluster, tmp_path):
     root, model = bright_model
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for index in range(3):
-        shutil.copy(root / "raw" / DATASET / "imagesTr" / f"case_{index:03d}_0000.nii.gz", inputs / f"case_{index:03d}_0000.nii.gz")
+    inputs = copy_bright_images(root, tmp_path / "in")
     (inputs / "corrupt_0000.nii.gz").write_bytes(b"not a nifti")
     local, spread = tmp_path / "local", tmp_path / "ray"
     assert run_cli("predict", "-i", inputs, "-o", local, "-m", model, "--no-tta").returncode == 1

@@ -88,7 +88,8 @@ def discover(source: Path, series_rule: str | None = None, unpack_to: Path | Non
     return _discover_with_rules(source, parse_series_rule(series_rule), unpack_to, confine)
 
 
-def _inside(path: Path, roots: list[Path]) -> bool:
+def inside_roots(path: Path, roots: list[Path]) -> bool:
+    """``path``, links resolved, is one of ``roots`` (resolved already) or below one."""
     resolved = path.resolve()
     return any(resolved == root or root in resolved.parents for root in roots)
 
@@ -98,7 +99,7 @@ def _leading_outside(source: Path, files: list[Path], roots: list[Path]) -> tupl
     ``source`` through which others lead outside (named as under ``source``, not by their target)."""
     kept, outside = [], {}
     for path in files:
-        if _inside(path, roots):
+        if inside_roots(path, roots):
             kept.append(path)
         else:
             entry = path.relative_to(source).parts[0] if path != source else path.name
@@ -113,7 +114,7 @@ def _leading_outside(source: Path, files: list[Path], roots: list[Path]) -> tupl
 def _discover_with_rules(source: Path, rules: list, unpack_to: Path | None, confine: list[Path] | None = None) -> Discovery:
     if confine is not None:
         roots = [Path(root).resolve() for root in confine]
-        if not _inside(source, roots):
+        if not inside_roots(source, roots):
             raise MedsegError(f"{source.name}: outside the allowed folders")
     if source.is_file():
         if source.suffix.lower() == ZIP_SUFFIX:
@@ -301,12 +302,13 @@ def _zip_cases(archive: Path, rules: list[SeriesRule], unpack_to: Path | None) -
     try:
         with zipfile.ZipFile(archive) as handle:
             members = [m for m in handle.infolist() if not m.is_dir()]
-            cap = zip_unpack_cap(archive.stat().st_size)
+            size = archive.stat().st_size
+            cap = zip_unpack_cap(size)
             if len(members) > MAX_ZIP_MEMBERS:
                 raise MedsegError(f"{archive.name}: holds {len(members)} files, above the limit of {MAX_ZIP_MEMBERS}")
             total = sum(m.file_size for m in members)
             if total > cap:
-                raise MedsegError(f"{archive.name}: would unpack to {total / 1024**2:.0f} MB, above the limit of {cap / 1024**2:.0f} MB for a {archive.stat().st_size / 1024**2:.1f} MB archive (a zip bomb?)")
+                raise MedsegError(f"{archive.name}: would unpack to {total / 1024**2:.0f} MB, above the limit of {cap / 1024**2:.0f} MB for a {size / 1024**2:.1f} MB archive (a zip bomb?)")
             if target.exists():
                 shutil.rmtree(target)
             target.mkdir(parents=True)

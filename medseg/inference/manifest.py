@@ -69,7 +69,9 @@ class Manifest:
 
     def attempt(self, case_id: str) -> int:
         """This run's attempt at the case: one more than the manifest's last."""
-        return int(self.previous.get(case_id, {}).get("attempt", 1 if case_id in self.previous else 0)) + 1
+        if case_id not in self.previous:
+            return 1
+        return int(self.previous[case_id].get("attempt", 1)) + 1  # lines written before attempts were counted: 1
 
     def completed(self, case_id: str, formats: list[str]) -> dict | None:
         """The earlier entry when this case is done for every format and its files exist."""

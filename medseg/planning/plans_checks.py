@@ -94,7 +94,7 @@ def check_configuration_values(configuration: dict, prefix: str, source: str, ch
     architecture = configuration.get("architecture")
     if not isinstance(architecture, dict) or not isinstance(architecture.get("name"), str) or not isinstance(architecture.get("kwargs"), dict):
         raise PlansValueError(f"{_where(source, f'{prefix}.architecture', architecture)}: expected {{\"name\": family, \"kwargs\": {{...}}}}")
-    _check_architecture_kwargs(architecture["kwargs"], ndim, patch, f"{prefix}.architecture.kwargs", source)
+    _check_architecture_kwargs(architecture["kwargs"], ndim, patch, prefix, source)
     mirror = (configuration.get("augmentation") or {}).get("mirror_axes", [])
     if not isinstance(mirror, list) or not all(_is_int(a) and 0 <= a < ndim for a in mirror):
         raise PlansValueError(f"{_where(source, f'{prefix}.augmentation.mirror_axes', mirror)}: expected axes among 0..{ndim - 1}")
@@ -106,9 +106,10 @@ def check_configuration_values(configuration: dict, prefix: str, source: str, ch
         raise PlansValueError(f"{_where(source, f'{prefix}.resampling.anisotropy_threshold', resampling['anisotropy_threshold'])}: expected a positive number")
 
 
-def _check_architecture_kwargs(kwargs: dict, ndim: int, patch: list[int], prefix: str, source: str) -> None:
+def _check_architecture_kwargs(kwargs: dict, ndim: int, patch: list[int], configuration: str, source: str) -> None:
     """The convolutional families' topology: per-stage lists whose lengths and dimensions agree,
     and a patch the strides divide (a window the network cannot take crashes deep in a forward)."""
+    prefix = f"{configuration}.architecture.kwargs"
     features = kwargs.get("features_per_stage")
     if features is not None and (not isinstance(features, list) or not all(_is_int(f) and 1 <= f <= 4096 for f in features)):
         raise PlansValueError(f"{_where(source, f'{prefix}.features_per_stage', features)}: expected whole numbers from 1 to 4096")
@@ -124,7 +125,7 @@ def _check_architecture_kwargs(kwargs: dict, ndim: int, patch: list[int], prefix
     if strides:
         total = [math.prod(s[axis] for s in strides) for axis in range(ndim)]
         if any(p % t for p, t in zip(patch, total)):
-            raise PlansValueError(f"{source}: {prefix.rsplit('.architecture', 1)[0]}.patch_size {patch} is not divisible by the network's total stride {total}")
+            raise PlansValueError(f"{source}: {configuration}.patch_size {patch} is not divisible by the network's total stride {total}")
     for key in ("n_conv_per_stage", "n_conv_per_stage_decoder"):
         value = kwargs.get(key)
         if value is not None and (not isinstance(value, list) or not all(_is_int(v) and 1 <= v <= 64 for v in value)):

@@ -159,11 +159,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise HTTPException(422, f"{name}: {str(error).replace(str(target.parent) + '/', '')}") from None
 
     def _server_path(text: str) -> Path:
+        from medseg.inference.inputs import inside_roots
+
         if not roots:
             raise HTTPException(403, "server-side paths are not enabled (medseg serve --allow-root DIR)")
         candidate = Path(text)
         resolved = candidate.resolve()
-        if ".." in candidate.parts or not any(resolved == r or r in resolved.parents for r in roots):
+        if ".." in candidate.parts or not inside_roots(candidate, roots):
             raise HTTPException(403, f"{text}: not under an allowed root")
         if not resolved.exists():
             raise HTTPException(404, f"{text}: does not exist")

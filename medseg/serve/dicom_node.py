@@ -85,7 +85,7 @@ class DicomNode:
         self.server = None
         self.started = time.time()
         self._predictor = None
-        self._waiting: dict[str, str] = {}  # series -> the incompleteness last logged
+        self._waiting: dict[str, tuple[list[Path], str]] = {}  # series -> (its instances, why it looks incomplete)
 
     # ------------------------------------------------------------ receiving
 
@@ -160,8 +160,11 @@ class DicomNode:
             self.stopping.wait(0.5)
 
     def _ready(self, series: str, age: float) -> bool:
-        """Quiet, and either whole by its headers or waited for long enough."""
-        reason = incomplete_reason(self.store.all_instances(series))
+        """Quiet, and either whole by its headers or waited for long enough. The headers of a waiting
+        series are read again only when its instances changed (the loop asks twice a second)."""
+        instances = self.store.all_instances(series)
+        seen = self._waiting.get(series)
+        reason = seen[1] if seen and seen[0] == instances else incomplete_reason(instances)
         if reason is None:
             self._waiting.pop(series, None)
             return True
@@ -169,9 +172,9 @@ class DicomNode:
             self.log("incomplete", series=series, reason=reason, waited_s=round(age), action="processed as it is")
             self._waiting.pop(series, None)
             return True
-        if self._waiting.get(series) != reason:
-            self._waiting[series] = reason
+        if seen is None or seen[1] != reason:
             self.log("waiting", series=series, reason=reason, until_s=self.config.incomplete_wait)
+        self._waiting[series] = (instances, reason)
         return False
 
     def predictor(self):
