@@ -115,12 +115,8 @@ class ModelFolder:
         if not path.is_dir():
             raise MedsegError(f"{path}: no such model folder")
         info_path = path / "model.json"
-        if not info_path.is_file():
-            from medseg.nnunet_model_folder import NnunetModelFolder, is_nnunet_model_folder
-
-            if is_nnunet_model_folder(path):
-                return NnunetModelFolder.open(path)
-            raise MedsegError(f"{path}: neither a medseg model folder (no model.json) nor an nnU-Net v2 one (plans.json + dataset.json)")
+        if not info_path.is_file():  # other kinds of folder: medseg.model_folders.open_model_folder
+            raise MedsegError(f"{path}: not a medseg model folder (no model.json)")
         try:
             content = json.loads(info_path.read_text())
         except (OSError, ValueError) as error:

@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from medseg.errors import DatasetError, MedsegError
-from medseg.paths import find_raw_dataset, model_folder, preprocessed_root, raw_root, results_root
+from medseg.experiment import (
+    DEFAULT_PLANS_NAME, configuration_model_folder, default_plans_name, load_plans, plans_path, preprocessed_folder,
+)
+from medseg.paths import find_raw_dataset, model_folder, raw_root, results_root
 
 Progress = Callable[[int, int], None] | None
 
@@ -42,27 +45,6 @@ def prepare_task(task: str, demo: bool = False, progress_console=None) -> Path:
         except DatasetError:
             pass
         raise DatasetError(f"{error}{hint}") from None
-
-
-DEFAULT_PLANS_NAME = "medsegPlans"
-
-
-def default_plans_name(model: str) -> str:
-    """The plain U-Net plans as nnU-Net names them; every other family or model spec
-    (``xlstm_unet_bot[vil_directions=forward]``) plans into its own file, so planning a second one
-    never overwrites the first one's plans."""
-    from medseg.models.spec import parse_model_spec
-
-    spec = parse_model_spec(model)
-    return DEFAULT_PLANS_NAME if str(spec) == "unet" else f"{DEFAULT_PLANS_NAME}_{spec.plans_suffix}"
-
-
-def preprocessed_folder(raw_folder: Path) -> Path:
-    return preprocessed_root() / raw_folder.name
-
-
-def plans_path(raw_folder: Path, plans_name: str) -> Path:
-    return preprocessed_folder(raw_folder) / f"{plans_name}.json"
 
 
 def _description(raw_folder: Path):
@@ -121,12 +103,6 @@ def run_plan(
     return plans
 
 
-def load_plans(raw_folder: Path, plans_name: str = DEFAULT_PLANS_NAME):
-    from medseg.planning.plans import Plans
-
-    return Plans.load(plans_path(raw_folder, plans_name))
-
-
 def run_preprocess(
     raw_folder: Path, configurations: Sequence[str], plans_name: str = DEFAULT_PLANS_NAME, workers: int | None = None,
     progress_factory: Callable[[str], Progress] | None = None,
@@ -141,11 +117,6 @@ def run_preprocess(
         progress = progress_factory(name) if progress_factory else None
         done[name] = task.preprocess(description, plans, configuration, folder, workers, progress)
     return done
-
-
-def configuration_model_folder(raw_folder: Path, plans, configuration_name: str) -> Path:
-    architecture = plans.configuration(configuration_name).architecture["name"]
-    return model_folder(raw_folder.name, architecture, plans.plans_name, configuration_name)
 
 
 def write_model_folder(raw_folder: Path, plans, configuration_name: str, description=None, task=None):
@@ -291,7 +262,7 @@ def run_plan_and_train(
         log(f"{name} fold {fold}:")
         run_train(raw_folder, name, fold, options, plans_name, log)
     reports = {}
-    if all(f != "all" for f in folds):
+    if all(f != "all" for f in folds) and task.crossval is not None:
         for name in chosen:
             reports[name] = task.crossval(ModelFolder.open(configuration_model_folder(raw_folder, plans, name)), list(folds))
     if len(reports) > 1:
@@ -322,12 +293,13 @@ def run_compare(
     from medseg.evaluation.compare import BASELINE, compare_families, write_comparison
     from medseg.model_folder import ModelFolder
     from medseg.models.spec import parse_model_spec
+    from medseg.tasks.capabilities import CROSSVAL, LABEL_MAPS
     from medseg.tasks.registry import task_for_model
 
     dataset_type = _description(raw_folder).task_type
     for model in models:
         task = task_for_model(parse_model_spec(model).family, dataset_type, raw_folder.name)  # every family checked before any training
-        if task.name not in ("segmentation", "latent_segmentation"):  # the tasks whose folds write Dice/NSD/HD95 reports
+        if not {LABEL_MAPS, CROSSVAL} <= task.capabilities:  # folds that write Dice/NSD/HD95 reports
             raise MedsegError(f"compare scores segmentations; {model} is trained by the {task.name} task")
     folders = {}
     for model in models:

@@ -230,7 +230,7 @@ def test_dicom_tls_in_and_out(bright_model, shared_data, tmp_path):
         client = ssl.create_default_context(cafile=str(cert))
         client.load_cert_chain(cert, key)  # the node asks clients for a certificate chaining to --tls-ca
         assert _store(datasets, node.config.port, client) == [0] * 4
-        _wait(lambda: receiver.received, 180, lambda: _events(store))
+        _wait(lambda: receiver.received and _events(store, "sent"), 180, lambda: _events(store))  # "sent" is logged once the C-STORE returns
         assert receiver.received[0].Modality == "SEG" and [e["via"] for e in _events(store, "sent")] == ["C-STORE"]
     finally:
         node.stop()

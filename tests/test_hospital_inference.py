@@ -388,15 +388,18 @@ def test_ray_backend_writes_each_case_once_as_the_local_run_does(bright_model, r
 
 def test_tta_axes_pick_a_subset_of_the_trained_mirroring(bright_model, tmp_path):
     from medseg.errors import MedsegError
-    from medseg.inference.predictor import Predictor
+    from medseg.tasks import PredictorOptions, open_predictor
+
+    def mirror_axes(mirror):
+        return open_predictor(model, PredictorOptions(mirror=mirror)).mirror_axes
 
     root, model = bright_model
-    allowed = Predictor(model).mirror_axes
+    allowed = mirror_axes(True)
     assert len(allowed) >= 2
-    assert Predictor(model, mirror=list(reversed(allowed[1:]))).mirror_axes == allowed[1:]
-    assert Predictor(model, mirror=False).mirror_axes == ()
+    assert mirror_axes(list(reversed(allowed[1:]))) == allowed[1:]
+    assert mirror_axes(False) == ()
     with pytest.raises(MedsegError, match="was not trained"):
-        Predictor(model, mirror=[7])
+        mirror_axes([7])
     image = root / "raw" / DATASET / "imagesTr" / "case_000_0000.nii.gz"
     assert "expected comma-separated axis numbers" in run_cli("predict", "-m", model, "-i", image, "-o", tmp_path / "o", "--tta-axes", "x").stderr
     assert "contradict" in run_cli("predict", "-m", model, "-i", image, "-o", tmp_path / "o", "--tta-axes", "1", "--no-tta").stderr

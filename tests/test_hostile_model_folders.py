@@ -65,12 +65,12 @@ def _hostile_copy(model: Path, folder: Path, defect: str) -> list[str]:
 def test_hostile_model_folder_values_are_refused_by_name(bright_model, tmp_path, defect):
     """Opening the folder for prediction (what every surface does) refuses the value by name."""
     from medseg.errors import MedsegError
-    from medseg.inference.predictor import Predictor
+    from medseg.tasks import PredictorOptions, open_predictor
 
     _, model = bright_model
     words = _hostile_copy(model, tmp_path / "model", defect)
     with pytest.raises(MedsegError) as refused:
-        Predictor(tmp_path / "model", device="cpu")
+        open_predictor(tmp_path / "model", PredictorOptions(device="cpu"))
     for word in words:
         assert word in str(refused.value), f"{word!r} not in: {refused.value}"
 

@@ -205,13 +205,13 @@ def test_umamba_bot_plans_trains_and_predicts_through_the_cli(prepared_root, tmp
 @pytest.mark.slow
 def test_prediction_carries_the_source_metadata(prepared_root, shared_data):
     """A DICOM series' SOP instances travel with its segmentation (for a DICOM SEG writer to reference)."""
-    from medseg.inference.predictor import Predictor
     from medseg.io import read_image as read
+    from medseg.tasks import PredictorOptions, open_predictor
 
     image = read(shared_data / "dicom-series-dicom2nifti" / "siemens" / "anatomical" / "001")
     if not (model_folder(prepared_root) / "fold_0" / "checkpoint_final.pt").is_file():
         run_cli("train", "AbdomenMRI-demo", "3d_fullres", "0", *TINY_TRAIN, "--no-validate", root=prepared_root, check=True)
-    prediction = Predictor(model_folder(prepared_root), folds=["0"], mirror=False).predict_image(image, case_id="siemens")
+    prediction = open_predictor(model_folder(prepared_root), PredictorOptions(folds=["0"], mirror=False)).predict_image(image, case_id="siemens")
     source = prediction.segmentation.metadata["source"]
     assert source["sop_instance_uids"] == image.metadata["sop_instance_uids"] and len(source["sop_instance_uids"]) == 4
     assert prediction.source == source and not prediction.segmentation.geometry_differences(image)

@@ -42,7 +42,7 @@ def foreground_dice(prediction: np.ndarray, reference: np.ndarray, labels: dict[
 
 def bench_model(folder: Path) -> dict:
     from medseg.data.cases import stack_channel_files
-    from medseg.inference.predictor import Predictor
+    from medseg.tasks import PredictorOptions, open_predictor
     from medseg.io import read_image
     from medseg.model_folder import ModelFolder
 
@@ -53,7 +53,7 @@ def bench_model(folder: Path) -> dict:
     splits = json.loads(splits_file.read_text())
     rows = []
     for fold in model.folds():
-        predictors = {p: Predictor(model, [fold], precision=p) for p in ("float32", "bfloat16")}
+        predictors = {p: open_predictor(model, PredictorOptions(folds=[fold], precision=p)) for p in ("float32", "bfloat16")}
         for case in splits[int(fold)]["val"]:
             image = stack_channel_files(sorted((raw / "imagesTr").glob(f"{case}_[0-9][0-9][0-9][0-9]{ending}")))
             reference = read_image(raw / "labelsTr" / f"{case}{ending}").array[0]

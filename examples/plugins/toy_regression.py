@@ -11,8 +11,8 @@ toy_regression ...``, or from an installed package through the ``medseg.plugins`
 
     medseg --plugin toy_regression plan-and-train --dataset AbdomenMRI --demo --model toy_regressor
 
-It is the template for a lab's own task: a ``Task`` of stage functions plus a training-run class
-with the methods of ``medseg.tasks.TrainingRun``."""
+It is the template for a lab's own task: a ``Task`` of stage functions, a training-run class with
+the methods of ``medseg.tasks.TrainingRun`` and a predictor with those of ``medseg.tasks.TaskPredictor``."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from medseg.atomic import atomic_path, write_json_atomic
 from medseg.errors import MedsegError
 from medseg.models import ModelFamily, register_model
 from medseg.planning.plans import ConfigurationPlan, Plans
-from medseg.tasks import PlanRequest, PredictRequest, RunContext, Task, get_task, register_task
+from medseg.tasks import BatchRequest, PlanRequest, PredictorOptions, RunContext, Task, get_task, register_task
 
 TASK = "toy_regression"
 INPUT_SIZE = {2: [32, 32], 3: [8, 24, 24]}  # every image is resized to this
@@ -141,18 +141,15 @@ class ToyRegressionRun:
             chosen = [data[i] for i in rng.integers(len(data), size=self.batch_size)]
             yield torch.from_numpy(np.stack([c[0] for c in chosen])), torch.tensor([c[1] for c in chosen], dtype=torch.float32)
 
-    def set_progress(self, progress: float) -> None:
-        for group in self.optimizers["network"].param_groups:
-            group["lr"] = self.learning_rate * (1 - progress)
+    @staticmethod
+    def schedule(progress: float) -> float:
+        """Linear decay of the learning rate to 0 (the loop applies it)."""
+        return 1 - progress
 
-    def train_step(self, batch, models) -> float:
+    def batch_loss(self, batch, models) -> torch.Tensor:
+        """The loss of a batch; medseg's loop does zero-grad, backward and the optimizer step."""
         images, targets = (t.to(self.context.device) for t in batch)
-        optimizer = self.optimizers["network"]
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.mse_loss(models["network"](images), targets)
-        loss.backward()
-        optimizer.step()
-        return float(loss.item())
+        return F.mse_loss(models["network"](images), targets)
 
     def val_step(self, batch, models) -> tuple[float, np.ndarray]:
         images, targets = (t.to(self.context.device) for t in batch)
@@ -184,38 +181,52 @@ def summarize(rows: dict[str, dict]) -> dict:
 
 
 # --------------------------------------------------------------------------------- predict, report
-def predict(folder, request: PredictRequest):
-    from medseg.inference.batch import BatchResult, read_case
-    from medseg.inference.inputs import discover
+class ToyPredictor:
+    """The task's predictor (medseg.tasks.TaskPredictor): every surface opens it through
+    ``medseg.tasks.open_predictor`` and calls ``predict_image`` or ``predict_batch``."""
+
+    precision = "float32"
+
+    def __init__(self, model_folder, networks: list, folds: list[str]):
+        self.model_folder, self.networks, self.folds = model_folder, [n.eval() for n in networks], folds
+
+    @torch.no_grad()
+    def predict_image(self, image, probabilities: bool = False, case_id: str = "case") -> float:
+        prepared = torch.from_numpy(prepare_image(image.array, self.model_folder.configuration.patch_size))[None]
+        return float(np.mean([float(n(prepared)[0]) for n in self.networks]))
+
+    def predict_batch(self, request: BatchRequest):
+        from medseg.inference.batch import BatchResult, read_case
+        from medseg.inference.inputs import discover
+
+        result = BatchResult(folds=list(self.folds))
+        rows = []
+        for case in discover(request.source, request.series, confine=request.confine).cases:
+            try:
+                rows.append({"case": case.case_id, "foreground_fraction": self.predict_image(read_case(case), case_id=case.case_id)})
+            except MedsegError as error:
+                result.failed[case.case_id] = str(error)
+        request.output.mkdir(parents=True, exist_ok=True)
+        target = request.output / "predictions.csv"
+        with atomic_path(target) as temporary:
+            with open(temporary, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=["case", "foreground_fraction"])
+                writer.writeheader()
+                writer.writerows(rows)
+        result.written.append(target)
+        return result
+
+
+def load_predictor(folder, options: PredictorOptions) -> ToyPredictor:
     from medseg.models import build_model
 
-    configuration = folder.configuration
-    folds = request.folds or folder.folds()
+    folds = options.folds or folder.folds()
     networks = []
     for fold in folds:
-        network = build_model(configuration.architecture, len(folder.plans.channel_names), 1)
-        network.load_state_dict(folder.load_module_states(fold, request.checkpoint)["network"])
-        networks.append(network.eval())
-    result = BatchResult(folds=list(folds))
-    rows = []
-    for case in discover(request.source, request.series).cases:
-        case_id = case.case_id
-        try:
-            image = prepare_image(read_case(case).array, configuration.patch_size)
-            with torch.no_grad():
-                value = float(np.mean([float(n(torch.from_numpy(image)[None])[0]) for n in networks]))
-            rows.append({"case": case_id, "foreground_fraction": value})
-        except MedsegError as error:
-            result.failed[case_id] = str(error)
-    request.output.mkdir(parents=True, exist_ok=True)
-    target = request.output / "predictions.csv"
-    with atomic_path(target) as temporary:
-        with open(temporary, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["case", "foreground_fraction"])
-            writer.writeheader()
-            writer.writerows(rows)
-    result.written.append(target)
-    return result
+        network = build_model(folder.configuration.architecture, len(folder.plans.channel_names), 1)
+        network.load_state_dict(folder.load_module_states(fold, options.checkpoint)["network"])
+        networks.append(network)
+    return ToyPredictor(folder, networks, list(folds))
 
 
 def crossval(folder, folds) -> dict:
@@ -242,7 +253,8 @@ register_task(
         preprocessed_cases=preprocessed_cases,
         start_run=ToyRegressionRun,
         model_info=lambda configuration: {},
-        predict=predict,
+        predictor=load_predictor,
+        capabilities=frozenset({"crossval"}),  # what surfaces may ask of it (medseg.tasks.prediction.CAPABILITIES)
         crossval=crossval,
         report_rows=lambda report: (["metric", "value"], [["RMSE", f"{report['rmse']:.4f}"]]),
         report_score=lambda report: -report["rmse"],

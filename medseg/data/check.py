@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.classification import read_labels_table
-from medseg.data.layout import Case, DatasetDescription, list_cases, parse_dataset_json
+from medseg.data.layout import SEGMENTATION_LAYOUT, Case, DatasetDescription, list_cases, parse_dataset_json
 from medseg.errors import MedsegError
 from medseg.parallel import map_parallel
 
@@ -186,7 +186,7 @@ def _split_level_problems(description: DatasetDescription, cases_by_split: dict[
         lowered[case_id.lower()] = case_id
     if description.num_training is not None and description.num_training != len(cases):
         problems.append(f"{folder / 'dataset.json'}: numTraining is {description.num_training} but imagesTr holds {len(cases)} cases")
-    if description.task_type == "segmentation":
+    if description.task_type == SEGMENTATION_LAYOUT:
         labels_folder = folder / "labelsTr"
         if not labels_folder.is_dir():
             problems.append(f"{labels_folder}: missing folder")

@@ -35,13 +35,18 @@ NATURAL_IMAGE_ENDINGS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
+# dataset layouts (dataset.json "task"); tasks say which they learn from (Task.dataset_types)
+SEGMENTATION_LAYOUT, CLASSIFICATION_LAYOUT = "segmentation", "classification"
+DATASET_TYPES = (SEGMENTATION_LAYOUT, CLASSIFICATION_LAYOUT)
+
+
 @dataclass
 class DatasetDescription:
     """Parsed dataset.json."""
 
     folder: Path
     name: str
-    task_type: str  # "segmentation" or "classification"
+    task_type: str  # the layout, one of DATASET_TYPES (not a task: several tasks learn from one layout)
     channel_names: dict[int, str]
     file_ending: str
     labels: dict[str, int] = field(default_factory=dict)  # segmentation: name -> value
@@ -84,8 +89,8 @@ def parse_dataset_json(folder: Path) -> tuple[DatasetDescription | None, list[st
     if not isinstance(raw, dict):
         return None, [f"{path}: must hold a JSON object"]
     problems = []
-    task_type = raw.get("task", "segmentation")
-    if task_type not in ("segmentation", "classification"):
+    task_type = raw.get("task", SEGMENTATION_LAYOUT)
+    if task_type not in DATASET_TYPES:
         problems.append(f"{path}: 'task' must be 'segmentation' or 'classification', got {task_type!r}")
     channel_names = raw.get("channel_names", raw.get("modality"))
     if not isinstance(channel_names, dict) or not channel_names:
@@ -103,7 +108,7 @@ def parse_dataset_json(folder: Path) -> tuple[DatasetDescription | None, list[st
         problems.append(f"{path}: 'file_ending' must be given, e.g. \".nii.gz\"")
         file_ending = ""
     description = DatasetDescription(folder, str(raw.get("name", folder.name)), task_type, channels, file_ending, raw=raw)
-    if task_type == "segmentation":
+    if task_type == SEGMENTATION_LAYOUT:
         labels = raw.get("labels")
         if not isinstance(labels, dict) or not labels:
             problems.append(f"{path}: 'labels' must map names to values, e.g. {{\"background\": 0, \"liver\": 1}}")
@@ -165,7 +170,7 @@ def list_cases(description: DatasetDescription, split: str = "Tr") -> tuple[list
     cases = []
     for case_id, channel_files in sorted(channels_by_case.items()):
         label_path = None
-        if description.task_type == "segmentation" and split == "Tr":
+        if description.task_type == SEGMENTATION_LAYOUT and split == "Tr":
             label_path = description.folder / "labelsTr" / f"{case_id}{ending}"
         expected = set(range(description.num_channels))
         present = set(channel_files)

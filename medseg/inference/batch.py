@@ -151,6 +151,25 @@ def predict_folder(
         shutil.rmtree(unpack, ignore_errors=True)
 
 
+def predict_cases(predictor, request, runner: Callable | None = None) -> BatchResult:
+    """A per-case predictor's ``predict_batch``: every case read, predicted (``predictor.predict_image``)
+    and written in the requested formats; ``runner``: as in ``predict_folder``.
+    request: medseg.tasks.prediction.BatchRequest."""
+    from medseg.inference.outputs import parse_formats
+
+    if request.workers < 0:
+        raise MedsegError(f"--workers must be 0 or more, got {request.workers}")
+    formats = parse_formats(",".join(request.formats) if isinstance(request.formats, list) else request.formats)
+    info = predictor.model_folder.info
+    context = OutputContext(info.labels, info.file_ending, predictor.model_folder.path, info.algorithm_name, medseg.__version__)
+    result = predict_folder(
+        predictor, request.source, request.output, formats, context, save_probabilities=request.save_probabilities, progress=request.progress,
+        series=request.series, resume=request.resume, workers=request.workers, runner=runner, confine=request.confine,
+    )
+    result.folds = list(predictor.folds)
+    return result
+
+
 def process_case(predictor, case: InputCase, output: Path, formats, context: OutputContext, save_probabilities: bool) -> dict:
     """Read, predict and write one case here, start to finish; return its manifest entry (not yet
     recorded: the caller that owns the manifest records it, once)."""

@@ -42,12 +42,11 @@ def _require_onnx():
 def export_onnx(
     folder: ModelFolder, output: Path, folds: Sequence[str] | None = None, checkpoint: str = "auto", opset: int = OPSET, overwrite: bool = False
 ) -> dict:
-    """Export every (or the given) fold's network; return the onnx.json content."""
+    """Export every (or the given) fold's network; return the onnx.json content. The folder's task
+    must export to ONNX (its caller checks the capability: medseg.tasks.capabilities.ONNX)."""
     from medseg.models.registry import build_model
 
     runtime = _require_onnx()
-    if folder.info.task != "segmentation":
-        raise MedsegError(f"{folder.path}: ONNX export covers segmentation models; this one is a {folder.info.task} model")
     folds = list(folds) if folds else [f for f in folder.folds() if _has_checkpoint(folder, f, checkpoint)]
     if not folds:
         raise MedsegError(f"{folder.path}: no trained folds to export")

@@ -18,7 +18,6 @@ from medseg.preprocessing.case import CaseProperties, preprocess_case
 from medseg.preprocessing.resampling import coarse_axis, resample_probabilities
 from medseg.inference.sliding_window import predict_logits
 
-RUNTIMES = ("torch", "onnx")
 PRECISIONS = ("auto", "float32", "bfloat16")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 arithmetic; elsewhere bf16 is emulated and slower
 
@@ -90,78 +89,47 @@ def check_segmentation_labels(folder: ModelFolder) -> None:
         raise MedsegError(f"{source}: labels {info_labels}: expected the values 0 (background) to {len(values) - 1}, one per network output")
 
 
+def check_predictor_folder(folder: ModelFolder, mirror: bool | Sequence[int]) -> tuple[int, ...]:
+    """What a label-map predictor needs of a model folder before any weights load; -> mirror axes."""
+    check_segmentation_labels(folder)
+    allowed, ndim = tuple(folder.info.mirror_axes), folder.configuration.ndim
+    if any(axis >= ndim for axis in allowed):
+        raise MedsegError(f"{folder.path / 'model.json'}: mirror_axes = {list(allowed)}: a {ndim}D model has axes 0..{ndim - 1}")
+    return chosen_mirror_axes(mirror, allowed, folder.path)
+
+
 class Predictor:
+    """Label maps from images with networks in memory: what ``load_predictor`` builds from a model
+    folder's folds, and what the trainer's final validation builds around the network it trained."""
+
     def __init__(
         self,
-        model_folder: Path | ModelFolder,
-        folds: Sequence[str] | None = None,
-        checkpoint: str = "auto",
-        device: str | None = None,
+        model_folder: ModelFolder,
+        networks: list,
+        device: torch.device,
+        folds: Sequence[str] = ("memory",),
         step_fraction: float = 0.5,
         mirror: bool | Sequence[int] = True,
         windows_per_batch: int | None = None,
-        runtime: str = "torch",
-        precision: str = "auto",
+        precision: str = "float32",
+        postprocess: Sequence[int] = (),
     ):
-        """``runtime``: "torch", or "onnx" for an ONNX export folder (medseg.inference.onnx_export).
-        ``precision``: "float32"; "bfloat16": the network's forward under bf16 autocast (window
-        logits are still accumulated in float32); "auto": bfloat16 on CPUs with native bf16
-        instructions, where it halves the time at no measured Dice cost
-        (bench/results/inference_bf16_dice.json), float32 elsewhere."""
-        if precision not in PRECISIONS:
-            raise MedsegError(f"unknown precision '{precision}' (choose {', '.join(PRECISIONS)})")
-        if precision == "bfloat16" and runtime == "onnx":
-            raise MedsegError("--precision bfloat16 applies to the torch runtime; the ONNX export runs in float32")
-        from medseg.models.loading import build_checked
-
-        if runtime not in RUNTIMES:
-            raise MedsegError(f"unknown runtime '{runtime}' (choose {', '.join(RUNTIMES)})")
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if runtime == "onnx":
-            device = torch.device("cpu")  # ONNX Runtime's CPU provider; results come back as CPU tensors
-        self.precision = "float32" if runtime == "onnx" else resolve_precision(precision, device)
+        """``precision``: "float32", or "bfloat16": the forward under bf16 autocast (window logits
+        still accumulated in float32). ``postprocess``: classes kept to their largest component."""
+        self.model_folder, self.folder = model_folder, model_folder.path
+        self.plans, self.configuration = model_folder.plans, model_folder.configuration
+        self.mirror_axes = check_predictor_folder(model_folder, mirror)
         if windows_per_batch is None:  # GPUs: 4 windows per forward ran 1.6x faster than 1 (bench/results/gpu_inference.json)
             windows_per_batch = 4 if device.type == "cuda" else 1
-        self._load_folder(model_folder, device, step_fraction, windows_per_batch, mirror)
-        self.postprocess = list(self.model_folder.postprocessing().get("largest_component_classes", []))
-        if runtime == "onnx":
-            from medseg.inference.onnx_export import onnx_networks
-
-            self.networks, self.folds = onnx_networks(self.model_folder, folds)
-            return
-        folds = list(folds) if folds else self.model_folder.folds()
-        if not folds:
-            raise MedsegError(f"{self.folder}: no trained folds (fold_*/)")
-        self.networks = []
-        for fold in folds:
-            states = self.model_folder.load_module_states(fold, checkpoint)
-            path = self.model_folder.checkpoint_path(fold, checkpoint)
-            if "network" not in states:
-                raise MedsegError(f"{path}: holds no 'network' weights")
-            network = build_checked(self.configuration.architecture, len(self.plans.channel_names), self.plans.num_classes, states["network"], self.folder / "plans.json", path)
-            self.networks.append(network.to(self.device).eval())
-        self.folds = folds
-
-    @classmethod
-    def from_networks(cls, model_folder: ModelFolder, networks: list, device: torch.device, mirror: bool = True, step_fraction: float = 0.5):
-        """A predictor around networks already in memory (the trainer's final validation)."""
-        predictor = cls.__new__(cls)
-        predictor._load_folder(model_folder, device, step_fraction, 4 if device.type == "cuda" else 1, mirror)
-        predictor.networks, predictor.folds = [n.eval() for n in networks], ["memory"]
-        predictor.precision = "float32"
-        predictor.postprocess = []  # cross-validation scores the raw prediction
-        return predictor
-
-    def _load_folder(self, model_folder: Path | ModelFolder, device: torch.device, step_fraction: float, windows_per_batch: int, mirror) -> None:
-        self.model_folder = model_folder if isinstance(model_folder, ModelFolder) else ModelFolder.open(model_folder)
-        self.folder = self.model_folder.path
-        self.plans = self.model_folder.plans
-        self.configuration = self.model_folder.configuration
         self.device, self.step_fraction, self.windows_per_batch = device, step_fraction, windows_per_batch
-        self.mirror_axes = chosen_mirror_axes(mirror, tuple(self.model_folder.info.mirror_axes), self.folder)
-        check_segmentation_labels(self.model_folder)
-        if any(axis >= self.configuration.ndim for axis in self.model_folder.info.mirror_axes):
-            raise MedsegError(f"{self.folder / 'model.json'}: mirror_axes = {self.model_folder.info.mirror_axes}: a {self.configuration.ndim}D model has axes 0..{self.configuration.ndim - 1}")
+        self.networks = [n.eval() for n in networks]
+        self.folds, self.precision, self.postprocess = list(folds), precision, list(postprocess)
+
+    def predict_batch(self, request):
+        """request: medseg.tasks.prediction.BatchRequest -> medseg.inference.batch.BatchResult."""
+        from medseg.inference.batch import predict_cases
+
+        return predict_cases(self, request)
 
     def _logits(self, data: np.ndarray) -> torch.Tensor:
         """data: (C, *S) preprocessed -> fold-averaged logits (K, *S)."""
@@ -220,3 +188,46 @@ class Predictor:
         check_input(image, self.plans, case_id)
         data, _, properties = preprocess_case(image, None, self.plans, self.configuration, case_id)
         return self.predict_preprocessed(data, properties, probabilities, source=image.metadata)
+
+
+def load_predictor(model_folder: ModelFolder, options) -> Predictor:
+    """The predictor of a model folder's trained folds (the segmentation task's ``predictor``);
+    ``options``: medseg.tasks.prediction.PredictorOptions. ``runtime`` "onnx" runs the folder's ONNX
+    export (medseg.inference.onnx_export); ``precision`` "auto" is bfloat16 on CPUs with native bf16
+    instructions, where it halves the time at no measured Dice cost
+    (bench/results/inference_bf16_dice.json), float32 elsewhere."""
+    from medseg.models.loading import build_checked
+
+    if not 0 <= options.overlap < 1:
+        raise MedsegError(f"--overlap must be in [0, 1), got {options.overlap}")
+    if options.precision not in PRECISIONS:
+        raise MedsegError(f"unknown precision '{options.precision}' (choose {', '.join(PRECISIONS)})")
+    if options.precision == "bfloat16" and options.runtime == "onnx":
+        raise MedsegError("--precision bfloat16 applies to the torch runtime; the ONNX export runs in float32")
+    device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if options.runtime == "onnx":
+        device = torch.device("cpu")  # ONNX Runtime's CPU provider; results come back as CPU tensors
+    check_predictor_folder(model_folder, options.mirror)  # before any weights load
+    postprocess = model_folder.postprocessing().get("largest_component_classes", [])
+    if options.runtime == "onnx":
+        from medseg.inference.onnx_export import onnx_networks
+
+        networks, folds = onnx_networks(model_folder, options.folds)
+        precision = "float32"
+    else:
+        folds = list(options.folds) if options.folds else model_folder.folds()
+        if not folds:
+            raise MedsegError(f"{model_folder.path}: no trained folds (fold_*/)")
+        plans, architecture = model_folder.plans, model_folder.configuration.architecture
+        networks = []
+        for fold in folds:
+            states = model_folder.load_module_states(fold, options.checkpoint)
+            path = model_folder.checkpoint_path(fold, options.checkpoint)
+            if "network" not in states:
+                raise MedsegError(f"{path}: holds no 'network' weights")
+            network = build_checked(architecture, len(plans.channel_names), plans.num_classes, states["network"], model_folder.path / "plans.json", path)
+            networks.append(network.to(device))
+        precision = resolve_precision(options.precision, device)
+    return Predictor(
+        model_folder, networks, device, folds, 1 - options.overlap, options.mirror, options.windows_per_batch, precision, postprocess,
+    )

@@ -28,16 +28,14 @@ def _require_ray():
 
 
 class _CaseWorker:
-    """One Ray actor: the predictor is built once, then any number of cases run through it."""
+    """One Ray actor: the predictor is opened once (through the front door), then any number of
+    cases run through it."""
 
-    def __init__(self, model_folder: str, predictor_options: dict, threads: int):
+    def __init__(self, model_folder: str, predictor_options, threads: int, opener):
         import torch
 
-        from medseg.inference.predictor import Predictor
-        from medseg.model_folder import ModelFolder
-
         torch.set_num_threads(max(1, threads))
-        self.predictor = Predictor(ModelFolder.open(Path(model_folder)), **predictor_options)
+        self.predictor = opener(Path(model_folder), predictor_options, surface="a Ray worker")
 
     def folds(self) -> list[str]:
         return list(self.predictor.folds)
@@ -50,12 +48,40 @@ class _CaseWorker:
         return entry
 
 
+class RayPredictor:
+    """What the front door (medseg.tasks.open_predictor) returns for ``backend="ray"``: batches run
+    on Ray actors at ``options.address`` (None: a local Ray started for the batch), each actor
+    opening the model's own predictor with ``options`` (backend local) through ``opener`` (the front
+    door, medseg.tasks.open_predictor: passed in, so this module needs nothing of the tasks)."""
+
+    def __init__(self, model_folder, options, opener):
+        self.model_folder, self.options, self.opener = model_folder, options, opener
+        self.folds: list[str] = list(options.folds or [])
+        self.precision = None  # each actor's, recorded per case
+
+    def predict_image(self, image, probabilities: bool = False, case_id: str = "case"):
+        raise MedsegError("a Ray predictor runs batches (predict_batch); open a local predictor to predict one image")
+
+    def predict_batch(self, request):
+        from medseg.inference.batch import predict_cases
+
+        if request.workers < 0:
+            raise MedsegError(f"--workers must be 0 or more, got {request.workers}")
+        runner = RayRunner(self.model_folder.path, self.options, self.opener, self.options.address, request.workers)
+        try:
+            result = predict_cases(self, request, runner=runner)
+        finally:
+            runner.shutdown()
+        result.folds = self.folds = list(runner.folds)
+        return result
+
+
 class RayRunner:
     """A ``predict_folder`` runner: actors on the cluster at ``address`` (None: a local Ray started here)."""
 
-    def __init__(self, model_folder: Path, predictor_options: dict, address: str | None = None, actors: int = 0):
+    def __init__(self, model_folder: Path, predictor_options, opener, address: str | None = None, actors: int = 0):
         self.ray = _require_ray()
-        self.model_folder, self.predictor_options = str(Path(model_folder).resolve()), predictor_options
+        self.model_folder, self.predictor_options, self.opener = str(Path(model_folder).resolve()), predictor_options, opener
         self.address, self.requested_actors = address, actors
         self.folds: list[str] = []
 
@@ -73,9 +99,9 @@ class RayRunner:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         actors = self.requested_actors or max(1, cpus // 2)  # two threads per actor: one case's forward saturates them
         threads = max(1, cpus // actors)
-        wants_gpu = str(self.predictor_options.get("device") or "").startswith("cuda")
+        wants_gpu = str(self.predictor_options.device or "").startswith("cuda")
         remote = ray.remote(num_cpus=threads, num_gpus=1 if wants_gpu else 0)(_CaseWorker)
-        workers = [remote.remote(self.model_folder, self.predictor_options, threads) for _ in range(actors)]
+        workers = [remote.remote(self.model_folder, self.predictor_options, threads, self.opener) for _ in range(actors)]
         try:  # the model loads in every actor; a model that cannot load fails here, once, clearly
             self.folds = ray.get([w.folds.remote() for w in workers])[0]
         except ray.exceptions.RayActorError as error:

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from medseg.data.layout import Case, DatasetDescription, list_cases
+from medseg.data.layout import SEGMENTATION_LAYOUT, Case, DatasetDescription, list_cases
 from medseg.atomic import write_json_atomic
 from medseg.errors import DatasetError, MedsegError
 from medseg.parallel import map_parallel
@@ -150,7 +150,7 @@ def extract_fingerprint(
     cases, problems = list_cases(description, "Tr")
     if problems:
         raise DatasetError(f"{description.folder}: " + "; ".join(problems[:5]) + " (run `medseg datasets check`)")
-    if description.task_type != "segmentation":
+    if description.task_type != SEGMENTATION_LAYOUT:
         raise DatasetError(f"{description.folder}: fingerprinting is for segmentation datasets (this one is {description.task_type})")
     if not cases:
         raise DatasetError(f"{description.folder}: imagesTr holds no cases")

@@ -55,13 +55,16 @@ def _suffix(name: str) -> str | None:
 
 def create_app(settings: ServeSettings) -> FastAPI:
     import medseg
-    from medseg.model_folder import ModelFolder, model_summary
+    from medseg.model_folder import model_summary
+    from medseg.model_folders import open_model_folder
+    from medseg.tasks import get_task
+    from medseg.tasks.capabilities import LABEL_MAPS
+    from medseg.tasks.prediction import require_capabilities
 
     folders = {}
     for name, path in settings.models.items():
-        folder = ModelFolder.open(path)  # a bad model folder stops the server at start, named
-        if folder.info.task != "segmentation":
-            raise MedsegError(f"{path}: medseg serve runs segmentation models; this one is a {folder.info.task} model")
+        folder = open_model_folder(path)  # a bad model folder stops the server at start, named
+        require_capabilities(folder, get_task(folder.info.task), {LABEL_MAPS}, "medseg serve")
         folders[name] = folder
     store = JobStore(settings.data)
     roots = [Path(r).resolve() for r in settings.allowed_roots]

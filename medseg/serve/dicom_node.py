@@ -29,6 +29,7 @@ from medseg.serve.node_store import SeriesStore, incomplete_reason
 
 __all__ = ["Destination", "DicomNode", "NodeConfig", "TlsSettings"]
 
+NODE = "medseg dicom-node"
 DICOM_FORMATS = ("dicom-seg", "rtstruct")
 # A UID as PS3.5 9.1 defines it: numeric components separated by single dots, at most 64 characters
 # (leading zeros tolerated: real devices write them). It is also a safe file name; '.', '..', '1..2'
@@ -179,24 +180,20 @@ class DicomNode:
 
     def predictor(self):
         if self._predictor is None:
-            from medseg.inference.predictor import Predictor
+            from medseg.tasks import PredictorOptions, open_predictor
+            from medseg.tasks.capabilities import LABEL_MAPS
 
-            self._predictor = Predictor(self.config.model, mirror=self.config.tta)
+            self._predictor = open_predictor(self.config.model, PredictorOptions(mirror=self.config.tta), needs={LABEL_MAPS}, surface=NODE)
         return self._predictor
 
     def process(self, series: str) -> None:
-        import medseg
-        from medseg.inference.batch import predict_folder
-        from medseg.inference.outputs import OutputContext
+        from medseg.tasks import BatchRequest
 
         folder, joined = self.store.claim(series)
         instances = len(list((folder / "input").glob("*.dcm")))
         self.log("processing", series=series, instances=instances, **({"joined_earlier": joined} if joined else {}))
         try:
-            predictor = self.predictor()
-            info = predictor.model_folder.info
-            context = OutputContext(info.labels, info.file_ending, predictor.folder, info.algorithm_name, medseg.__version__)
-            result = predict_folder(predictor, folder / "input", folder / "output", self.config.formats, context)
+            result = self.predictor().predict_batch(BatchRequest(folder / "input", folder / "output", formats=list(self.config.formats)))
             if result.failed:
                 raise MedsegError("; ".join(f"{case}: {error}" for case, error in result.failed.items()))
             if not result.written:
@@ -263,11 +260,10 @@ class DicomNode:
 def check_label_map_model(model: Path) -> None:
     """The node writes DICOM SEG / RTSTRUCT from label maps: a model whose task makes none is refused
     at start, naming both."""
-    from medseg.model_folder import ModelFolder
+    from medseg.model_folders import open_model_folder
+    from medseg.tasks import get_task
+    from medseg.tasks.capabilities import LABEL_MAPS
+    from medseg.tasks.prediction import require_capabilities
 
-    folder = ModelFolder.open(model)
-    if folder.info.task != "segmentation":
-        raise MedsegError(
-            f"{model}: a {folder.info.task} model ({folder.info.model}) does not produce label maps; "
-            "medseg dicom-node sends DICOM SEG / RTSTRUCT and needs a segmentation model"
-        )
+    folder = open_model_folder(model)
+    require_capabilities(folder, get_task(folder.info.task), {LABEL_MAPS}, f"{NODE} (it sends DICOM SEG / RTSTRUCT)")

@@ -108,11 +108,12 @@ class Worker:
         self.queue.put_nowait(job.id)
 
     def _predictor(self, model: str, tta: bool):
-        from medseg.inference.predictor import Predictor
+        from medseg.tasks import PredictorOptions, open_predictor
+        from medseg.tasks.capabilities import LABEL_MAPS
 
         key = (model, tta)
         if key not in self.predictors:
-            self.predictors[key] = Predictor(self.models[model], mirror=tta)
+            self.predictors[key] = open_predictor(self.models[model], PredictorOptions(mirror=tta), needs={LABEL_MAPS}, surface="medseg serve")
         return self.predictors[key]
 
     def _loop(self) -> None:
@@ -144,13 +145,9 @@ class Worker:
         return text
 
     def _run(self, job: Job) -> None:
-        import medseg
-        from medseg.inference.batch import predict_folder
-        from medseg.inference.outputs import OutputContext
+        from medseg.tasks import BatchRequest
 
         predictor = self._predictor(job.model, job.tta)
-        info = predictor.model_folder.info
-        context = OutputContext(info.labels, info.file_ending, predictor.folder, info.algorithm_name, medseg.__version__)
         output = self.store.folder(job.id) / "output"
         if output.exists():  # a restart re-runs the job from the start
             shutil.rmtree(output)
@@ -160,7 +157,7 @@ class Worker:
             self.store.save(job)
 
         confine = [*self.roots, self.store.folder(job.id) / "input"]
-        result = predict_folder(predictor, Path(job.source), output, job.formats, context, progress=progress, confine=confine)
+        result = predictor.predict_batch(BatchRequest(Path(job.source), output, formats=list(job.formats), progress=progress, confine=confine))
         entries = result.entries
         single = len(entries) == 1
         job.outputs = {

@@ -19,8 +19,12 @@ import torch
 from medseg.atomic import atomic_path
 from medseg.data.autoencoder_images import autoencoder_image, mask_as_image, random_blob_masks
 from medseg.errors import DatasetError, MedsegError
-from medseg.tasks import classification, masked_pretraining, segmentation
+from medseg.preprocessing import images2d
+from medseg.tasks import masked_pretraining, segmentation
+from medseg.tasks.capabilities import PRETRAINS
 from medseg.tasks.registry import PlanRequest, RunContext, Task, register_task
+from medseg.training import optimizers
+from medseg.training.schedules import warmup_then_cosine
 
 TASK = "autoencoder_pretraining"
 CPU_SIDE, GPU_SIDE, MIN_SIDE = 128, 256, 32
@@ -106,8 +110,6 @@ def _prepare_image_file(job) -> str | None:
     return None
 
 
-
-
 def extra_image_files(folders: list[str]) -> list[Path]:
     files = []
     for folder in map(Path, folders):
@@ -121,19 +123,11 @@ def extra_image_files(folders: list[str]) -> list[Path]:
 
 
 def preprocess(description, plans, configuration, folder: Path, workers, progress) -> tuple[int, int]:
-    from medseg.data.layout import list_cases
     from medseg.parallel import map_parallel
 
-    classification.fresh_folder(folder, signature(configuration, TASK))
-    side, targets = configuration.patch_size[0], []
-    for split in ("Tr", "Ts") if configuration.training.get("include_test") else ("Tr",):
-        if split == "Ts" and not (description.folder / "imagesTs").is_dir():
-            continue
-        cases, problems = list_cases(description, split)
-        if problems:
-            raise DatasetError(f"{description.folder}: " + "; ".join(problems[:5]) + " (run `medseg datasets check`)")
-        prefix = classification.TEST_PREFIX if split == "Ts" else ""
-        targets += [(case, folder / f"{prefix}{case.case_id}.npz") for case in cases]
+    images2d.fresh_folder(folder, signature(configuration, TASK))
+    side = configuration.patch_size[0]
+    targets = images2d.case_targets(description, folder, bool(configuration.training.get("include_test")))
     for index, path in enumerate(extra_image_files(configuration.training.get("extra_images", []))):
         targets.append((path, folder / f"{EXTRA_PREFIX}{index:06d}.npz"))
     jobs = [(source, target, side) for source, target in targets if not target.is_file()]
@@ -141,10 +135,6 @@ def preprocess(description, plans, configuration, folder: Path, workers, progres
     if errors:
         raise DatasetError(f"{len(errors)} image(s) could not be prepared: " + "; ".join(errors[:5]))
     return len(jobs), len(targets) - len(jobs)
-
-
-
-
 
 
 # ------------------------------------------------------------------------------------- training
@@ -163,6 +153,8 @@ class AutoencoderPretrainingRun:
         self.modules = {"network": self.network}
         self.learning_rate = options.learning_rate or self.training["learning_rate"]
         self.optimizers = {"network": torch.optim.AdamW(self.network.parameters(), self.learning_rate, weight_decay=self.training["weight_decay"])}
+        self.schedule = warmup_then_cosine(self.training.get("warmup_fraction", 0.02))
+        self.gradient_clip = optimizers.ADAMW_GRADIENT_CLIP
         self.batch_size = max(1, (options.batch_size or configuration.batch_size) // context.world_size)
         self.side = configuration.patch_size[0]
 
@@ -175,7 +167,7 @@ class AutoencoderPretrainingRun:
 
     def batches(self, split: str, seed: int, background: bool):
         cases = self.context.train_cases if split == "train" else (self.context.val_cases or self.context.train_cases)
-        images = classification.load_images(self.context.data_folder, cases)
+        images = images2d.load_images(self.context.data_folder, cases)
         generator = torch.Generator().manual_seed(seed)
         masks = round(self.batch_size * self.training.get("mask_fraction", 0.25))
         while True:
@@ -188,27 +180,14 @@ class AutoencoderPretrainingRun:
                 batch[:masks] = mask_as_image(random_blob_masks(masks, self.side, generator))
             yield batch
 
-    def set_progress(self, progress: float) -> None:
-        factor = classification.warmup_cosine(progress, self.training.get("warmup_fraction", 0.02))
-        for group in self.optimizers["network"].param_groups:
-            group["lr"] = self.learning_rate * factor
-
     def _loss(self, network, batch: torch.Tensor, sample: bool) -> tuple[torch.Tensor, torch.Tensor]:
         reconstruction, mean, logvar = network(batch, sample=sample)
         l1 = (reconstruction - batch).abs().mean()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
         return l1 + self.training.get("kl_weight", 1e-4) * kl, l1
 
-    def train_step(self, batch, models) -> float:
-        optimizer = self.optimizers["network"]
-        optimizer.zero_grad(set_to_none=True)
-        loss, _ = self._loss(models["network"], batch.to(self.context.device, non_blocking=True), sample=True)
-        if not torch.isfinite(loss):
-            return float(loss.item())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), classification.GRADIENT_CLIP)
-        optimizer.step()
-        return float(loss.item())
+    def batch_loss(self, batch, models) -> torch.Tensor:
+        return self._loss(models["network"], batch.to(self.context.device, non_blocking=True), sample=True)[0]
 
     def val_step(self, batch, models) -> tuple[float, np.ndarray]:
         loss, l1 = self._loss(models["network"], batch.to(self.context.device), sample=False)
@@ -223,7 +202,7 @@ class AutoencoderPretrainingRun:
         from medseg.models.kl_autoencoder import save_autoencoder
 
         folder = self.context.fold_folder
-        images = classification.load_images(self.context.data_folder, self.context.train_cases[:64]).float().to(self.context.device)
+        images = images2d.load_images(self.context.data_folder, self.context.train_cases[:64]).float().to(self.context.device)
         was_training = self.network.training
         self.network.eval()
         with torch.no_grad():
@@ -250,15 +229,11 @@ def reconstruction_png(path: Path, images: torch.Tensor, reconstructed: torch.Te
         Image.fromarray(np.ascontiguousarray(canvas)).save(temporary, format="PNG")
 
 
-def predict(folder, request):
-    raise MedsegError(
-        f"{folder.path} is an autoencoder: it encodes images, it does not segment. "
-        f"Train GMS in its latent space: `medseg plan-and-train --model gms --pretrained {folder.path / 'fold_all' / 'autoencoder'}`"
+def instead(folder: Path) -> str:
+    return (
+        "it encodes images, it does not segment. "
+        f"Train GMS in its latent space: `medseg plan-and-train --model gms --pretrained {folder / 'fold_all' / 'autoencoder'}`"
     )
-
-
-def crossval(folder, folds) -> dict:
-    raise MedsegError("autoencoder pretraining trains on every image (fold 'all'); there is no cross-validation")
 
 
 register_task(
@@ -272,8 +247,9 @@ register_task(
         preprocessed_cases=masked_pretraining.preprocessed_cases,  # every image file, test and extra ones too
         start_run=AutoencoderPretrainingRun,
         model_info=lambda configuration: {},
-        predict=predict,
-        crossval=crossval,
+        predictor=None,  # its model feeds another task's training (see instead)
+        capabilities=frozenset({PRETRAINS}),
+        instead=instead,
         report_rows=lambda report: (["metric", "value"], [["L1", str(report.get("l1"))]]),
         report_score=lambda report: -float(report.get("l1") or 0.0),
     )

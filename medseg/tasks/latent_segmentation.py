@@ -26,9 +26,13 @@ import torch.nn.functional as F
 
 from medseg.data.autoencoder_images import autoencoder_image, decoded_mask, mask_as_image, mask_at
 from medseg.errors import DatasetError, MedsegError
+from medseg.preprocessing import images2d
 from medseg.tasks import autoencoder_pretraining as pretraining
-from medseg.tasks import classification, masked_pretraining, segmentation
-from medseg.tasks.registry import PlanRequest, PredictRequest, RunContext, Task, register_task
+from medseg.tasks import masked_pretraining, segmentation
+from medseg.tasks.capabilities import CROSSVAL, LABEL_MAPS
+from medseg.tasks.registry import PlanRequest, RunContext, Task, register_task
+from medseg.training import optimizers
+from medseg.training.schedules import warmup_then_cosine
 
 TASK = "latent_segmentation"
 GPU_SIDE = 224  # GMS's input size
@@ -69,7 +73,7 @@ def preprocess(description, plans, configuration, folder: Path, workers, progres
     from medseg.data.layout import list_cases
     from medseg.parallel import map_parallel
 
-    classification.fresh_folder(folder, pretraining.signature(configuration, TASK))
+    images2d.fresh_folder(folder, pretraining.signature(configuration, TASK))
     cases, problems = list_cases(description, "Tr")
     if problems:
         raise DatasetError(f"{description.folder}: " + "; ".join(problems[:5]) + " (run `medseg datasets check`)")
@@ -93,7 +97,7 @@ def _digest(path: Path) -> str:
 
 def default_autoencoder(raw_folder: Path) -> Path:
     """Where ``medseg pretrain-ae`` leaves the dataset's own autoencoder."""
-    from medseg.pipeline import configuration_model_folder, default_plans_name, load_plans
+    from medseg.experiment import configuration_model_folder, default_plans_name, load_plans
 
     try:
         plans = load_plans(raw_folder, default_plans_name("kl_autoencoder"))
@@ -144,8 +148,8 @@ def encode_cases(autoencoder, data_folder: Path, case_ids: list[str], device: to
     parts: dict[str, list[torch.Tensor]] = {"image_mean": [], "image_logvar": [], "mask_latent": [], "mask": []}
     for first in range(0, len(case_ids), batch):
         chosen = case_ids[first : first + batch]
-        images = classification.load_images(data_folder, chosen).float().to(device)
-        masks = classification.load_images(data_folder, chosen, "mask").float()[:, None].to(device)
+        images = images2d.load_images(data_folder, chosen).float().to(device)
+        masks = images2d.load_images(data_folder, chosen, "mask").float()[:, None].to(device)
         mean, logvar = autoencoder.encode(images)
         parts["image_mean"].append(mean.cpu())
         parts["image_logvar"].append(logvar.cpu())
@@ -183,6 +187,8 @@ class LatentSegmentationRun:
         self.modules = {"network": self.network}
         self.learning_rate = options.learning_rate or self.training["learning_rate"]
         self.optimizers = {"network": torch.optim.AdamW(self.network.parameters(), self.learning_rate, weight_decay=self.training["weight_decay"])}
+        self.schedule = warmup_then_cosine(self.training.get("warmup_fraction", 0.05))
+        self.gradient_clip = optimizers.ADAMW_GRADIENT_CLIP
         self.batch_size = max(1, (options.batch_size or configuration.batch_size) // context.world_size)
         cases = sorted(set(context.train_cases) | set(context.val_cases))
         self.index = {case: i for i, case in enumerate(cases)}
@@ -208,29 +214,16 @@ class LatentSegmentationRun:
             noise = torch.randn(mean.shape, generator=generator) * torch.exp(0.5 * logvar)
             yield torch.where(sampled, mean + noise, mean), self.latents["mask_latent"][chosen], self.latents["mask"][chosen].float()
 
-    def set_progress(self, progress: float) -> None:
-        factor = classification.warmup_cosine(progress, self.training.get("warmup_fraction", 0.05))
-        for group in self.optimizers["network"].param_groups:
-            group["lr"] = self.learning_rate * factor
-
     def _losses(self, outputs: list[torch.Tensor], target_latent: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         latent = sum(F.mse_loss(o, target_latent) for o in outputs)
         dice = sum(soft_dice_loss(decoded_mask(self.autoencoder.decode(o)), mask) for o in outputs)
         return latent, dice
 
-    def train_step(self, batch, models) -> float:
-        device = self.context.device
-        z, target_latent, mask = (t.to(device, non_blocking=True) for t in batch)
-        optimizer = self.optimizers["network"]
-        optimizer.zero_grad(set_to_none=True)
+    def batch_loss(self, batch, models) -> torch.Tensor:
+        """Latent MSE + Dice through the frozen decoder, on the finest outputs."""
+        z, target_latent, mask = (t.to(self.context.device, non_blocking=True) for t in batch)
         latent, dice = self._losses(models["network"](z)[:SUPERVISED_OUTPUTS], target_latent, mask)
-        loss = latent + dice
-        if not torch.isfinite(loss):
-            return float(loss.item())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), classification.GRADIENT_CLIP)
-        optimizer.step()
-        return float(loss.item())
+        return latent + dice
 
     def val_step(self, batch, models) -> tuple[float, np.ndarray]:
         """-> loss and the pooled true positive, false positive, false negative pixel counts."""
@@ -257,7 +250,7 @@ class LatentSegmentationRun:
         from medseg.io import write_image
 
         context, folder = self.context, self.context.model_folder
-        predictor = LatentPredictor.from_modules(folder, [self.network], self.autoencoder, context.device)
+        predictor = LatentPredictor(folder, [self.network], self.autoencoder, context.device)
         output = context.fold_folder / "validation"
         output.mkdir(exist_ok=True)
         ending = folder.info.file_ending
@@ -282,45 +275,22 @@ def mapper_architecture(configuration, autoencoder) -> dict:
 
 # ------------------------------------------------------------------------------------- prediction
 class LatentPredictor:
-    """What ``medseg predict`` runs for a GMS model folder: the batch machinery's predictor interface
-    (``predict_image``) over the folds' mappers, their probabilities averaged."""
+    """A GMS model's predictor (``predict_image``, ``predict_batch``) over the folds' mappers in
+    memory, their probabilities averaged: what ``load_latent_predictor`` builds from a model folder
+    and what the final validation builds around the mapper it trained."""
 
     precision = "float32"
 
-    def __init__(self, model_folder, folds=None, checkpoint: str = "auto", device: str | None = None):
-        from medseg.model_folder import ModelFolder
-        from medseg.models.kl_autoencoder import load_autoencoder
-        from medseg.models.registry import build_model
-
-        folder = model_folder if isinstance(model_folder, ModelFolder) else ModelFolder.open(model_folder)
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        autoencoder = load_autoencoder(folder.path / AUTOENCODER_FOLDER).to(device)
-        folds = list(folds or folder.folds())
-        if not folds:
-            raise MedsegError(f"{folder.path}: no trained folds (fold_*/)")
-        networks = []
-        for fold in folds:
-            network = build_model(mapper_architecture(folder.configuration, autoencoder), 3, 2)
-            try:
-                network.load_state_dict(folder.load_module_states(fold, checkpoint)["network"])
-            except (KeyError, RuntimeError) as error:
-                raise MedsegError(f"{folder.checkpoint_path(fold, checkpoint)}: does not fit the gms network of {folder.path / 'plans.json'} ({str(error).splitlines()[0]})") from None
-            networks.append(network)
-        self._setup(folder, networks, autoencoder, device)
-        self.folds = folds
-
-    @classmethod
-    def from_modules(cls, model_folder, networks: list, autoencoder, device: torch.device) -> LatentPredictor:
-        predictor = cls.__new__(cls)
-        predictor._setup(model_folder, networks, autoencoder, device)
-        predictor.folds = ["memory"]
-        return predictor
-
-    def _setup(self, folder, networks, autoencoder, device) -> None:
-        self.model_folder, self.folder, self.plans = folder, folder.path, folder.plans
+    def __init__(self, model_folder, networks: list, autoencoder, device: torch.device, folds=("memory",)):
+        self.model_folder, self.folder, self.plans = model_folder, model_folder.path, model_folder.plans
         self.networks = [n.to(device).eval() for n in networks]
-        self.autoencoder, self.device = autoencoder, device
-        self.side = folder.configuration.patch_size[0]
+        self.autoencoder, self.device, self.folds = autoencoder, device, list(folds)
+        self.side = model_folder.configuration.patch_size[0]
+
+    def predict_batch(self, request):
+        from medseg.inference.batch import predict_cases
+
+        return predict_cases(self, request)
 
     @torch.no_grad()
     def foreground_probability(self, image) -> np.ndarray:
@@ -346,22 +316,26 @@ class LatentPredictor:
         return Prediction(segmentation, full, dict(image.metadata))
 
 
-def predict(folder, request: PredictRequest):
-    import medseg
-    from medseg.inference.batch import predict_folder
-    from medseg.inference.outputs import OutputContext, parse_formats
+def load_latent_predictor(folder, options) -> LatentPredictor:
+    from medseg.models.kl_autoencoder import load_autoencoder
+    from medseg.models.registry import build_model
 
-    if request.runtime != "torch" or request.backend != "local":
+    if options.runtime != "torch":
         raise MedsegError("GMS models run with the torch runtime on the local backend (no ONNX export or Ray yet)")
-    formats = parse_formats(request.formats)
-    info = folder.info
-    context = OutputContext(info.labels, info.file_ending, folder.path, info.algorithm_name, medseg.__version__)
-    predictor = LatentPredictor(folder, request.folds, request.checkpoint, request.device)
-    result = predict_folder(
-        predictor, request.source, request.output, formats, context, request.save_probabilities, request.progress, request.series, request.resume, request.workers,
-    )
-    result.folds = list(predictor.folds)
-    return result
+    device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    autoencoder = load_autoencoder(folder.path / AUTOENCODER_FOLDER).to(device)
+    folds = list(options.folds or folder.folds())
+    if not folds:
+        raise MedsegError(f"{folder.path}: no trained folds (fold_*/)")
+    networks = []
+    for fold in folds:
+        network = build_model(mapper_architecture(folder.configuration, autoencoder), 3, 2)
+        try:
+            network.load_state_dict(folder.load_module_states(fold, options.checkpoint)["network"])
+        except (KeyError, RuntimeError) as error:
+            raise MedsegError(f"{folder.checkpoint_path(fold, options.checkpoint)}: does not fit the gms network of {folder.path / 'plans.json'} ({str(error).splitlines()[0]})") from None
+        networks.append(network)
+    return LatentPredictor(folder, networks, autoencoder, device, folds)
 
 
 register_task(
@@ -375,7 +349,8 @@ register_task(
         preprocessed_cases=masked_pretraining.preprocessed_cases,
         start_run=LatentSegmentationRun,
         model_info=lambda configuration: {"mirror_axes": []},
-        predict=predict,
+        predictor=load_latent_predictor,
+        capabilities=frozenset({LABEL_MAPS, CROSSVAL}),
         crossval=segmentation.crossval,
         report_rows=segmentation.report_rows,
         report_score=segmentation.report_score,

@@ -16,8 +16,12 @@ import numpy as np
 import torch
 
 from medseg.errors import MedsegError
-from medseg.tasks import classification
+from medseg.planning import image_plans
+from medseg.preprocessing import images2d
+from medseg.tasks.capabilities import PRETRAINS
 from medseg.tasks.registry import PlanRequest, RunContext, Task, register_task
+from medseg.training import optimizers
+from medseg.training.schedules import warmup_then_cosine
 
 TASK = "masked_pretraining"
 RECONSTRUCTION_IMAGES = 4
@@ -26,13 +30,13 @@ RECONSTRUCTION_IMAGES = 4
 def plan(fingerprint_file, description, request: PlanRequest):
     from medseg.training.image_augmentation import augmentation_preset
 
-    sized = classification.size_image_plan(fingerprint_file, description, request)
+    sized = image_plans.size_image_plan(fingerprint_file, description, request)
     augmentation = {**augmentation_preset(description.num_channels), "crop_scale": [0.5, 1.0], "rotation_degrees": 0.0, "brightness": 0.0, "contrast": 0.0}
     training = {
         "optimizer": "adamw", "learning_rate": 1e-3, "weight_decay": 0.05, "betas": [0.9, 0.95], "warmup_fraction": 0.05,
         "include_test": bool((request.settings or {}).get("include_test", True)),
     }
-    return classification.image_plans(sized, description, request, {}, augmentation, training)
+    return image_plans.image_plans(sized, description, request, {}, augmentation, training)
 
 
 def preprocessed_cases(data_folder: Path, plans, configuration) -> list[str]:
@@ -87,9 +91,11 @@ class MaskedPretrainingRun:
         if getattr(options, "pretrained", None):
             raise MedsegError("--pretrained is for fine-tuning a classifier, not for pretraining")
         self.learning_rate = options.learning_rate or self.training["learning_rate"]
-        groups = classification.parameter_groups(self.network, self.training["weight_decay"], 1.0)
+        groups = optimizers.parameter_groups(self.network, self.training["weight_decay"], 1.0)
         self.optimizers = {"network": torch.optim.AdamW(groups, self.learning_rate, betas=tuple(self.training.get("betas", (0.9, 0.95))))}
         self.batch_size = max(1, (options.batch_size or configuration.batch_size) // context.world_size)
+        self.schedule = warmup_then_cosine(self.training.get("warmup_fraction", 0.05))
+        self.gradient_clip = optimizers.ADAMW_GRADIENT_CLIP
         self.epoch = 0
 
     def describe(self) -> str:
@@ -103,28 +109,16 @@ class MaskedPretrainingRun:
         from medseg.training.image_augmentation import augment_batch
 
         cases = self.context.train_cases if split == "train" else (self.context.val_cases or self.context.train_cases)
-        images = classification.load_images(self.context.data_folder, cases)
+        images = images2d.load_images(self.context.data_folder, cases)
         generator = torch.Generator().manual_seed(seed)
         while True:
             chosen = torch.randint(len(cases), (self.batch_size,), generator=generator)
             batch = images[chosen].float()
             yield augment_batch(batch, self.context.configuration.augmentation, generator) if split == "train" else batch
 
-    def set_progress(self, progress: float) -> None:
-        factor = classification.warmup_cosine(progress, self.training.get("warmup_fraction", 0.05))
-        for group in self.optimizers["network"].param_groups:
-            group["lr"] = self.learning_rate * factor
-
-    def train_step(self, batch, models) -> float:
-        optimizer = self.optimizers["network"]
-        optimizer.zero_grad(set_to_none=True)
-        loss = models["network"](batch.to(self.context.device, non_blocking=True))
-        if not torch.isfinite(loss):
-            return float(loss.item())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), classification.GRADIENT_CLIP)
-        optimizer.step()
-        return float(loss.item())
+    def batch_loss(self, batch, models) -> torch.Tensor:
+        """The masked patches' reconstruction loss (the network computes it)."""
+        return models["network"](batch.to(self.context.device, non_blocking=True))
 
     def val_step(self, batch, models) -> tuple[float, np.ndarray]:
         loss = float(models["network"](batch.to(self.context.device)).item())
@@ -142,7 +136,7 @@ class MaskedPretrainingRun:
         folder = self.context.fold_folder
         save_encoder(self.network, folder / "encoder.pt")
         cases = self.context.train_cases[:RECONSTRUCTION_IMAGES]
-        images = classification.load_images(self.context.data_folder, cases).float().to(self.context.device)
+        images = images2d.load_images(self.context.data_folder, cases).float().to(self.context.device)
         was_training = self.network.training
         self.network.eval()
         with torch.no_grad():
@@ -154,15 +148,11 @@ class MaskedPretrainingRun:
         return None
 
 
-def predict(folder, request):
-    raise MedsegError(
-        f"{folder.path} is a masked-pretraining model: it reconstructs images, it does not predict. "
-        f"Fine-tune a classifier on it: `medseg plan-and-train --model vit --pretrained {folder.path / 'fold_all' / 'encoder.pt'}`"
+def instead(folder: Path) -> str:
+    return (
+        "it reconstructs images, it does not predict. "
+        f"Fine-tune a classifier on it: `medseg plan-and-train --model vit --pretrained {folder / 'fold_all' / 'encoder.pt'}`"
     )
-
-
-def crossval(folder, folds) -> dict:
-    raise MedsegError("masked pretraining trains on every image (fold 'all'); there is no cross-validation")
 
 
 register_task(
@@ -170,14 +160,15 @@ register_task(
         name=TASK,
         summary="masked autoencoder pretraining on a dataset's images (labels unused); the encoder fine-tunes a ViT classifier",
         dataset_types=("classification", "segmentation"),
-        fingerprint=classification.fingerprint,
+        fingerprint=image_plans.fingerprint,
         plan=plan,
-        preprocess=classification.preprocess,
+        preprocess=images2d.preprocess,
         preprocessed_cases=preprocessed_cases,
         start_run=MaskedPretrainingRun,
         model_info=lambda configuration: {},
-        predict=predict,
-        crossval=crossval,
+        predictor=None,  # its model feeds another task's training (see instead)
+        capabilities=frozenset({PRETRAINS}),
+        instead=instead,
         report_rows=lambda report: (["metric", "value"], [["masked loss", str(report.get("masked_loss"))]]),
         report_score=lambda report: -float(report.get("masked_loss") or 0.0),
     )

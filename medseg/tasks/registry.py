@@ -20,6 +20,7 @@ import torch
 
 from medseg.errors import MedsegError
 from medseg.registry import Registry
+from medseg.tasks.capabilities import CAPABILITIES, CROSSVAL
 
 
 @dataclass
@@ -34,30 +35,6 @@ class PlanRequest:
     preset: dict | None = None  # a preset's planner settings (medseg_plans)
     model_options: dict | None = None  # a model spec's architecture settings (medseg.models.spec)
     settings: dict | None = None  # task-specific planning choices from the command line (e.g. include_test)
-
-
-@dataclass
-class PredictRequest:
-    """``medseg predict`` options: inputs, outputs and how to run the model folder."""
-
-    source: Path
-    output: Path
-    folds: list[str] | None = None  # None: every trained fold
-    checkpoint: str = "auto"
-    device: str | None = None
-    overlap: float = 0.5  # sliding-window overlap, where the task slides a window
-    mirror: bool | list[int] = True  # test-time mirroring where the task allows it: all allowed axes, none, or these
-    windows_per_batch: int | None = None  # None: the predictor's default for its device
-    save_probabilities: bool = False
-    series: str | None = None  # which DICOM series become cases (medseg.inference.inputs rules)
-    progress: Callable[[int, int], None] | None = None
-    formats: str | None = None  # comma-separated output formats (medseg.inference.outputs); None: the model's label format
-    resume: bool = False  # skip cases the output folder's manifest records as complete
-    workers: int = 0  # threads reading ahead and writing behind the forward
-    runtime: str = "torch"  # or "onnx": an ONNX export run by ONNX Runtime (medseg.inference.onnx_export)
-    precision: str = "auto"  # float32, bfloat16 (bf16 autocast forward) or auto (medseg.inference.predictor)
-    backend: str = "local"  # or "ray": cases spread over a Ray cluster (medseg.inference.ray_backend); workers = actors
-    address: str | None = None  # the Ray cluster (None: a local one started for the run)
 
 
 @dataclass
@@ -83,7 +60,12 @@ class TrainingRun(Protocol):
     modules: dict[str, torch.nn.Module]  # saved in checkpoints; those with trainable parameters are wrapped in DDP
     optimizers: dict[str, torch.optim.Optimizer]  # saved in checkpoints and restored by --continue
     score_name: str  # the validation score (higher is better) whose moving average picks checkpoint_best
+    learning_rate: float  # each optimizer group's rate is learning_rate x group["lr_scale"] (default 1) x schedule(progress)
+    schedule: Callable[[float], float]  # progress in [0, 1] of the planned iterations -> rate factor (medseg.training.schedules)
     # optional: score_label, how the epoch line prints it (default: score_name)
+    # optional: gradient_clip, the max gradient norm over the optimizers' parameters (None: no clipping)
+    # optional: train_step(batch, models) -> float, a task's own whole step (zero-grad, passes, steps)
+    #           instead of the loop's, e.g. HAG's gradient routing; None or absent: the loop's step
 
     def describe(self) -> str:
         """One log line: what is trained, with which batch and optimizers."""
@@ -91,11 +73,9 @@ class TrainingRun(Protocol):
     def batches(self, split: str, seed: int, background: bool) -> Iterator:
         """Endless batches of ``split`` ("train" or "val")."""
 
-    def set_progress(self, progress: float) -> None:
-        """Learning-rate schedule at ``progress`` in [0, 1] of the planned iterations."""
-
-    def train_step(self, batch, models: dict[str, torch.nn.Module]) -> float:
-        """One optimisation step (zero_grad, forward passes, backward, optimizer steps); returns the loss.
+    def batch_loss(self, batch, models: dict[str, torch.nn.Module]) -> torch.Tensor:
+        """The loss of one training batch (a scalar with its graph). The loop does the rest of the
+        step: zero-grad, backward, clipping (``gradient_clip``), every optimizer's step.
         ``models`` are ``modules`` as the loop runs them (DDP-wrapped when distributed)."""
 
     def val_step(self, batch, models: dict[str, torch.nn.Module]) -> tuple[float, np.ndarray]:
@@ -121,13 +101,24 @@ class Task:
     preprocessed_cases: Callable[..., list[str]]  # (data_folder, plans, configuration) -> case ids ready to train on
     start_run: Callable[[RunContext], TrainingRun]
     model_info: Callable[..., dict]  # (configuration) -> task entries of model.json (ModelInfo fields)
-    predict: Callable[..., Any]  # (ModelFolder, PredictRequest) -> medseg.inference.batch.BatchResult
-    crossval: Callable[..., dict]  # (ModelFolder, folds) -> pooled cross-validation report
+    # (ModelFolder, medseg.tasks.prediction.PredictorOptions) -> TaskPredictor; None: its models do not predict
+    predictor: Callable[..., Any] | None
+    # what surfaces may ask of it (medseg.tasks.prediction.CAPABILITIES); a surface never tests a task's name
+    capabilities: frozenset[str]
     report_rows: Callable[[dict], tuple[list[str], list[list[str]]]]  # report -> table header and rows
     report_score: Callable[[dict], float]  # a report's headline number (higher is better): picks the best configuration
+    crossval: Callable[..., dict] | None = None  # (ModelFolder, folds) -> pooled cross-validation report (capability "crossval")
     # optional: (description, case_ids) -> (group per case, stratum per case) for cross-validation folds
     # (a group, e.g. a patient, never in two folds; strata spread evenly); None: plain shuffled folds
     split_keys: Callable[..., tuple[dict, dict]] | None = None
+    instead: Callable[[Path], str] | None = None  # (model folder) -> what to do with such a model instead of predicting
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.capabilities) - set(CAPABILITIES))
+        if unknown:
+            raise MedsegError(f"task '{self.name}': unknown capabilities {unknown} (known: {', '.join(CAPABILITIES)})")
+        if (CROSSVAL in self.capabilities) != (self.crossval is not None):
+            raise MedsegError(f"task '{self.name}': declares '{CROSSVAL}' exactly when it gives a crossval function")
 
 
 TASKS: Registry[Task] = Registry("task")

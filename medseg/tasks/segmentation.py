@@ -14,14 +14,18 @@ import numpy as np
 import torch
 
 from medseg.errors import MedsegError
-from medseg.tasks.registry import PlanRequest, PredictRequest, RunContext, Task, register_task
-from medseg.training.optimizers import DEFAULT_LR, make_optimizer, poly_learning_rate
+from medseg.tasks.capabilities import CROSSVAL, LABEL_MAPS, ONNX, PATCH_PLANNING, RAY
+from medseg.tasks.registry import PlanRequest, RunContext, Task, register_task
+from medseg.training.optimizers import DEFAULT_LR, make_optimizer
+from medseg.training.schedules import poly
 
 GRADIENT_CLIP = 12.0
 
 
 class SegmentationRun:
     score_name, score_label = "pseudo_dice", "pseudo-Dice"
+    gradient_clip = GRADIENT_CLIP
+    schedule = staticmethod(poly)  # nnU-Net's polynomial decay
 
     def __init__(self, context: RunContext):
         from medseg.models.registry import build_model
@@ -63,25 +67,15 @@ class SegmentationRun:
         )
         return batch_stream(sampler, seed, background)
 
-    def set_progress(self, progress: float) -> None:
-        poly_learning_rate(self.optimizers["network"], self.learning_rate, progress)
-
     def _to_device(self, batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
         data, targets = batch
         device = self.context.device
         return data.to(device, non_blocking=True), [t.to(device, non_blocking=True) for t in targets]
 
-    def train_step(self, batch, models) -> float:
+    def batch_loss(self, batch, models) -> torch.Tensor:
+        """Deep-supervised Dice + CE of one training batch (the loop does the step)."""
         data, targets = self._to_device(batch)
-        optimizer = self.optimizers["network"]
-        optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(models["network"](data), targets)
-        if not torch.isfinite(loss):
-            return float(loss.item())  # the loop stops with a clear error before a bad step is taken
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), GRADIENT_CLIP)
-        optimizer.step()
-        return float(loss.item())
+        return self.loss(models["network"](data), targets)
 
     def val_step(self, batch, models) -> tuple[float, np.ndarray]:
         """-> loss and (3, K-1) true positive, false positive, false negative voxel counts per class."""
@@ -156,43 +150,10 @@ def model_info(configuration) -> dict:
     return {"mirror_axes": list(augmentation_for(configuration).mirror_axes)}
 
 
-def predict(folder, request: PredictRequest):
-    import medseg
-    from medseg.inference.batch import predict_folder
-    from medseg.inference.outputs import OutputContext, parse_formats
-    from medseg.inference.predictor import Predictor
+def load_predictor(folder, options):
+    from medseg.inference.predictor import load_predictor as load
 
-    if not 0 <= request.overlap < 1:
-        raise MedsegError(f"--overlap must be in [0, 1), got {request.overlap}")
-    if request.workers < 0:
-        raise MedsegError(f"--workers must be 0 or more, got {request.workers}")
-    formats = parse_formats(request.formats)
-    info = folder.info
-    context = OutputContext(info.labels, info.file_ending, folder.path, info.algorithm_name, medseg.__version__)
-    options = dict(
-        folds=request.folds, checkpoint=request.checkpoint, device=request.device, step_fraction=1 - request.overlap, mirror=request.mirror,
-        windows_per_batch=request.windows_per_batch, runtime=request.runtime, precision=request.precision,
-    )
-    batch = dict(
-        source=request.source, output=request.output, formats=formats, context=context, save_probabilities=request.save_probabilities,
-        progress=request.progress, series=request.series, resume=request.resume,
-    )
-    if request.backend == "ray":
-        from medseg.inference.ray_backend import RayRunner
-
-        runner = RayRunner(folder.path, options, request.address, request.workers)
-        try:
-            result = predict_folder(None, runner=runner, **batch)
-        finally:
-            runner.shutdown()
-        result.folds = list(runner.folds)
-        return result
-    if request.backend != "local":
-        raise MedsegError(f"--backend {request.backend!r}: choose local or ray")
-    predictor = Predictor(folder, **options)
-    result = predict_folder(predictor, workers=request.workers, **batch)
-    result.folds = list(predictor.folds)
-    return result
+    return load(folder, options)
 
 
 def crossval(folder, folds) -> dict:
@@ -232,7 +193,8 @@ register_task(
         preprocessed_cases=preprocessed_cases,
         start_run=SegmentationRun,
         model_info=model_info,
-        predict=predict,
+        predictor=load_predictor,
+        capabilities=frozenset({LABEL_MAPS, CROSSVAL, ONNX, RAY, PATCH_PLANNING}),
         crossval=crossval,
         report_rows=report_rows,
         report_score=report_score,

@@ -161,8 +161,14 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- schedule
     def _set_progress(self) -> None:
+        """Every optimizer group's rate: the run's rate x the group's scale (layer decay) x the
+        run's schedule at this point of the planned iterations."""
         total = self.state.planned_epochs * self.state.iterations_per_epoch
-        self.task_run.set_progress(min(self.state.iteration / max(total, 1), 1.0))
+        run = self.task_run
+        factor = run.schedule(min(self.state.iteration / max(total, 1), 1.0))
+        for optimizer in run.optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = run.learning_rate * group.get("lr_scale", 1.0) * factor
 
     def _calibrate(self, step_seconds: float) -> None:
         """Turn a time budget into epochs x iterations, from the measured step time."""
@@ -201,11 +207,29 @@ class Trainer:
     # ------------------------------------------------------------------------------------- steps
     def _train_step(self, batch) -> float:
         self._set_progress()
-        loss = self.task_run.train_step(batch, self.models)
+        own_step = getattr(self.task_run, "train_step", None)  # a task with an unusual step (HAG's routing) runs its own
+        loss = own_step(batch, self.models) if own_step else self._step(batch)
         if not math.isfinite(loss):
             raise MedsegError(f"training diverged (loss {loss}) at iteration {self.state.iteration}; try a lower --learning-rate")
         self.state.iteration += 1
         return loss
+
+    def _step(self, batch) -> float:
+        """zero-grad, the task's loss of the batch, backward, gradient clipping, every optimizer's step."""
+        run = self.task_run
+        for optimizer in run.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        loss = run.batch_loss(batch, self.models)
+        if not torch.isfinite(loss):
+            return float(loss.item())  # no step is taken: the caller stops with a clear error
+        loss.backward()
+        clip = getattr(run, "gradient_clip", None)
+        if clip:
+            owned = [p for optimizer in run.optimizers.values() for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(owned, clip)
+        for optimizer in run.optimizers.values():
+            optimizer.step()
+        return float(loss.item())
 
     # -------------------------------------------------------------------------------- checkpoints
     def _checkpoint(self, name: str) -> None:

@@ -20,7 +20,7 @@ def validate_fold(
     model_folder: ModelFolder, fold_folder: Path, networks: list, device: torch.device, val_cases: list[str], mirror: bool,
     log: Callable[[str], None],
 ) -> dict:
-    predictor = Predictor.from_networks(model_folder, networks, device, mirror=mirror)
+    predictor = Predictor(model_folder, networks, device, mirror=mirror)  # the raw prediction is scored: no postprocessing
     output = fold_folder / "validation"
     output.mkdir(exist_ok=True)
     data_folder = model_folder.preprocessed_folder

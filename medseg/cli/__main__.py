@@ -1,0 +1,5 @@
+"""`python -m medseg.cli`: the same command line as the `medseg` script."""
+
+from medseg.cli.app import main
+
+main()

@@ -1,0 +1,95 @@
+"""What medseg carries: `medseg kernels`, `models`, `tasks`, `plans`, and `describe` for a trained model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from medseg.cli.app import app, console
+
+
+@app.command()
+def kernels() -> None:
+    """List the kernel ops and backends, and why a backend cannot run on this machine."""
+    import torch
+
+    from medseg_kernels import load_all_ops
+    from medseg_kernels.registry import all_ops, backends
+
+    load_all_ops()
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    for op in all_ops():
+        console.print(f"[bold]{op}[/bold] (auto picks the first available on {device.type})")
+        for backend in backends(op):
+            reason = backend.unavailable_reason(device, torch.float32)
+            state = "available" if reason is None else f"unavailable: {reason}"
+            console.print(f"  {backend.name:8s} {state} - {backend.summary}", highlight=False)
+
+
+@app.command()
+def describe(
+    model: Path = typer.Argument(..., help="Model folder (medseg or nnU-Net v2)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object, as `medseg serve` lists models (for scripts and the Slicer module)."),
+) -> None:
+    """A trained model's family, configuration, labels with their colours, inputs and folds."""
+    import json
+
+    from medseg.model_folder import model_summary
+    from medseg.model_folders import open_model_folder
+
+    summary = model_summary(model.name, open_model_folder(model))
+    if as_json:
+        print(json.dumps(summary))
+        return
+    for key, value in summary.items():
+        console.print(f"{key}: {value}", highlight=False, soft_wrap=True, markup=False)
+
+
+@app.command()
+def models() -> None:
+    """List the registered model families: task type, dimensions, kernels, self-configurable, options."""
+    from rich.table import Table
+
+    from medseg.models import list_models
+    from medseg.tasks import get_task
+    from medseg.tasks.capabilities import PATCH_PLANNING
+
+    table = Table("model", "task", "dims", "kernels", "planner", "options (FAMILY[option=value])", "summary")
+    for family in list_models():
+        planned = family.architecture_for_patch or PATCH_PLANNING not in get_task(family.task_type).capabilities
+        table.add_row(
+            family.name, family.task_type, "/".join(f"{d}D" for d in family.dims), ", ".join(family.kernels) or "-",
+            "yes" if planned else "presets", ", ".join(family.options) or "-", family.summary,
+        )
+    console.print(table)
+
+
+@app.command()
+def tasks() -> None:
+    """List the registered tasks: what each learns and from which dataset layouts."""
+    from rich.table import Table
+
+    from medseg.models import list_models
+    from medseg.tasks import list_tasks
+
+    table = Table("task", "datasets", "model families", "capabilities", "summary")
+    for task in list_tasks():
+        families = ", ".join(f.name for f in list_models() if f.task_type == task.name) or "-"
+        table.add_row(task.name, "/".join(task.dataset_types), families, ", ".join(sorted(task.capabilities)) or "-", task.summary)
+    console.print(table)
+
+
+@app.command("plans")
+def plans_command() -> None:
+    """List the preset plans shipped with medseg (use one with `plan --preset NAME`)."""
+    from rich.table import Table
+
+    from medseg_plans import list_presets
+
+    table = Table("preset", "task", "models", "settings", "summary")
+    for preset in list_presets():
+        settings = ", ".join(f"{k}={v}" for k, v in preset.settings.items())
+        table.add_row(preset.name, preset.task, ", ".join(preset.models) if preset.models else "all", settings, preset.summary)
+    console.print(table)
+

@@ -1,0 +1,101 @@
+"""`medseg evaluate` (predictions against references) and `compare` (families on the same folds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medseg.cli.app import app, console, err_console, progress_printer, print_report_tables
+
+
+@app.command()
+def evaluate(
+    predictions: Path = typer.Argument(..., help="Folder of predicted label maps, or a classifier's predictions.csv."),
+    references: Path = typer.Argument(..., help="Folder of reference label maps (same file names), or a labels table (labelsTs.csv)."),
+    dataset_json: Path = typer.Option(..., "-j", "--dataset-json", help="dataset.json naming the labels (classes) and file ending."),
+    tolerance: list[str] = typer.Option([], "--nsd-tolerance", help="NSD tolerance in mm: a number for all classes or CLASS=MM (repeatable) [default: 2]."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Summary JSON [default: PREDICTIONS/summary.json]."),
+    allow_missing: bool = typer.Option(
+        False, "--allow-missing", help="Score missing or unusable predictions as empty (Dice 0) instead of failing; they are listed."
+    ),
+) -> None:
+    """Dice, NSD and HD95 per class and case (segmentation), or AUC, F1, balanced accuracy,
+    sensitivity and specificity per class (a classifier's predictions.csv), with a summary JSON."""
+    import json
+
+    from medseg.data.layout import CLASSIFICATION_LAYOUT, SEGMENTATION_LAYOUT
+    from medseg.errors import MedsegError
+    from medseg.evaluation.report import evaluate_folder
+    from medseg.tasks.registry import task_for_dataset
+
+    if predictions.suffix == ".csv":
+        from medseg.tasks.classification import evaluate_predictions
+
+        report = evaluate_predictions(predictions, references, dataset_json, output)
+        print_report_tables(task_for_dataset(CLASSIFICATION_LAYOUT), {"evaluation": report})
+        return
+
+    try:
+        content = json.loads(dataset_json.read_text())
+        labels = {k: int(v) for k, v in content["labels"].items()}
+        ending = content["file_ending"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise MedsegError(f"{dataset_json}: cannot read labels and file_ending ({error})") from None
+    tolerances = {}
+    for item in tolerance:
+        name, _, value = item.rpartition("=")
+        try:
+            tolerances[name or "default"] = float(value)
+        except ValueError:
+            raise MedsegError(f"--nsd-tolerance {item!r}: expected MM or CLASS=MM") from None
+    report = evaluate_folder(
+        predictions, references, labels, ending, tolerances, output=output or predictions / "summary.json", progress=progress_printer("evaluate"),
+        allow_missing=allow_missing,
+    )
+    print_report_tables(task_for_dataset(SEGMENTATION_LAYOUT), {"evaluation": report})
+    for case_id, problem in report["scored_as_empty"].items():
+        err_console.print(f"[yellow]scored as empty[/yellow] {case_id}: {problem}", highlight=False, soft_wrap=True)
+    extra = report.get("unreferenced_predictions", [])
+    if extra:
+        err_console.print(
+            f"[yellow]not scored[/yellow] {len(extra)} prediction(s) without a reference in {references}: {', '.join(extra[:10])}{', ...' if len(extra) > 10 else ''}",
+            highlight=False, soft_wrap=True,
+        )
+
+
+@app.command()
+def compare(
+    dataset: str = typer.Option(..., "--dataset", "--task", help="Dataset name, id or folder."),
+    models: str = typer.Option("unet,umamba_bot,umamba_enc,xlstm_unet_bot,xlstm_unet_enc", "--models", help="Comma-separated families or model specs such as 'xlstm_unet_bot[vil_directions=forward]' (unet is the baseline)."),
+    demo: bool = typer.Option(False, "--demo", help="Use the built-in synthetic demo of the dataset (built if missing)."),
+    folds: str = typer.Option("0,1,2,3,4", "--folds", help="Comma-separated folds, the same for every family."),
+    configuration: Optional[str] = typer.Option(None, "-c", "--configuration", help="[default: 3d_fullres for volumes, else 2d]"),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Training minutes per run (one family, one fold), the same for every family."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Or the same number of epochs for every family."),
+    iterations: Optional[int] = typer.Option(None, "--iterations-per-epoch"),
+) -> None:
+    """Train model families on identical splits under the same budget and compare them (markdown, JSON, PNG)."""
+    from medseg.errors import MedsegError
+    from medseg.models.spec import parse_model_specs
+    from medseg.pipeline import prepare_task, run_compare
+
+    families = [str(spec) for spec in parse_model_specs(models)]
+    fold_list = [f.strip() for f in folds.split(",") if f.strip()]
+    if not families or not fold_list or "all" in fold_list:
+        raise MedsegError("compare needs at least one family and cross-validation folds (not 'all')")
+    if time_budget is None and epochs is None:
+        raise MedsegError("give every family the same budget: --time-budget MIN (per run) or --epochs N")
+    folder = prepare_task(dataset, demo, progress_console=err_console)
+    arguments = []
+    if time_budget is not None:
+        arguments += ["--time-budget-per-run", str(time_budget)]  # the same for a run left over when resuming
+    if epochs is not None:
+        arguments += ["--epochs", str(epochs)]
+    if iterations is not None:
+        arguments += ["--iterations-per-epoch", str(iterations)]
+    comparison, outputs = run_compare(folder, families, fold_list, configuration, arguments, log=lambda m: console.print(m, highlight=False, markup=False))
+    console.print(outputs[1].read_text(), highlight=False, markup=False)
+    console.print(f"wrote {', '.join(str(p) for p in outputs)}")
+

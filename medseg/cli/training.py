@@ -1,0 +1,245 @@
+"""The self-configuring pipeline's stages: `fingerprint`, `plan`, `preprocess`, `train`, `plan-and-train`, `pretrain`, `pretrain-ae`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medseg.cli.app import (
+    BUDGET_HELP, DATASET_HELP, EPOCHS_HELP, MODEL_HELP, PLANS_NAME_HELP, PRESET_HELP, PRETRAINED_HELP, app, console, err_console, print_report_tables,
+    progress_printer, raw_folder_of,
+)
+from medseg.cli.datasets import run_dataset_check
+
+
+DEMO_TIME_BUDGET_MINUTES = 12.0
+
+
+@app.command()
+def fingerprint(
+    dataset: str = typer.Argument(..., metavar="DATASET", help=DATASET_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes [default: CPU count]."),
+) -> None:
+    """Extract the dataset fingerprint (spacings, cropped shapes, foreground intensities)."""
+    from medseg.pipeline import run_fingerprint
+
+    path = run_fingerprint(raw_folder_of(dataset), workers, progress_printer("fingerprint"))
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def plan(
+    dataset: str = typer.Argument(..., metavar="DATASET", help=DATASET_HELP),
+    model: str = typer.Option("unet", "--model", help=MODEL_HELP),
+    memory_gb: Optional[float] = typer.Option(None, "--memory-gb", help="Size for this much GPU memory, nnU-Net's rule [default: GPU memory on a GPU, a time budget per step on a CPU]."),
+    step_seconds: Optional[float] = typer.Option(None, "--step-seconds", help="CPU planning: target seconds per training step [default: 1]."),
+    plans_name: Optional[str] = typer.Option(None, "--plans-name", help=PLANS_NAME_HELP),
+    time_budget: Optional[float] = typer.Option(
+        None, "--time-budget", help="CPU planning: training minutes of one run; too few passes over the data at full resolution plan a coarser one."
+    ),
+    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
+) -> None:
+    """Plan configurations (2d, 3d_fullres, 3d_lowres) from the fingerprint."""
+    from medseg.pipeline import plans_path, run_plan
+
+    folder = raw_folder_of(dataset)
+    plans = run_plan(folder, model, memory_gb, step_seconds, plans_name, time_budget * 60 if time_budget else None, preset)
+    for name, c in plans.configurations.items():
+        console.print(f"{name}: patch {c.patch_size} batch {c.batch_size} spacing {[round(s, 4) for s in c.spacing]} strides {c.architecture['kwargs'].get('strides')}")
+    console.print(f"wrote {plans_path(folder, plans.plans_name)} ({plans.planner})")
+
+
+@app.command()
+def preprocess(
+    dataset: str = typer.Argument(..., metavar="DATASET", help=DATASET_HELP),
+    configurations: list[str] = typer.Option(["3d_fullres"], "-c", "--configuration", help="Configuration(s) to preprocess (repeatable)."),
+    plans_name: str = typer.Option("medsegPlans", "--plans-name"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes [default: CPU count]."),
+) -> None:
+    """Crop, normalise and resample the training cases (resumable: finished cases are kept)."""
+    from medseg.pipeline import run_preprocess
+
+    done = run_preprocess(raw_folder_of(dataset), configurations, plans_name, workers, progress_printer)
+    for name, (new, kept) in done.items():
+        console.print(f"{name}: {new} case(s) preprocessed, {kept} already done")
+
+
+def training_options(epochs, iterations, learning_rate, optimizer, batch_size, time_budget, device, validate, seed, pretrained=None):
+    from medseg.training.trainer import TrainingOptions
+
+    return TrainingOptions(
+        epochs=epochs, iterations_per_epoch=iterations, learning_rate=learning_rate, optimizer=optimizer, batch_size=batch_size,
+        time_budget_s=time_budget * 60 if time_budget else None, device=device, final_validation=validate, seed=seed,
+        pretrained=str(pretrained) if pretrained else None,
+    )
+
+
+@app.command()
+def train(
+    dataset: str = typer.Argument(..., metavar="DATASET", help=DATASET_HELP),
+    configuration: str = typer.Argument(..., help="Configuration, e.g. 2d or 3d_fullres."),
+    fold: str = typer.Argument(..., help="Fold 0-4, or 'all'."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help=EPOCHS_HELP),
+    iterations: int = typer.Option(250, "--iterations-per-epoch"),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Initial learning rate [default: the plan's]."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd (nnU-Net's) or adamw [default: the plan's]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="[default: the plan's]"),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help=BUDGET_HELP),
+    resume: bool = typer.Option(False, "--continue", help="Resume from the fold's latest checkpoint."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 [default: cuda if available]."),
+    validate: bool = typer.Option(True, "--validate/--no-validate", help="Predict and score the held-out cases at the end."),
+    plans_name: str = typer.Option("medsegPlans", "--plans-name"),
+    seed: int = typer.Option(0, "--seed"),
+    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
+) -> None:
+    """Train one fold of one configuration (multi-process: launch with torchrun)."""
+    from medseg.pipeline import run_train
+
+    options = training_options(epochs, iterations, learning_rate, optimizer, batch_size, time_budget, device, validate, seed, pretrained)
+    options.continue_training = resume
+    folder = raw_folder_of(dataset)
+    report = run_train(folder, configuration, fold, options, plans_name, log=lambda m: console.print(m, highlight=False))
+    if report:
+        print_report_tables(_plans_task(folder, plans_name), {configuration: report})
+
+
+def _plans_task(folder: Path, plans_name: str):
+    from medseg.pipeline import load_plans, plans_task
+
+    return plans_task(load_plans(folder, plans_name))
+
+
+@app.command("plan-and-train")
+def plan_and_train(
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name, id or folder (e.g. AbdomenMRI)."),
+    task: Optional[str] = typer.Option(None, "--task", help="Same as --dataset (the name nnU-Net users know)."),
+    demo: bool = typer.Option(False, "--demo", help="Use the built-in synthetic demo of the dataset (built if missing)."),
+    configurations: list[str] = typer.Option([], "-c", "--configuration", help="Configurations to train [default: all on a GPU; 3d_fullres (or 2d) on a CPU]."),
+    folds: str = typer.Option("0,1,2,3,4", "--folds", help="Comma-separated folds, or 'all'."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Total training minutes, split over configurations x folds [default with --demo: 12]."),
+    run_budget: Optional[float] = typer.Option(
+        None, "--time-budget-per-run", help="Or training minutes for each run (configuration x fold), also for runs left when resuming (what compare uses).",
+    ),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help=EPOCHS_HELP),
+    iterations: int = typer.Option(250, "--iterations-per-epoch"),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate"),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd or adamw [default: the plan's]."),
+    memory_gb: Optional[float] = typer.Option(None, "--memory-gb", help="Plan for this much GPU memory (nnU-Net's rule)."),
+    replan: bool = typer.Option(False, "--replan", help="Fingerprint and plan again even if plans exist."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+    model: str = typer.Option("unet", "--model", help=MODEL_HELP),
+    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
+    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
+) -> None:
+    """Run the whole self-configuring pipeline and print the cross-validation table.
+
+    Resumable: rerunning keeps finished folds and continues interrupted ones."""
+    from medseg.errors import MedsegError
+    from medseg.models.spec import parse_model_spec
+    from medseg.pipeline import prepare_task, run_plan_and_train
+    from medseg.tasks.registry import task_for_model
+
+    if dataset and task and dataset != task:
+        raise MedsegError(f"--dataset {dataset} and --task {task} name different datasets; give one")
+    name = dataset or task
+    if not name:
+        raise MedsegError("name the dataset: --dataset NAME (or --task NAME)")
+    folder = prepare_task(name, demo, progress_console=err_console)
+    if not run_dataset_check(folder, strict=False, workers=workers):
+        raise typer.Exit(1)
+    if time_budget is not None and run_budget is not None:
+        raise MedsegError("give --time-budget (total) or --time-budget-per-run, not both")
+    if demo and time_budget is None and run_budget is None and epochs is None:
+        time_budget = DEMO_TIME_BUDGET_MINUTES
+    fold_list = [f.strip() for f in folds.split(",") if f.strip()]
+    # the plan is made before the configurations are known: on a CPU one trains by default
+    runs = max(len(configurations), 1) * len(fold_list)
+    per_run = run_budget if run_budget is not None else (time_budget / runs if time_budget else None)
+
+    def options_for(num_runs: int):
+        # a total budget is shared by the runs still to train; a per-run budget is every run's, resumed or not
+        budget = run_budget if run_budget is not None else (time_budget / max(num_runs, 1) if time_budget else None)
+        return training_options(epochs, iterations, learning_rate, optimizer, None, budget, device, True, 0, pretrained)
+
+    reports = run_plan_and_train(
+        folder, configurations or None, fold_list, options_for, memory_gb, replan=replan, workers=workers,
+        log=lambda m: console.print(m, highlight=False), training_seconds=per_run * 60 if per_run else None,
+        model=model, preset=preset,
+    )
+    print_report_tables(task_for_model(parse_model_spec(model).family), {f"{name} cross-validation": report for name, report in reports.items()})
+
+
+def _pretrain(dataset, model, time_budget, epochs, iterations, learning_rate, test_images, replan, device, workers, extra_images=()) -> Path:
+    """Plan and train a pretraining family on fold 'all'; returns its fold folder."""
+    from medseg.data.layout import load_dataset_description
+    from medseg.errors import MedsegError
+    from medseg.models.spec import parse_model_spec
+    from medseg.pipeline import configuration_model_folder, default_plans_name, load_plans, prepare_task, run_plan_and_train
+    from medseg.tasks.capabilities import PRETRAINS
+    from medseg.tasks.registry import task_for_model
+
+    spec = parse_model_spec(model)
+    folder = prepare_task(dataset, False, progress_console=err_console)
+    task = task_for_model(spec.family, load_dataset_description(folder).task_type, folder.name)
+    if PRETRAINS not in task.capabilities:
+        raise MedsegError(f"{spec.family} is trained by the {task.name} task; pretraining runs mae_vit (`medseg pretrain`) or kl_autoencoder (`medseg pretrain-ae`)")
+    if time_budget is None and epochs is None:
+        raise MedsegError("give the pretraining a budget: --time-budget MIN or --epochs N")
+    if not run_dataset_check(folder, strict=False, workers=workers):
+        raise typer.Exit(1)
+
+    def options_for(num_runs: int):
+        return training_options(epochs, iterations, learning_rate, None, None, time_budget, device, False, 0)
+
+    settings = {"include_test": test_images, **({"extra_images": [str(p) for p in extra_images]} if extra_images else {})}
+    run_plan_and_train(
+        folder, None, ["all"], options_for, replan=replan, workers=workers, log=lambda m: console.print(m, highlight=False, markup=False),
+        training_seconds=time_budget * 60 if time_budget else None, model=str(spec), plan_settings=settings,
+    )
+    return configuration_model_folder(folder, load_plans(folder, default_plans_name(str(spec))), "2d") / "fold_all"
+
+
+@app.command()
+def pretrain(
+    dataset: str = typer.Option(..., "--dataset", "--task", help="Dataset name, id or folder."),
+    model: str = typer.Option("mae_vit", "--model", help="A pretraining family, e.g. mae_vit or 'mae_vit[mask_ratio=0.75]' (see `medseg models`)."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Training minutes."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help=EPOCHS_HELP),
+    iterations: int = typer.Option(250, "--iterations-per-epoch"),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate"),
+    test_images: bool = typer.Option(True, "--test-images/--no-test-images", help="Learn from the unlabelled imagesTs too (labels are never used)."),
+    replan: bool = typer.Option(False, "--replan", help="Fingerprint and plan again even if plans exist."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+) -> None:
+    """Self-supervised pretraining on a dataset's images (labels unused): writes the encoder that
+    `plan-and-train --model vit --pretrained ENCODER` fine-tunes, and reconstruction PNGs per epoch."""
+    fold = _pretrain(dataset, model, time_budget, epochs, iterations, learning_rate, test_images, replan, device, workers)
+    if (fold / "encoder.pt").is_file():
+        console.print(f"encoder: {fold / 'encoder.pt'}\nfine-tune: medseg plan-and-train --dataset {dataset} --model vit --pretrained {fold / 'encoder.pt'}", highlight=False, markup=False, soft_wrap=True)
+    else:
+        console.print(f"autoencoder: {fold / 'autoencoder'}\nGMS: medseg plan-and-train --dataset {dataset} --model gms --pretrained {fold / 'autoencoder'}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command("pretrain-ae")
+def pretrain_ae(
+    dataset: str = typer.Option(..., "--dataset", "--task", help="Dataset name, id or folder."),
+    images: list[Path] = typer.Option([], "--images", help="More image folders to learn from (repeatable; labels are never used)."),
+    model: str = typer.Option("kl_autoencoder", "--model", help="kl_autoencoder or e.g. 'kl_autoencoder[block_out_channels=[64,128,256,256]]'."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Training minutes."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help=EPOCHS_HELP),
+    iterations: int = typer.Option(250, "--iterations-per-epoch"),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate"),
+    test_images: bool = typer.Option(True, "--test-images/--no-test-images", help="Learn from the unlabelled imagesTs too."),
+    replan: bool = typer.Option(False, "--replan", help="Fingerprint and plan again even if plans exist."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+) -> None:
+    """Train a small KL autoencoder (f=8, 4 latent channels) on a dataset's images, for GMS to segment in
+    its latent space: writes FOLD/autoencoder (diffusers' AutoencoderKL layout) and reconstruction PNGs."""
+    fold = _pretrain(dataset, model, time_budget, epochs, iterations, learning_rate, test_images, replan, device, workers, images)
+    console.print(f"autoencoder: {fold / 'autoencoder'}\nGMS: medseg plan-and-train --dataset {dataset} --model gms", highlight=False, markup=False, soft_wrap=True)
+

@@ -1,0 +1,46 @@
+"""Every kind of model folder medseg runs, behind one registry of readers: medseg's own
+(model.json beside plans.json) and nnU-Net v2's trained folders. A reader says how to recognise
+its folders and opens them as a ``ModelFolder``; a new format (a plug-in's, or another tool's
+weights) is one more registered reader, and every surface that takes ``-m`` reads it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from medseg.errors import MedsegError
+from medseg.model_folder import ModelFolder
+from medseg.nnunet_model_folder import NnunetModelFolder, is_nnunet_model_folder
+from medseg.registry import Registry
+
+
+@dataclass(frozen=True)
+class ModelFolderReader:
+    name: str
+    shape: str  # what its folders hold, for the error that names every known kind
+    recognises: Callable[[Path], bool]
+    open: Callable[[Path], ModelFolder]
+
+
+READERS: Registry[ModelFolderReader] = Registry("model folder format")
+
+
+def register_reader(reader: ModelFolderReader) -> ModelFolderReader:
+    return READERS.register(reader.name, reader)
+
+
+def open_model_folder(path: Path) -> ModelFolder:
+    """The model folder at ``path``, read by the first reader that recognises it."""
+    path = Path(path)
+    if not path.is_dir():
+        raise MedsegError(f"{path}: no such model folder")
+    for reader in READERS.values():
+        if reader.recognises(path):
+            return reader.open(path)
+    kinds = " nor ".join(f"{reader.shape}" for reader in READERS.values())
+    raise MedsegError(f"{path}: neither {kinds}")
+
+
+register_reader(ModelFolderReader("medseg", "a medseg model folder (no model.json)", lambda path: (path / "model.json").is_file(), ModelFolder.open))
+register_reader(ModelFolderReader("nnunet_v2", "an nnU-Net v2 one (plans.json + dataset.json)", is_nnunet_model_folder, NnunetModelFolder.open))

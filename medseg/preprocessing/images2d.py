@@ -1,0 +1,109 @@
+"""2D images as the image tasks train on them: resized (antialiased) to the planned input size,
+z-scored per channel, float16 on disk (one .npz per case), prepared again when the plan changes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medseg.atomic import atomic_path, write_json_atomic
+from medseg.errors import DatasetError, MedsegError
+
+
+def prepare_image(array: np.ndarray, size: list[int], source: str = "the image") -> np.ndarray:
+    """array: (C, H, W) -> (C, *size) float32, resized (antialiased) and z-scored per channel."""
+    if array.ndim != 3:
+        raise MedsegError(f"{source}: a 2D image was expected, got an array of shape {list(array.shape[1:])}")
+    if not np.isfinite(array).all():
+        raise MedsegError(f"{source}: {int((~np.isfinite(array)).sum())} pixels are NaN or infinite")
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
+    if list(tensor.shape[2:]) != list(size):
+        tensor = F.interpolate(tensor, size=list(size), mode="bilinear", align_corners=False, antialias=True)
+    flat = tensor[0].flatten(1)
+    mean, std = flat.mean(1), flat.std(1).clamp_min(1e-6)
+    return ((tensor[0] - mean.view(-1, 1, 1)) / std.view(-1, 1, 1)).numpy()
+
+
+def _signature(configuration) -> dict:
+    return {"input_size": list(configuration.patch_size), "normalization": configuration.normalization, "version": 1}
+
+
+def _preprocess_case(job) -> str | None:
+    case, target, size = job
+    from medseg.data.cases import load_case_images
+
+    try:
+        image = prepare_image(load_case_images(case).array, size, str(case.images[0]))
+    except MedsegError as error:
+        return str(error)
+    except Exception as error:
+        return f"{case.images[0]}: unreadable ({type(error).__name__}: {error})"
+    with atomic_path(target) as temporary:
+        with open(temporary, "wb") as handle:
+            np.savez(handle, image=image.astype(np.float16))
+    return None
+
+
+def fresh_folder(folder: Path, expected: dict) -> None:
+    """Create the preprocessed folder; a changed plan (signature) removes what an older plan prepared."""
+    folder.mkdir(parents=True, exist_ok=True)
+    signature_file = folder / "signature.json"
+    if signature_file.is_file() and json.loads(signature_file.read_text()) != expected:
+        for stale in folder.glob("*.npz"):
+            stale.unlink()  # the plan changed: every case is prepared again
+    write_json_atomic(signature_file, expected)
+
+
+TEST_PREFIX = "imagesTs__"  # preprocessed test images (masked pretraining may learn from them): never a training case id
+
+
+def case_targets(description, folder: Path, include_test: bool) -> list[tuple]:
+    """(case, its .npz in ``folder``) for every training image, and every test image (under
+    TEST_PREFIX) when ``include_test``."""
+    from medseg.data.layout import list_cases
+
+    targets = []
+    for split in ("Tr", "Ts") if include_test else ("Tr",):
+        if split == "Ts" and not (description.folder / "imagesTs").is_dir():
+            continue
+        cases, problems = list_cases(description, split)
+        if problems:
+            raise DatasetError(f"{description.folder}: " + "; ".join(problems[:5]) + " (run `medseg datasets check`)")
+        prefix = TEST_PREFIX if split == "Ts" else ""
+        targets += [(case, folder / f"{prefix}{case.case_id}.npz") for case in cases]
+    return targets
+
+
+def preprocess(description, plans, configuration, folder: Path, workers, progress) -> tuple[int, int]:
+    """Every training image (and the test images, when the plan includes them) at the input size."""
+    from medseg.parallel import map_parallel
+
+    fresh_folder(folder, _signature(configuration))
+    targets = case_targets(description, folder, bool(configuration.training.get("include_test")))
+    jobs = [(case, target, configuration.patch_size) for case, target in targets if not target.is_file()]
+    errors = [e for e in map_parallel(_preprocess_case, jobs, workers, progress) if e]
+    if errors:
+        raise DatasetError(f"{len(errors)} image(s) could not be preprocessed: " + "; ".join(errors[:5]))
+    return len(jobs), len(targets) - len(jobs)
+
+
+def preprocessed_cases(data_folder: Path, plans, configuration) -> list[str]:
+    if not data_folder.is_dir():
+        return []
+    signature_file = data_folder / "signature.json"
+    if signature_file.is_file() and json.loads(signature_file.read_text()) != _signature(configuration):
+        raise MedsegError(f"{data_folder}: preprocessed for another plan; rerun `medseg preprocess`")
+    return sorted(p.stem for p in data_folder.glob("*.npz") if not p.name.startswith(".") and not p.stem.startswith(TEST_PREFIX))
+
+
+def load_images(data_folder: Path, case_ids: list[str], key: str = "image") -> torch.Tensor:
+    """(N, C, H, W) float16 images of the cases, in order (``key``: another array of the case files)."""
+    arrays = []
+    for case_id in case_ids:
+        with np.load(data_folder / f"{case_id}.npz") as content:
+            arrays.append(content[key])
+    return torch.from_numpy(np.stack(arrays))

@@ -1,0 +1,94 @@
+"""A classifier's predictor, as the front door (medseg.tasks.open_predictor) opens it: the folds'
+probabilities averaged per image, a batch written to predictions.csv."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medseg.errors import MedsegError
+from medseg.preprocessing.images2d import prepare_image
+from medseg.tasks.classification.predictions_csv import PREDICTIONS_CSV, write_predictions_csv
+from medseg.tasks.classification.report import _multi_label
+from medseg.tasks.classification.run import classes_of
+
+
+def load_thresholds(folder) -> dict[str, float] | None:
+    path = folder.path / "thresholds.json"
+    if not path.is_file():
+        return None
+    try:
+        return {str(k): float(v) for k, v in json.loads(path.read_text())["thresholds"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise MedsegError(f"{path}: not a thresholds file ({{'thresholds': {{class: number}}}})") from None
+
+
+class ClassifierPredictor:
+    """A classifier's predictor: the folds' networks in memory, their probabilities averaged."""
+
+    def __init__(self, model_folder, networks: list, device: torch.device, folds=("memory",)):
+        self.model_folder, self.folds, self.device = model_folder, list(folds), device
+        self.networks = [n.to(device).eval() for n in networks]
+        self.classes, self.multi_label = classes_of(model_folder.plans), _multi_label(model_folder)
+        self.channels = len(model_folder.plans.channel_names)
+        self.precision = "float32"
+
+    @torch.no_grad()
+    def predict_image(self, image, probabilities: bool = True, case_id: str = "case") -> np.ndarray:
+        """image: MedicalImage (C, H, W) -> (K,) class probabilities, the folds averaged."""
+        if image.num_channels != self.channels:
+            raise MedsegError(f"{case_id}: has {image.num_channels} channel(s); the model takes {self.channels}")
+        size = self.model_folder.configuration.patch_size
+        prepared = torch.from_numpy(prepare_image(image.array, size, case_id))[None].to(self.device)
+        logits = [network(prepared) for network in self.networks]
+        scores = [torch.sigmoid(x) if self.multi_label else torch.softmax(x, 1) for x in logits]
+        return torch.stack(scores).mean(0)[0].float().cpu().numpy()
+
+    def predict_batch(self, request):
+        """Every case -> one row of OUTPUT/predictions.csv (probabilities per class)."""
+        from medseg.inference.batch import BatchResult, read_case
+        from medseg.inference.inputs import discover
+
+        if request.formats not in (None, "", "csv", ["csv"]):
+            shown = ",".join(request.formats) if isinstance(request.formats, list) else request.formats
+            raise MedsegError(f"a classifier writes {PREDICTIONS_CSV} (probabilities per class); --format {shown} is for segmentation models")
+        thresholds = load_thresholds(self.model_folder) if self.multi_label else None
+        discovery = discover(request.source, request.series, confine=request.confine)
+        result = BatchResult(folds=list(self.folds), ignored=list(discovery.ignored), cases=len(discovery.cases))
+        case_ids, rows = [], []
+        for index, case in enumerate(discovery.cases):
+            try:
+                rows.append(self.predict_image(read_case(case), case_id=case.case_id))
+                case_ids.append(case.case_id)
+            except MedsegError as error:
+                result.failed[case.case_id] = str(error)
+            if request.progress:
+                request.progress(index + 1, len(discovery.cases))
+        output = Path(request.output)
+        output.mkdir(parents=True, exist_ok=True)
+        target = output / PREDICTIONS_CSV
+        probabilities = np.stack(rows) if rows else np.zeros((0, len(self.classes)))
+        write_predictions_csv(target, case_ids, probabilities, self.classes, multi_label=self.multi_label, thresholds=thresholds)
+        result.written.append(target)
+        return result
+
+
+def load_classifier_predictor(folder, options) -> ClassifierPredictor:
+    from medseg.models.registry import build_model
+
+    if options.runtime != "torch":
+        raise MedsegError(f"--runtime {options.runtime}: classifiers run with the torch runtime")
+    device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    folds = options.folds or folder.folds()
+    if not folds:
+        raise MedsegError(f"{folder.path}: no trained fold")
+    channels, classes = len(folder.plans.channel_names), classes_of(folder.plans)
+    networks = []
+    for fold in folds:
+        network = build_model(folder.configuration.architecture, channels, len(classes))
+        network.load_state_dict(folder.load_module_states(fold, options.checkpoint)["network"])
+        networks.append(network)
+    return ClassifierPredictor(folder, networks, device, folds)
