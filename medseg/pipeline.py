@@ -1,7 +1,8 @@
 """The self-configuring pipeline, stage by stage: dataset -> fingerprint -> plans -> preprocessed
 data -> trained folds -> cross-validation report. Each stage reads and writes files under
-MEDSEG_ROOT, so every stage can also be run on its own from the CLI. What a stage does for a kind
-of problem comes from the registered task (medseg.tasks) of the model family being trained."""
+MEDSEG_ROOT, so every stage can also be run on its own from the CLI; a run builds one
+``Experiment`` (medseg.experiment) and hands it to every stage. What a stage does for a kind of
+problem comes from the registered task (medseg.tasks) of the model family being trained."""
 
 from __future__ import annotations
 
@@ -9,10 +10,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from medseg.errors import DatasetError, MedsegError
-from medseg.experiment import (
-    DEFAULT_PLANS_NAME, configuration_model_folder, default_plans_name, load_plans, plans_path, preprocessed_folder,
-)
-from medseg.paths import find_raw_dataset, model_folder, raw_root, results_root
+from medseg.experiment import Experiment, TrainingBudget
+from medseg.paths import find_raw_dataset, raw_root, results_root
 
 Progress = Callable[[int, int], None] | None
 
@@ -47,31 +46,17 @@ def prepare_task(task: str, demo: bool = False, progress_console=None) -> Path:
         raise DatasetError(f"{error}{hint}") from None
 
 
-def _description(raw_folder: Path):
-    from medseg.data.layout import load_dataset_description
-
-    return load_dataset_description(raw_folder)
-
-
-def plans_task(plans, description=None):
-    """The task that trains the plans' model family, checked against the dataset's layout."""
-    from medseg.tasks.registry import task_for_model
-
-    models = {c.architecture["name"] for c in plans.configurations.values()}
-    if len(models) != 1:
-        raise MedsegError(f"plans {plans.plans_name} of {plans.dataset_name} mix model families ({', '.join(sorted(models))})")
-    dataset_type = description.task_type if description is not None else None
-    return task_for_model(models.pop(), dataset_type, description.folder.name if description is not None else "the dataset")
-
-
-def run_fingerprint(raw_folder: Path, workers: int | None = None, progress: Progress = None) -> Path:
+def run_fingerprint(description, workers: int | None = None, progress: Progress = None, analyses: dict | None = None) -> Path:
+    """The dataset's fingerprint (by the task made for its layout: no model is chosen yet);
+    ``analyses``: what the dataset check found while reading the cases (medseg.data.check)."""
     import shutil
 
+    from medseg.experiment import preprocessed_folder
     from medseg.tasks.registry import task_for_dataset
 
-    description = _description(raw_folder)
+    raw_folder = description.folder
     task = task_for_dataset(description.task_type, raw_folder.name)
-    fingerprint = task.fingerprint(description, workers, progress)
+    fingerprint = task.fingerprint(description, workers, progress, analyses)
     target = preprocessed_folder(raw_folder)
     fingerprint.save(target / "fingerprint.json")
     shutil.copyfile(raw_folder / "dataset.json", target / "dataset.json")
@@ -79,93 +64,64 @@ def run_fingerprint(raw_folder: Path, workers: int | None = None, progress: Prog
 
 
 def run_plan(
-    raw_folder: Path, model: str = "unet", memory_gb: float | None = None, step_seconds: float | None = None, plans_name: str | None = None,
-    training_seconds: float | None = None, preset: str | None = None, plan_settings: dict | None = None,
+    experiment: Experiment, memory_gb: float | None = None, step_seconds: float | None = None, training_seconds: float | None = None,
+    preset: str | None = None, plan_settings: dict | None = None,
 ):
     """Plan from the fingerprint; ``training_seconds`` (one run's budget) lets a CPU plan trade
     resolution for passes over the data; ``preset`` names shipped planner settings (medseg_plans);
-    ``plan_settings`` are the task's own planning choices (PlanRequest.settings)."""
-    from medseg.models.spec import parse_model_spec
-    from medseg.tasks.registry import PlanRequest, task_for_model
+    ``plan_settings`` are the task's own planning choices (PlanRequest.settings). The plans are
+    saved and kept by the experiment."""
+    from medseg.tasks.registry import PlanRequest
     from medseg_plans import get_preset
 
-    spec = parse_model_spec(model)
-    description = _description(raw_folder)
-    task = task_for_model(spec.family, description.task_type, raw_folder.name)
+    task, spec = experiment.task, experiment.spec
     settings = get_preset(preset).settings_for(task.name, spec.family) if preset else None
-    fingerprint_file = preprocessed_folder(raw_folder) / "fingerprint.json"
-    if not fingerprint_file.is_file():
-        raise MedsegError(f"{fingerprint_file}: missing; run `medseg fingerprint {raw_folder.name}` first")
-    plans_name = plans_name or default_plans_name(model)
-    request = PlanRequest(spec.family, plans_name, memory_gb, step_seconds, training_seconds, settings, spec.options or None, plan_settings)
-    plans = task.plan(fingerprint_file, description, request)
-    plans.save(plans_path(raw_folder, plans_name))
+    if not experiment.fingerprint_file.is_file():
+        raise MedsegError(f"{experiment.fingerprint_file}: missing; run `medseg fingerprint {experiment.raw_folder.name}` first")
+    request = PlanRequest(spec.family, experiment.plans_name, memory_gb, step_seconds, training_seconds, settings, spec.options or None, plan_settings)
+    plans = task.plan(experiment.fingerprint_file, experiment.description, request)
+    plans.save(experiment.plans_file)
+    experiment.plans = plans
     return plans
 
 
 def run_preprocess(
-    raw_folder: Path, configurations: Sequence[str], plans_name: str = DEFAULT_PLANS_NAME, workers: int | None = None,
-    progress_factory: Callable[[str], Progress] | None = None,
+    experiment: Experiment, configurations: Sequence[str], workers: int | None = None, progress_factory: Callable[[str], Progress] | None = None,
 ) -> dict[str, tuple[int, int]]:
-    plans = load_plans(raw_folder, plans_name)
-    description = _description(raw_folder)
-    task = plans_task(plans, description)
     done = {}
     for name in configurations:
-        configuration = plans.configuration(name)
-        folder = preprocessed_folder(raw_folder) / configuration.data_identifier
+        configuration = experiment.plans.configuration(name)
         progress = progress_factory(name) if progress_factory else None
-        done[name] = task.preprocess(description, plans, configuration, folder, workers, progress)
+        done[name] = experiment.task.preprocess(
+            experiment.description, experiment.plans, configuration, experiment.data_folder(name), workers, progress,
+        )
     return done
 
 
-def write_model_folder(raw_folder: Path, plans, configuration_name: str, description=None, task=None):
-    """Make the model folder self-describing: plans, dataset.json and what inference needs."""
-    from medseg.model_folder import ModelFolder, ModelInfo
-
-    description = description or _description(raw_folder)
-    task = task or plans_task(plans, description)
-    configuration = plans.configuration(configuration_name)
-    info = ModelInfo(
-        configuration=configuration_name,
-        model=configuration.architecture["name"],
-        dataset_name=raw_folder.name,
-        raw_folder=str(raw_folder),
-        preprocessed_folder=str(preprocessed_folder(raw_folder) / configuration.data_identifier),
-        file_ending=description.file_ending,
-        labels={name: int(value) for name, value in description.labels.items()},
-        task=task.name,
-        **task.model_info(configuration),
-    )
-    return ModelFolder.create(configuration_model_folder(raw_folder, plans, configuration_name), plans, raw_folder / "dataset.json", info)
-
-
-def run_train(raw_folder: Path, configuration_name: str, fold: str, options, plans_name: str = DEFAULT_PLANS_NAME, log=print) -> dict | None:
+def run_train(experiment: Experiment, configuration_name: str, fold: str, options, log=print) -> dict | None:
     from medseg.tasks.registry import RunContext
     from medseg.training.splits import fold_cases, load_or_create_splits
     from medseg.training.trainer import Trainer
 
-    plans = load_plans(raw_folder, plans_name)
-    description = _description(raw_folder)
-    task = plans_task(plans, description)
+    task, plans, raw_folder = experiment.task, experiment.plans, experiment.raw_folder
     configuration = plans.configuration(configuration_name)
-    data_folder = preprocessed_folder(raw_folder) / configuration.data_identifier
+    data_folder = experiment.data_folder(configuration_name)
     case_ids = task.preprocessed_cases(data_folder, plans, configuration)
     if not case_ids:
         raise MedsegError(f"{data_folder}: no preprocessed cases; run `medseg preprocess {raw_folder.name} -c {configuration_name}` first")
     if fold == "all":  # no splits needed (nor written: pretraining's cases include the test images)
         train, val = sorted(case_ids), []
     else:
-        groups, strata = task.split_keys(description, case_ids) if task.split_keys else (None, None)
-        splits = load_or_create_splits(preprocessed_folder(raw_folder), raw_folder, case_ids, groups, strata)
+        groups, strata = task.split_keys(experiment.description, case_ids) if task.split_keys else (None, None)
+        splits = load_or_create_splits(experiment.preprocessed_folder, raw_folder, case_ids, groups, strata)
         train, val = fold_cases(splits, fold, case_ids)
     missing = sorted(set(train + val) - set(case_ids))
     if missing:
         raise MedsegError(f"{data_folder}: cases in the splits are not preprocessed: {', '.join(missing[:5])}; rerun `medseg preprocess`")
-    folder = write_model_folder(raw_folder, plans, configuration_name, description, task)
+    folder = experiment.model_folder(configuration_name)
     context = RunContext(
         plans=plans, configuration=configuration, model_folder=folder, fold_folder=folder.fold_folder(fold), data_folder=data_folder,
-        train_cases=train, val_cases=val, options=options, device=None, world_size=1, log=log,
+        train_cases=train, val_cases=val, options=options, device=None, world_size=1, log=log, description=experiment.description,
     )
     return Trainer(task, context, log).run()
 
@@ -185,36 +141,13 @@ def default_configurations(plans, device: str | None = None) -> list[str]:
     return trainable[:1]
 
 
-def run_plan_and_train(
-    raw_folder: Path,
-    configurations: Sequence[str] | None,
-    folds: Sequence[str],
-    options_factory: Callable[[int], object],
-    memory_gb: float | None = None,
-    plans_name: str | None = None,
-    replan: bool = False,
-    workers: int | None = None,
-    log: Callable[[str], None] = print,
-    training_seconds: float | None = None,
-    model: str = "unet",
-    preset: str | None = None,
-    plan_settings: dict | None = None,
-) -> dict[str, dict]:
-    """fingerprint -> plan -> preprocess -> train each fold -> cross-validation report per
-    configuration. Resumable: finished folds are kept, interrupted ones continue from their
-    latest checkpoint. ``options_factory(num_runs)`` gives the training options of each run;
-    ``training_seconds`` is one run's budget, for the plan; ``model`` the registered family planned
-    or a model spec (medseg.models.spec)."""
-    from medseg.model_folder import ModelFolder
-    from medseg.models.spec import parse_model_spec
+def _fingerprint_and_plan(
+    experiment: Experiment, replan: bool, workers: int | None, log: Callable[[str], None], training_seconds: float | None, memory_gb, preset, plan_settings,
+):
+    """Reuse the fingerprint and plans when they fit the experiment, else make them."""
     from medseg.planning.fingerprint import Fingerprint
-    from medseg.tasks.registry import task_for_model
 
-    spec = parse_model_spec(model)
-    task = task_for_model(spec.family, _description(raw_folder).task_type, raw_folder.name)  # a mismatch fails before any work
-    plans_name = plans_name or default_plans_name(model)
-    fingerprint_file = preprocessed_folder(raw_folder) / "fingerprint.json"
-    stale = None
+    fingerprint_file, stale = experiment.fingerprint_file, None
     if fingerprint_file.is_file() and not replan:
         try:
             Fingerprint.load(fingerprint_file)  # validates the version
@@ -222,51 +155,78 @@ def run_plan_and_train(
             stale = error
             log(f"fingerprint: recomputing ({error})")
     if replan or stale or not fingerprint_file.is_file():
-        run_fingerprint(raw_folder, workers)
+        run_fingerprint(experiment.description, workers, analyses=experiment.case_analyses)
         log(f"fingerprint: {fingerprint_file}")
-    plans_file = plans_path(raw_folder, plans_name)
+    plans_file = experiment.plans_file
     if replan or stale or not plans_file.is_file():
-        plans = run_plan(
-            raw_folder, model, memory_gb=memory_gb, plans_name=plans_name, training_seconds=training_seconds, preset=preset, plan_settings=plan_settings,
-        )
+        plans = run_plan(experiment, memory_gb=memory_gb, training_seconds=training_seconds, preset=preset, plan_settings=plan_settings)
         log(f"plans: {plans_file} ({plans.planner['mode']} budget{', preset ' + preset if preset else ''})")
-    else:
-        plans = load_plans(raw_folder, plans_name)
-        log(f"plans: reusing {plans_file} (--replan to plan again)")
-        planned = {c.architecture["name"] for c in plans.configurations.values()}
-        options = plans.planner.get("model_options", {})
-        if planned != {spec.family} or options != spec.options:
-            shown = ", ".join(sorted(planned)) + (f" with {options}" if options else "")
-            raise MedsegError(f"{plans_file} plans {shown}, not {spec}: use another plans name or --replan")
+        return plans
+    plans = experiment.plans
+    log(f"plans: reusing {plans_file} (--replan to plan again)")
+    planned = {c.architecture["name"] for c in plans.configurations.values()}
+    options = plans.planner.get("model_options", {})
+    if planned != {experiment.spec.family} or options != experiment.spec.options:
+        shown = ", ".join(sorted(planned)) + (f" with {options}" if options else "")
+        raise MedsegError(f"{plans_file} plans {shown}, not {experiment.spec}: use another plans name or --replan")
+    return plans
+
+
+def run_plan_and_train(
+    experiment: Experiment,
+    configurations: Sequence[str] | None,
+    folds: Sequence[str],
+    options,
+    budget: TrainingBudget | None = None,
+    memory_gb: float | None = None,
+    replan: bool = False,
+    workers: int | None = None,
+    log: Callable[[str], None] = print,
+    preset: str | None = None,
+    plan_settings: dict | None = None,
+) -> dict[str, dict]:
+    """fingerprint -> plan -> preprocess -> train each fold -> cross-validation report per
+    configuration. Resumable: finished folds are kept, interrupted ones continue from their
+    latest checkpoint. ``options``: every run's training options (medseg.training.trainer);
+    ``budget``: how training minutes are shared by the runs (the plan sizes for one run's share)."""
+    from dataclasses import replace
+
+    budget = budget or TrainingBudget()
+    planned_runs = max(len(configurations or []), 1) * len(folds)  # the plan is made before the configurations are known
+    plans = _fingerprint_and_plan(experiment, replan, workers, log, budget.planned_run_seconds(planned_runs), memory_gb, preset, plan_settings)
     chosen = list(configurations) if configurations else default_configurations(plans)
     for name in chosen:
         c = plans.configuration(name)
         features = c.architecture["kwargs"].get("features_per_stage")
         log(f"  {name}: patch {c.patch_size}, batch {c.batch_size}, spacing {[round(s, 3) for s in c.spacing]}, "
             f"{c.architecture['name']}" + (f" features {features}" if features else ""))
-    run_preprocess(raw_folder, chosen, plans_name, workers)
+    run_preprocess(experiment, chosen, workers)
     log("preprocessing: done")
     runs = [(name, fold) for name in chosen for fold in folds]
 
     def finished(name: str, fold: str) -> bool:
-        folder = configuration_model_folder(raw_folder, plans, name)
-        return ModelFolder.open(folder).fold_finished(fold) if (folder / "model.json").is_file() else False
+        folder = experiment.model_folder_path(name)
+        return (folder / "model.json").is_file() and experiment.model_folder(name).fold_finished(fold)
 
     remaining = [(n, f) for n, f in runs if not finished(n, f)]
     for name, fold in runs:
         if finished(name, fold):
             log(f"{name} fold {fold}: already trained")
             continue
-        options = options_factory(len(remaining))
-        options.continue_training = (configuration_model_folder(raw_folder, plans, name) / f"fold_{fold}" / "checkpoint_latest.pt").is_file()
+        minutes = budget.run_minutes(len(remaining))
+        run_options = replace(
+            options, time_budget_s=minutes * 60 if minutes else options.time_budget_s,
+            continue_training=(experiment.model_folder_path(name) / f"fold_{fold}" / "checkpoint_latest.pt").is_file(),
+        )
         log(f"{name} fold {fold}:")
-        run_train(raw_folder, name, fold, options, plans_name, log)
+        run_train(experiment, name, fold, run_options, log)
     reports = {}
+    task = experiment.task
     if all(f != "all" for f in folds) and task.crossval is not None:
         for name in chosen:
-            reports[name] = task.crossval(ModelFolder.open(configuration_model_folder(raw_folder, plans, name)), list(folds))
+            reports[name] = task.crossval(experiment.model_folder(name), list(folds))
     if len(reports) > 1:
-        best = best_configuration(model_folder(raw_folder.name, spec.family, plans_name, chosen[0]).parent, reports, task.report_score)
+        best = best_configuration(experiment.model_folder_path(chosen[0]).parent, reports, task.report_score)
         log(f"best configuration: {best}")
     return reports
 
@@ -280,37 +240,40 @@ def best_configuration(dataset_results: Path, reports: dict[str, dict], score: C
     return best
 
 
+def train_for_comparison(raw_folder: str, model: str, folds: list[str], configuration: str | None, options, budget: TrainingBudget) -> str:
+    """One family's plan-and-train for ``compare`` (run in a process of its own, so its peak memory
+    is its own); returns the trained model folder."""
+    experiment = Experiment.open(Path(raw_folder), model)
+    run_plan_and_train(experiment, [configuration] if configuration else None, folds, options, budget, log=lambda m: print(m, flush=True))
+    name = configuration or default_configurations(experiment.plans)[0]
+    return str(experiment.model_folder_path(name))
+
+
 def run_compare(
-    raw_folder: Path, models: Sequence[str], folds: Sequence[str], configuration: str | None, train_arguments: Sequence[str],
+    raw_folder: Path, models: Sequence[str], folds: Sequence[str], configuration: str | None, options, budget: TrainingBudget,
     log: Callable[[str], None] = print,
 ) -> tuple[dict, list[Path]]:
-    """Train every family on the same splits and budget (each `plan-and-train` in its own process,
-    so its peak memory is its own; resumable like plan-and-train), then compare them."""
-    import os
-    import subprocess
-    import sys
-
+    """Train every family on the same splits and budget (each in its own spawned process, through
+    ``train_for_comparison``; resumable like plan-and-train), then compare them."""
+    from medseg.data.layout import load_dataset_description
     from medseg.evaluation.compare import BASELINE, compare_families, write_comparison
     from medseg.model_folder import ModelFolder
-    from medseg.models.spec import parse_model_spec
+    from medseg.parallel import run_in_own_process
     from medseg.tasks.capabilities import CROSSVAL, LABEL_MAPS
-    from medseg.tasks.registry import task_for_model
 
-    dataset_type = _description(raw_folder).task_type
+    description = load_dataset_description(raw_folder)
     for model in models:
-        task = task_for_model(parse_model_spec(model).family, dataset_type, raw_folder.name)  # every family checked before any training
+        task = Experiment.open(raw_folder, model, description=description).task  # every family checked before any training
         if not {LABEL_MAPS, CROSSVAL} <= task.capabilities:  # folds that write Dice/NSD/HD95 reports
             raise MedsegError(f"compare scores segmentations; {model} is trained by the {task.name} task")
     folders = {}
     for model in models:
         log(f"== {model}")
-        command = [sys.executable, "-m", "medseg.cli", "plan-and-train", "--dataset", str(raw_folder), "--model", model, "--folds", ",".join(folds)]
-        command += (["-c", configuration] if configuration else []) + list(train_arguments)
-        if subprocess.run(command, env=dict(os.environ)).returncode != 0:
-            raise MedsegError(f"training {model} failed (its error is above); rerun to resume")
-        plans = load_plans(raw_folder, default_plans_name(model))
-        name = configuration or default_configurations(plans)[0]
-        folders[model] = ModelFolder.open(configuration_model_folder(raw_folder, plans, name))
+        try:
+            path = run_in_own_process(train_for_comparison, str(raw_folder), model, list(folds), configuration, options, budget)
+        except MedsegError as error:
+            raise MedsegError(f"training {model} failed: {error}; rerun to resume") from None
+        folders[model] = ModelFolder.open(Path(path))
     chosen = {folder.info.configuration for folder in folders.values()}
     if len(chosen) != 1:
         raise MedsegError(f"the families trained different configurations ({', '.join(sorted(chosen))}); pass -c CONFIG")

@@ -86,21 +86,24 @@ def datasets_synth(
     _report_conversion(summary)
 
 
-def run_dataset_check(path: Path, strict: bool, workers: Optional[int]) -> bool:
-    """Check a dataset with a progress bar, print every problem; True when it passes."""
+def run_dataset_check(path: Path, strict: bool, workers: Optional[int], fingerprint: bool = False):
+    """Check a dataset with a progress bar, print every problem; its report when it passes (with
+    dataset.json as parsed and, with ``fingerprint``, each case's fingerprint analysis), else None."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from medseg.data.check import check_dataset
 
     with Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(), console=err_console) as progress:
         task = progress.add_task("check", total=None)
-        report = check_dataset(path, workers=workers, progress=lambda done, total: progress.update(task, completed=done, total=total))
+        report = check_dataset(
+            path, workers=workers, progress=lambda done, total: progress.update(task, completed=done, total=total), fingerprint=fingerprint,
+        )
     for problem in report.problems:
         style = "red" if problem.severity == "error" else "yellow"
         console.print(f"[{style}]{problem.severity}[/{style}]: {problem.message}", soft_wrap=True, highlight=False)
     verdict = "passes" if report.ok(strict) else "FAILS"
     console.print(f"{path}: {report.num_cases} training cases, {len(report.errors)} error(s), {len(report.warnings)} warning(s): {verdict}")
-    return report.ok(strict)
+    return report if report.ok(strict) else None
 
 
 @datasets_app.command("check")
@@ -113,6 +116,6 @@ def datasets_check(
     from medseg.paths import find_raw_dataset
 
     folder = path if path.is_dir() else find_raw_dataset(str(path))
-    if not run_dataset_check(folder, strict, workers):
+    if run_dataset_check(folder, strict, workers) is None:
         raise typer.Exit(1)
 

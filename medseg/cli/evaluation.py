@@ -8,6 +8,8 @@ from typing import Optional
 import typer
 
 from medseg.cli.app import app, console, err_console, progress_printer, print_report_tables
+from medseg.cli.datasets import run_dataset_check
+from medseg.cli.training import training_options
 
 
 @app.command()
@@ -78,6 +80,7 @@ def compare(
 ) -> None:
     """Train model families on identical splits under the same budget and compare them (markdown, JSON, PNG)."""
     from medseg.errors import MedsegError
+    from medseg.experiment import TrainingBudget
     from medseg.models.spec import parse_model_specs
     from medseg.pipeline import prepare_task, run_compare
 
@@ -88,14 +91,14 @@ def compare(
     if time_budget is None and epochs is None:
         raise MedsegError("give every family the same budget: --time-budget MIN (per run) or --epochs N")
     folder = prepare_task(dataset, demo, progress_console=err_console)
-    arguments = []
-    if time_budget is not None:
-        arguments += ["--time-budget-per-run", str(time_budget)]  # the same for a run left over when resuming
-    if epochs is not None:
-        arguments += ["--epochs", str(epochs)]
-    if iterations is not None:
-        arguments += ["--iterations-per-epoch", str(iterations)]
-    comparison, outputs = run_compare(folder, families, fold_list, configuration, arguments, log=lambda m: console.print(m, highlight=False, markup=False))
+    if run_dataset_check(folder, strict=False, workers=None) is None:
+        raise typer.Exit(1)
+    # the same minutes for every run, also for a run left over when resuming
+    options = training_options(epochs, iterations or 250, None, None, None, None, None, True, 0)
+    comparison, outputs = run_compare(
+        folder, families, fold_list, configuration, options, TrainingBudget(per_run_minutes=time_budget),
+        log=lambda m: console.print(m, highlight=False, markup=False),
+    )
     console.print(outputs[1].read_text(), highlight=False, markup=False)
     console.print(f"wrote {', '.join(str(p) for p in outputs)}")
 

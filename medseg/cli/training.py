@@ -23,9 +23,10 @@ def fingerprint(
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes [default: CPU count]."),
 ) -> None:
     """Extract the dataset fingerprint (spacings, cropped shapes, foreground intensities)."""
+    from medseg.data.layout import load_dataset_description
     from medseg.pipeline import run_fingerprint
 
-    path = run_fingerprint(raw_folder_of(dataset), workers, progress_printer("fingerprint"))
+    path = run_fingerprint(load_dataset_description(raw_folder_of(dataset)), workers, progress_printer("fingerprint"))
     console.print(f"wrote {path}")
 
 
@@ -42,13 +43,14 @@ def plan(
     preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
 ) -> None:
     """Plan configurations (2d, 3d_fullres, 3d_lowres) from the fingerprint."""
-    from medseg.pipeline import plans_path, run_plan
+    from medseg.experiment import Experiment
+    from medseg.pipeline import run_plan
 
-    folder = raw_folder_of(dataset)
-    plans = run_plan(folder, model, memory_gb, step_seconds, plans_name, time_budget * 60 if time_budget else None, preset)
+    experiment = Experiment.open(raw_folder_of(dataset), model, plans_name)
+    plans = run_plan(experiment, memory_gb, step_seconds, time_budget * 60 if time_budget else None, preset)
     for name, c in plans.configurations.items():
         console.print(f"{name}: patch {c.patch_size} batch {c.batch_size} spacing {[round(s, 4) for s in c.spacing]} strides {c.architecture['kwargs'].get('strides')}")
-    console.print(f"wrote {plans_path(folder, plans.plans_name)} ({plans.planner})")
+    console.print(f"wrote {experiment.plans_file} ({plans.planner})")
 
 
 @app.command()
@@ -59,9 +61,10 @@ def preprocess(
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes [default: CPU count]."),
 ) -> None:
     """Crop, normalise and resample the training cases (resumable: finished cases are kept)."""
+    from medseg.experiment import Experiment
     from medseg.pipeline import run_preprocess
 
-    done = run_preprocess(raw_folder_of(dataset), configurations, plans_name, workers, progress_printer)
+    done = run_preprocess(Experiment.from_plans(raw_folder_of(dataset), plans_name), configurations, workers, progress_printer)
     for name, (new, kept) in done.items():
         console.print(f"{name}: {new} case(s) preprocessed, {kept} already done")
 
@@ -95,20 +98,15 @@ def train(
     pretrained: Optional[Path] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
 ) -> None:
     """Train one fold of one configuration (multi-process: launch with torchrun)."""
+    from medseg.experiment import Experiment
     from medseg.pipeline import run_train
 
     options = training_options(epochs, iterations, learning_rate, optimizer, batch_size, time_budget, device, validate, seed, pretrained)
     options.continue_training = resume
-    folder = raw_folder_of(dataset)
-    report = run_train(folder, configuration, fold, options, plans_name, log=lambda m: console.print(m, highlight=False))
+    experiment = Experiment.from_plans(raw_folder_of(dataset), plans_name)
+    report = run_train(experiment, configuration, fold, options, log=lambda m: console.print(m, highlight=False))
     if report:
-        print_report_tables(_plans_task(folder, plans_name), {configuration: report})
-
-
-def _plans_task(folder: Path, plans_name: str):
-    from medseg.pipeline import load_plans, plans_task
-
-    return plans_task(load_plans(folder, plans_name))
+        print_report_tables(experiment.task, {configuration: report})
 
 
 @app.command("plan-and-train")
@@ -138,9 +136,8 @@ def plan_and_train(
 
     Resumable: rerunning keeps finished folds and continues interrupted ones."""
     from medseg.errors import MedsegError
-    from medseg.models.spec import parse_model_spec
+    from medseg.experiment import Experiment, TrainingBudget, preprocessed_folder
     from medseg.pipeline import prepare_task, run_plan_and_train
-    from medseg.tasks.registry import task_for_model
 
     if dataset and task and dataset != task:
         raise MedsegError(f"--dataset {dataset} and --task {task} name different datasets; give one")
@@ -148,58 +145,45 @@ def plan_and_train(
     if not name:
         raise MedsegError("name the dataset: --dataset NAME (or --task NAME)")
     folder = prepare_task(name, demo, progress_console=err_console)
-    if not run_dataset_check(folder, strict=False, workers=workers):
-        raise typer.Exit(1)
-    if time_budget is not None and run_budget is not None:
-        raise MedsegError("give --time-budget (total) or --time-budget-per-run, not both")
     if demo and time_budget is None and run_budget is None and epochs is None:
         time_budget = DEMO_TIME_BUDGET_MINUTES
-    fold_list = [f.strip() for f in folds.split(",") if f.strip()]
-    # the plan is made before the configurations are known: on a CPU one trains by default
-    runs = max(len(configurations), 1) * len(fold_list)
-    per_run = run_budget if run_budget is not None else (time_budget / runs if time_budget else None)
-
-    def options_for(num_runs: int):
-        # a total budget is shared by the runs still to train; a per-run budget is every run's, resumed or not
-        budget = run_budget if run_budget is not None else (time_budget / max(num_runs, 1) if time_budget else None)
-        return training_options(epochs, iterations, learning_rate, optimizer, None, budget, device, True, 0, pretrained)
-
+    budget = TrainingBudget(time_budget, run_budget)
+    fingerprinting = replan or not (preprocessed_folder(folder) / "fingerprint.json").is_file()
+    check = run_dataset_check(folder, strict=False, workers=workers, fingerprint=fingerprinting)  # one pass: the fingerprint keeps what it read
+    if check is None:
+        raise typer.Exit(1)
+    experiment = Experiment.open(folder, model, check=check)
+    options = training_options(epochs, iterations, learning_rate, optimizer, None, None, device, True, 0, pretrained)
     reports = run_plan_and_train(
-        folder, configurations or None, fold_list, options_for, memory_gb, replan=replan, workers=workers,
-        log=lambda m: console.print(m, highlight=False), training_seconds=per_run * 60 if per_run else None,
-        model=model, preset=preset,
+        experiment, configurations or None, [f.strip() for f in folds.split(",") if f.strip()], options, budget, memory_gb, replan=replan,
+        workers=workers, log=lambda m: console.print(m, highlight=False), preset=preset,
     )
-    print_report_tables(task_for_model(parse_model_spec(model).family), {f"{name} cross-validation": report for name, report in reports.items()})
+    print_report_tables(experiment.task, {f"{name} cross-validation": report for name, report in reports.items()})
 
 
 def _pretrain(dataset, model, time_budget, epochs, iterations, learning_rate, test_images, replan, device, workers, extra_images=()) -> Path:
     """Plan and train a pretraining family on fold 'all'; returns its fold folder."""
-    from medseg.data.layout import load_dataset_description
     from medseg.errors import MedsegError
-    from medseg.models.spec import parse_model_spec
-    from medseg.pipeline import configuration_model_folder, default_plans_name, load_plans, prepare_task, run_plan_and_train
+    from medseg.experiment import Experiment, TrainingBudget
+    from medseg.pipeline import prepare_task, run_plan_and_train
     from medseg.tasks.capabilities import PRETRAINS
-    from medseg.tasks.registry import task_for_model
 
-    spec = parse_model_spec(model)
     folder = prepare_task(dataset, False, progress_console=err_console)
-    task = task_for_model(spec.family, load_dataset_description(folder).task_type, folder.name)
+    experiment = Experiment.open(folder, model)
+    task, family = experiment.task, experiment.spec.family
     if PRETRAINS not in task.capabilities:
-        raise MedsegError(f"{spec.family} is trained by the {task.name} task; pretraining runs mae_vit (`medseg pretrain`) or kl_autoencoder (`medseg pretrain-ae`)")
+        raise MedsegError(f"{family} is trained by the {task.name} task; pretraining runs mae_vit (`medseg pretrain`) or kl_autoencoder (`medseg pretrain-ae`)")
     if time_budget is None and epochs is None:
         raise MedsegError("give the pretraining a budget: --time-budget MIN or --epochs N")
-    if not run_dataset_check(folder, strict=False, workers=workers):
+    if run_dataset_check(folder, strict=False, workers=workers) is None:
         raise typer.Exit(1)
-
-    def options_for(num_runs: int):
-        return training_options(epochs, iterations, learning_rate, None, None, time_budget, device, False, 0)
-
+    options = training_options(epochs, iterations, learning_rate, None, None, None, device, False, 0)
     settings = {"include_test": test_images, **({"extra_images": [str(p) for p in extra_images]} if extra_images else {})}
     run_plan_and_train(
-        folder, None, ["all"], options_for, replan=replan, workers=workers, log=lambda m: console.print(m, highlight=False, markup=False),
-        training_seconds=time_budget * 60 if time_budget else None, model=str(spec), plan_settings=settings,
+        experiment, None, ["all"], options, TrainingBudget(per_run_minutes=time_budget), replan=replan, workers=workers,
+        log=lambda m: console.print(m, highlight=False, markup=False), plan_settings=settings,
     )
-    return configuration_model_folder(folder, load_plans(folder, default_plans_name(str(spec))), "2d") / "fold_all"
+    return experiment.model_folder_path("2d") / "fold_all"
 
 
 @app.command()

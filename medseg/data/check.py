@@ -34,6 +34,8 @@ class CheckReport:
     folder: Path
     num_cases: int = 0
     problems: list[Problem] = field(default_factory=list)
+    description: DatasetDescription | None = None  # dataset.json as parsed, for the stages after the check
+    analyses: dict[str, dict] = field(default_factory=dict)  # case id -> its fingerprint analysis, when asked for
 
     @property
     def errors(self) -> list[Problem]:
@@ -51,6 +53,7 @@ class CheckReport:
 class _CaseResult:
     problems: list[Problem]
     image_digest: str | None
+    analysis: dict | None = None  # medseg.planning.fingerprint.analyze_loaded_case of the images read here
 
 
 def _error(message: str) -> Problem:
@@ -79,8 +82,10 @@ def _check_finite(path: Path, array: np.ndarray, problems: list[Problem]) -> Non
             problems.append(_error(f"{path}: {bad} NaN/Inf voxel(s)"))
 
 
-def check_case(case: Case, description: DatasetDescription) -> _CaseResult:
-    """Read every file of one case and check channels, values and geometry."""
+def check_case(case: Case, description: DatasetDescription, fingerprint_samples: int | None = None) -> _CaseResult:
+    """Read every file of one case and check channels, values and geometry; with
+    ``fingerprint_samples``, a case without errors is also analysed for the fingerprint from the
+    arrays read here (one pass over the images instead of two)."""
     problems: list[Problem] = []
     images = [(path, _read(path, problems)) for path in case.images]
     reference = None
@@ -109,7 +114,21 @@ def check_case(case: Case, description: DatasetDescription) -> _CaseResult:
                     problems.append(
                         _error(f"{case.label}: geometry differs from image {reference[0].name}: {'; '.join(differences)}")
                     )
-    return _CaseResult(problems, digest.hexdigest() if reference is not None else None)
+    analysis = None
+    if fingerprint_samples and case.label is not None and label is not None and not any(p.severity == "error" for p in problems):
+        analysis = _analysis(case, [image for _, image in images], label, fingerprint_samples)
+    return _CaseResult(problems, digest.hexdigest() if reference is not None else None, analysis)
+
+
+def _analysis(case: Case, images: list, label, samples: int) -> dict | None:
+    from medseg.data.cases import as_label_map, stack_channel_images
+    from medseg.planning.fingerprint import analyze_loaded_case
+
+    try:
+        image = stack_channel_images(case.images, images)
+        return analyze_loaded_case(case, image, as_label_map(case.label, label, image), samples)
+    except MedsegError:
+        return None  # the fingerprint reads this case itself and names the problem
 
 
 def _check_label(path: Path, label, description: DatasetDescription, problems: list[Problem]) -> None:
@@ -134,14 +153,16 @@ def _check_label(path: Path, label, description: DatasetDescription, problems: l
         problems.append(Problem("warning", f"{path}: empty label map (background only)"))
 
 
-def _check_case_job(job: tuple[Case, DatasetDescription]) -> _CaseResult:
+def _check_case_job(job: tuple[Case, DatasetDescription, int | None]) -> _CaseResult:
     return check_case(*job)
 
 
 def check_dataset(
-    folder: str | Path, workers: int | None = None, progress: Callable[[int, int], None] | None = None
+    folder: str | Path, workers: int | None = None, progress: Callable[[int, int], None] | None = None, fingerprint: bool = False,
 ) -> CheckReport:
-    """Validate everything in a raw dataset folder; never stops at the first problem."""
+    """Validate everything in a raw dataset folder; never stops at the first problem. With
+    ``fingerprint``, the training cases of a segmentation dataset are also analysed for the
+    fingerprint as they are read (``report.analyses``)."""
     folder = Path(folder)
     report = CheckReport(folder)
     if not folder.is_dir():
@@ -151,17 +172,25 @@ def check_dataset(
     report.problems += [_error(p) for p in json_problems]
     if description is None:
         return report
+    report.description = description
     cases_by_split: dict[str, list[Case]] = {}
     for split in ("Tr", "Ts"):
         cases_by_split[split], naming_problems = list_cases(description, split)
         report.problems += [_error(p) for p in naming_problems]
     report.num_cases = len(cases_by_split["Tr"])
     report.problems += [_error(p) for p in _split_level_problems(description, cases_by_split)]
-    jobs = [(case, description) for cases in cases_by_split.values() for case in cases]
+    samples = None
+    if fingerprint and description.task_type == SEGMENTATION_LAYOUT:
+        from medseg.planning.fingerprint import samples_per_case
+
+        samples = samples_per_case(len(cases_by_split["Tr"]))
+    jobs = [(case, description, samples if split == "Tr" else None) for split, cases in cases_by_split.items() for case in cases]
     results = map_parallel(_check_case_job, jobs, workers, progress)
     seen: dict[str, str] = {}
-    for (case, _), result in zip(jobs, results):
+    for (case, _, _), result in zip(jobs, results):
         report.problems += result.problems
+        if result.analysis is not None:
+            report.analyses[case.case_id] = result.analysis
         if result.image_digest is None:
             continue
         if result.image_digest in seen:

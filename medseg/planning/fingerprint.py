@@ -125,6 +125,16 @@ def analyze_case(job: tuple[Case, int]) -> dict:
         return {"case_id": case.case_id, "error": str(error)}
     except Exception as error:  # an unreadable file must not kill the whole fingerprint
         return {"case_id": case.case_id, "error": f"{case.images[0]}: unreadable ({type(error).__name__}: {error})"}
+    return analyze_loaded_case(case, image, label, num_samples)
+
+
+def samples_per_case(num_cases: int) -> int:
+    return max(100, TOTAL_FOREGROUND_SAMPLES // max(num_cases, 1))
+
+
+def analyze_loaded_case(case: Case, image, label, num_samples: int) -> dict:
+    """``analyze_case`` of a case already read: image (C, *spatial), label (1, *spatial) MedicalImages
+    (the dataset check reads every case anyway, so the fingerprint can keep what it found)."""
     box = bounding_box(nonzero_mask(image.array))
     cropped = image.array[(slice(None),) + box_slices(box)]
     foreground = label.array[0][box_slices(box)] > 0
@@ -145,8 +155,11 @@ def analyze_case(job: tuple[Case, int]) -> dict:
 
 
 def extract_fingerprint(
-    description: DatasetDescription, workers: int | None = None, progress: Callable[[int, int], None] | None = None
+    description: DatasetDescription, workers: int | None = None, progress: Callable[[int, int], None] | None = None,
+    analyses: dict[str, dict] | None = None,
 ) -> Fingerprint:
+    """``analyses``: case id -> ``analyze_loaded_case`` results the dataset check made while it read
+    the cases; used when they cover every training case, so the images are not read again."""
     cases, problems = list_cases(description, "Tr")
     if problems:
         raise DatasetError(f"{description.folder}: " + "; ".join(problems[:5]) + " (run `medseg datasets check`)")
@@ -154,8 +167,10 @@ def extract_fingerprint(
         raise DatasetError(f"{description.folder}: fingerprinting is for segmentation datasets (this one is {description.task_type})")
     if not cases:
         raise DatasetError(f"{description.folder}: imagesTr holds no cases")
-    per_case = max(100, TOTAL_FOREGROUND_SAMPLES // len(cases))
-    results = map_parallel(analyze_case, [(case, per_case) for case in cases], workers, progress)
+    if analyses and all(case.case_id in analyses for case in cases):
+        results = [analyses[case.case_id] for case in cases]
+    else:
+        results = map_parallel(analyze_case, [(case, samples_per_case(len(cases))) for case in cases], workers, progress)
     failures = [r["error"] for r in results if "error" in r]
     if failures:
         raise DatasetError(f"{len(failures)} case(s) could not be read: " + "; ".join(failures[:5]))

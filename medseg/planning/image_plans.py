@@ -55,7 +55,7 @@ def analyze_image(case) -> dict:
     }
 
 
-def fingerprint(description, workers, progress):
+def fingerprint(description, workers, progress, analyses=None):  # analyses: the check makes none for 2D image datasets
     from medseg.data.layout import list_cases
     from medseg.parallel import map_parallel
     from medseg.planning.fingerprint import Fingerprint, intensity_statistics

@@ -255,7 +255,8 @@ class LatentSegmentationRun:
         output.mkdir(exist_ok=True)
         ending = folder.info.file_ending
         held_out = set(context.val_cases)
-        cases = [c for c in list_cases(load_dataset_description(folder.raw_folder), "Tr")[0] if c.case_id in held_out]
+        description = context.description or load_dataset_description(folder.raw_folder)
+        cases = [c for c in list_cases(description, "Tr")[0] if c.case_id in held_out]
         started = time.perf_counter()
         for case in cases:
             write_image(predictor.predict_image(load_case_images(case), case_id=case.case_id).segmentation, output / f"{case.case_id}{ending}")

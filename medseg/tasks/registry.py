@@ -52,6 +52,7 @@ class RunContext:
     device: torch.device
     world_size: int
     log: Callable[[str], None]
+    description: Any = None  # medseg.data.layout.DatasetDescription: dataset.json as the run's experiment parsed it
 
 
 class TrainingRun(Protocol):
@@ -95,7 +96,9 @@ class Task:
     name: str
     summary: str
     dataset_types: tuple[str, ...]  # raw dataset layouts it learns from (dataset.json "task")
-    fingerprint: Callable[..., Any]  # (description, workers, progress) -> object with .save(path)
+    # (description, workers, progress, analyses) -> object with .save(path); analyses: case id -> what the
+    # dataset check's pass found (medseg.data.check), for a task that can build on it, else None
+    fingerprint: Callable[..., Any]
     plan: Callable[..., Any]  # (fingerprint_file, description, PlanRequest) -> Plans
     preprocess: Callable[..., tuple[int, int]]  # (description, plans, configuration, folder, workers, progress) -> (new, kept)
     preprocessed_cases: Callable[..., list[str]]  # (data_folder, plans, configuration) -> case ids ready to train on

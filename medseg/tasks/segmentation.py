@@ -106,10 +106,10 @@ class SegmentationRun:
 
 
 # ------------------------------------------------------------------------------------- stage hooks
-def fingerprint(description, workers, progress):
+def fingerprint(description, workers, progress, analyses=None):
     from medseg.planning.fingerprint import extract_fingerprint
 
-    return extract_fingerprint(description, workers, progress)
+    return extract_fingerprint(description, workers, progress, analyses)
 
 
 def plan(fingerprint_file, description, request: PlanRequest):

@@ -130,7 +130,8 @@ class ClassificationRun:
         self.schedule = warmup_then_cosine(self.training.get("warmup_fraction", WARMUP_FRACTION))
         self.gradient_clip = GRADIENT_CLIP
         self.batch_size = max(1, (options.batch_size or configuration.batch_size) // context.world_size)
-        self.table = labels_table(load_dataset_description(context.model_folder.raw_folder))  # read once per run
+        description = context.description or load_dataset_description(context.model_folder.raw_folder)
+        self.table = labels_table(description)  # read once per run
         self.targets = {
             split: torch.as_tensor(targets_of(self.table, cases), dtype=torch.float32 if self.multi_label else torch.long)
             for split, cases in (("train", context.train_cases), ("val", context.val_cases or context.train_cases))

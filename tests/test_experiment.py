@@ -1,0 +1,96 @@
+"""One Experiment per run: `plan-and-train` parses dataset.json and the plans once each, however
+many folds it trains (each stage takes the objects the run built, not names to look up again), and
+reads each raw image twice before training (the check and the fingerprint share one pass; the
+preprocessing is the other); the budget split and the plans-name rule live in medseg.experiment."""
+
+from __future__ import annotations
+
+import pathlib
+from collections import Counter
+
+import pytest
+
+from medseg.errors import MedsegError
+from medseg.experiment import Experiment, TrainingBudget
+from tests.conftest import BRIGHT_DATASET, build_bright_dataset
+
+
+def test_a_five_fold_plan_and_train_parses_dataset_json_and_the_plans_once(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+
+    root = tmp_path / "root"
+    build_bright_dataset(root / "raw" / BRIGHT_DATASET, cases=5)
+    monkeypatch.setenv("MEDSEG_ROOT", str(root))
+    reads: Counter = Counter()
+    read_text = pathlib.Path.read_text
+
+    def counted(path, *args, **kwargs):
+        name = path.name
+        if name == "dataset.json" or (name.startswith("medsegPlans") and name.endswith(".json")) or name == "plans.json":
+            reads["plans" if name != "dataset.json" else "dataset.json"] += 1
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "read_text", counted)
+    import medseg.data.cases
+    import medseg.io
+
+    images: Counter = Counter()
+    read_image = medseg.io.read_image
+
+    def counted_image(path, *args, **kwargs):
+        if pathlib.Path(path).parent.name == "imagesTr":
+            images[pathlib.Path(path).name] += 1
+        return read_image(path, *args, **kwargs)
+
+    for module in (medseg.io, medseg.data.cases):
+        monkeypatch.setattr(module, "read_image", counted_image)
+    command = ["plan-and-train", "--dataset", BRIGHT_DATASET, "--folds", "0,1,2,3,4", "--epochs", "1", "--iterations-per-epoch", "1", "--workers", "1"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert "cross-validation" in result.output
+    assert (reads["dataset.json"], reads["plans"]) == (1, 0), reads  # the plans were made in this run: never read back
+    # the check's pass gives the fingerprint what it read; preprocessing reads each image once more
+    assert len(images) == 5 and set(images.values()) == {2}, images
+    reads.clear()
+    again = CliRunner().invoke(app, command)  # resumed: every fold already trained, the plans reused
+    assert again.exit_code == 0 and again.output.count("already trained") == 5, again.output
+    assert (reads["dataset.json"], reads["plans"]) == (1, 1), reads
+
+
+def test_the_budget_split():
+    total = TrainingBudget(total_minutes=10)
+    assert total.run_minutes(5) == 2 and total.run_minutes(2) == 5 and total.planned_run_seconds(5) == 120
+    per_run = TrainingBudget(per_run_minutes=3)
+    assert per_run.run_minutes(5) == per_run.run_minutes(1) == 3
+    assert TrainingBudget().run_minutes(3) is None and TrainingBudget().planned_run_seconds(3) is None
+    with pytest.raises(MedsegError, match="not both"):
+        TrainingBudget(total_minutes=10, per_run_minutes=3)
+
+
+def test_the_plans_name_rule_and_a_mismatched_layout(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEG_ROOT", str(tmp_path / "root"))
+    raw = tmp_path / "root" / "raw" / BRIGHT_DATASET
+    build_bright_dataset(raw, cases=2)
+    assert Experiment.open(raw).plans_name == "medsegPlans"
+    assert Experiment.open(raw, "umamba_bot").plans_name == "medsegPlans_umamba_bot"
+    assert Experiment.open(raw, "unet", plans_name="mine").plans_file.name == "mine.json"
+    with pytest.raises(MedsegError, match="model 'vit' is trained by the classification task.*segmentation dataset"):
+        Experiment.open(raw, "vit")
+
+
+def test_the_fingerprint_from_the_check_pass_equals_the_one_read_again(tmp_path):
+    from dataclasses import asdict
+
+    from medseg.data.check import check_dataset
+    from medseg.planning.fingerprint import extract_fingerprint
+
+    raw = tmp_path / BRIGHT_DATASET
+    build_bright_dataset(raw, cases=3)
+    report = check_dataset(raw, workers=1, fingerprint=True)
+    assert report.ok() and sorted(report.analyses) == ["case_000", "case_001", "case_002"]
+    from_check = extract_fingerprint(report.description, workers=1, analyses=report.analyses)
+    read_again = extract_fingerprint(report.description, workers=1)
+    assert asdict(from_check) == asdict(read_again)
+    assert check_dataset(raw, workers=1).analyses == {}  # only when asked for
