@@ -1,9 +1,9 @@
 """pyproject.toml lists packages explicitly (top-level folders install under other names): keep it complete."""
 
 import tomllib
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 MAPPED = {"medseg": "medseg", "medseg_kernels": "kernels", "medseg_datasets": "datasets", "medseg_plans": "plans"}
 
 

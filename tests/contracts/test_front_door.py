@@ -68,7 +68,7 @@ def test_cli_predict_calls_the_task_predictor(counting_model, tmp_path):
 
 def test_rest_jobs_call_the_task_predictor(counting_model, tmp_path):
     require_peer("fastapi")
-    from tests.test_serve import TOKEN, Server, _client, _submit, _wait
+    from tests.e2e.test_serve import TOKEN, Server, _client, _submit, _wait
 
     root, model, log = counting_model
     calls(log)
@@ -88,8 +88,8 @@ def test_rest_jobs_call_the_task_predictor(counting_model, tmp_path):
 
 def test_the_dicom_node_calls_the_task_predictor(counting_model, shared_data, tmp_path):
     require_peer("pynetdicom")
-    from tests.test_dicom_node import Node, storescu, wait_for
-    from tests.test_hospital_inference import series
+    from tests.e2e.test_dicom_node import Node, storescu, wait_for
+    from tests.e2e.test_hospital_inference import series
 
     _, model, log = counting_model
     calls(log)

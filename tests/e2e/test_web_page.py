@@ -14,8 +14,8 @@ import pytest
 
 from medseg.io import read_image
 from tests.conftest import BRIGHT_DATASET, require_peer
-from tests.test_dicom_node import require_program, wait_for
-from tests.test_serve import TOKEN, server  # noqa: F401 - the running server fixture
+from tests.e2e.test_dicom_node import require_program, wait_for
+from tests.e2e.test_serve import TOKEN, server  # noqa: F401 - the running server fixture
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 
 from medseg.io import read_image
 from tests.conftest import BRIGHT_DATASET, REPO, require_peer, run_cli
-from tests.test_serve import TOKEN, server  # noqa: F401 - the running server fixture
+from tests.e2e.test_serve import TOKEN, server  # noqa: F401 - the running server fixture
 
 MODULE = REPO / "slicer" / "MedSeg"
 

@@ -16,7 +16,7 @@ import pytest
 from pydicom import dcmread
 
 from tests.conftest import free_port, require_peer
-from tests.test_hospital_inference import series
+from tests.e2e.test_hospital_inference import series
 
 pytestmark = pytest.mark.usefixtures("pynetdicom_installed")
 

@@ -51,7 +51,7 @@ def _edited_series(shared_data: Path, target: Path, edit) -> Path:
     """A copy of a real Siemens MR series with ``edit(dataset)`` applied to every instance."""
     from pydicom import dcmread
 
-    from tests.test_hospital_inference import series
+    from tests.e2e.test_hospital_inference import series
 
     target.mkdir(parents=True)
     for path in sorted(series(shared_data, "siemens").iterdir()):
@@ -66,7 +66,7 @@ def test_patient_sex_0000_is_left_empty_with_a_note(bright_model, shared_data, t
     RTSTRUCT fail dciodvfy. The value is not one of M/F/O: left empty, and the manifest says so."""
     from pydicom import dcmread
 
-    from tests.test_hospital_inference import dciodvfy_errors
+    from tests.e2e.test_hospital_inference import dciodvfy_errors
 
     root, model = bright_model
     source = _edited_series(shared_data, tmp_path / "in" / "mr", lambda d: setattr(d, "PatientSex", "0000"))
@@ -278,7 +278,7 @@ def test_dicom_list_shows_whole_uids_on_a_narrow_terminal(shared_data):
     import subprocess
     import sys
 
-    from tests.test_hospital_inference import series
+    from tests.e2e.test_hospital_inference import series
 
     folder = series(shared_data, "siemens")
     uid = str(__import__("pydicom").dcmread(next(folder.iterdir()), stop_before_pixels=True).SeriesInstanceUID)

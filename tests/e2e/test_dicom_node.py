@@ -17,7 +17,7 @@ import pytest
 from pydicom import dcmread
 
 from tests.conftest import free_port, require_peer
-from tests.test_hospital_inference import series
+from tests.e2e.test_hospital_inference import series
 
 ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins")
 

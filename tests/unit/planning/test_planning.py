@@ -19,9 +19,8 @@ from medseg.planning.fingerprint import extract_fingerprint
 from medseg.planning.planner import Budget, augmentation_plan, has_laterality, plan_experiment
 from medseg.planning.plans import Plans
 from medseg.models.topology import plan_topology
-from tests.conftest import require_peer
+from tests.conftest import REPO, require_peer
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_topology_of_anisotropic_patch():

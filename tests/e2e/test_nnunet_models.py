@@ -169,7 +169,7 @@ def test_nnunet_model_folder_predicts_as_nnunetv2_does(nnunet_model, tmp_path):
 @pytest.mark.slow
 def test_nnunet_model_on_a_mixed_folder_writes_valid_seg_and_rtstruct(nnunet_model, shared_data, tmp_path):
     """The hospital batch with an nnU-Net model: DICOM trees, a zip, NIfTI and a corrupt file."""
-    from tests.test_hospital_inference import _mixed_inputs, dciodvfy_errors
+    from tests.e2e.test_hospital_inference import _mixed_inputs, dciodvfy_errors
 
     _, model = nnunet_model
     inputs = _mixed_inputs(shared_data, tmp_path / "in")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from medseg.io import read_image
-from tests.conftest import free_port, require_peer, run_cli
+from tests.conftest import REPO, free_port, require_peer, run_cli
 from tests.conftest import BRIGHT_DATASET as DATASET
 
 TOKEN = "s3cret-token"
@@ -189,7 +189,7 @@ def test_the_container_default_command_serves_the_models_dir(bright_model, tmp_p
 
     require_peer("fastapi")
     _, model = bright_model
-    dockerfile = (Path(__file__).resolve().parents[1] / "Dockerfile").read_text()
+    dockerfile = (REPO / "Dockerfile").read_text()
     entrypoint = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", dockerfile, re.M).group(1))
     command = json.loads(re.search(r"^CMD (\[.*\])$", dockerfile, re.M).group(1))
     assert entrypoint == ["medseg"] and command[0] == "serve"
