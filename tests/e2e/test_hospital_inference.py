@@ -403,3 +403,29 @@ def test_tta_axes_pick_a_subset_of_the_trained_mirroring(bright_model, tmp_path)
     image = root / "raw" / DATASET / "imagesTr" / "case_000_0000.nii.gz"
     assert "expected comma-separated axis numbers" in run_cli("predict", "-m", model, "-i", image, "-o", tmp_path / "o", "--tta-axes", "x").stderr
     assert "contradict" in run_cli("predict", "-m", model, "-i", image, "-o", tmp_path / "o", "--tta-axes", "1", "--no-tta").stderr
+
+
+def test_dicom_outputs_read_each_source_file_twice(bright_model, shared_data, tmp_path, monkeypatch):
+    """The folder scan's headers travel with the image: writing DICOM SEG and RTSTRUCT reads no
+    source file again (once for its header at the scan, once for its pixels)."""
+    from collections import Counter
+
+    import pydicom
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+
+    _, model = bright_model
+    source = series(shared_data, "siemens")
+    reads: Counter = Counter()
+    dcmread = pydicom.dcmread
+
+    def counted(path, *args, **kwargs):
+        reads[Path(path).name] += 1
+        return dcmread(path, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", counted)
+    result = CliRunner().invoke(app, ["predict", "-i", str(source), "-o", str(tmp_path / "out"), "-m", str(model), "--format", "dicom-seg,rtstruct", "--no-tta"])
+    assert result.exit_code == 0, result.output
+    assert sorted(reads) == sorted(p.name for p in source.iterdir()) and set(reads.values()) == {2}, reads
+    assert len(list((tmp_path / "out").glob("*.dcm"))) == 2

@@ -40,7 +40,10 @@ def _derived_uid(kind: str, seeds: list[str]) -> str:
 
 
 def load_sources(source: dict, case_id: str) -> DicomSources:
-    """``source``: the input image's metadata (medseg.io.dicom.volume.series_to_image)."""
+    """``source``: the input image's metadata (medseg.io.dicom.volume.series_to_image), with the
+    headers the folder scan read (``source_headers``), so the source files are not read again."""
+    import copy
+
     import pydicom
 
     if not has_dicom_source(source):
@@ -51,8 +54,13 @@ def load_sources(source: dict, case_id: str) -> DicomSources:
     multiframe = any(f is not None for f in frames)
     if multiframe and len(unique) > 1:
         raise MedsegError(f"{case_id}: a volume assembled from {len(unique)} multi-frame objects; DICOM outputs support one multi-frame object or one file per slice")
+    known = dict(zip(files, source.get("source_headers") or []))
     datasets = {}
     for path in unique:
+        header = known.get(path)
+        if header is not None and "TransferSyntaxUID" in getattr(header, "file_meta", {}):
+            datasets[path] = copy.deepcopy(header)  # the scan's header (this case's own copy: it is completed below)
+            continue
         try:
             datasets[path] = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as error:

@@ -192,7 +192,6 @@ def read_with_pixels(path):
 
 def _decode(series: DicomSeries, frames: list[Frame]) -> np.ndarray:
     """Stored pixel values for ``frames`` in order: (S, rows, cols) or (S, rows, cols, samples)."""
-    import pydicom
 
     cache: dict[int, np.ndarray] = {}
     planes = []
@@ -256,6 +255,7 @@ def series_to_image(series: DicomSeries) -> MedicalImage:
         array = pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)
         metadata["sop_instance_uids"] = [frames[0].sop_instance_uid]
         metadata["source_files"] = [str(series.instances[frames[0].instance_index].path)]
+        metadata["source_headers"] = [series.instances[frames[0].instance_index].header]
         metadata["source_frames"] = [frames[0].frame_index]
         return MedicalImage(np.ascontiguousarray(array), frames[0].pixel_spacing, (0.0, 0.0), default_direction(2), metadata)
     ordered, slice_direction, slice_spacing = _slice_geometry(series, frames)
@@ -270,5 +270,6 @@ def series_to_image(series: DicomSeries) -> MedicalImage:
     spacing = (slice_spacing, ordered[0].pixel_spacing[0], ordered[0].pixel_spacing[1])
     metadata["sop_instance_uids"] = [f.sop_instance_uid for f in ordered]
     metadata["source_files"] = [str(series.instances[f.instance_index].path) for f in ordered]
+    metadata["source_headers"] = [series.instances[f.instance_index].header for f in ordered]  # as the scan read them: not read again
     metadata["source_frames"] = [f.frame_index for f in ordered]  # frame of a multi-frame object; None: a file per slice
     return MedicalImage(np.ascontiguousarray(array), spacing, tuple(ordered[0].position), direction, metadata)
