@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from contextlib import contextmanager
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,26 @@ if "TRITON_INTERPRET" not in os.environ:
 
 def shared_data_dir() -> Path:
     return Path(os.environ.get("MEDSEG_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+@contextmanager
+def installed_plugin(folder: Path, module: str, **environment: str):
+    """A plug-in module in ``folder`` found as a lab would install it: on PYTHONPATH with
+    $MEDSEG_PLUGINS naming it, for this process and every child (CLI, server, node, Ray actors);
+    ``environment``: more variables for the time being. Everything is restored afterwards."""
+    keys = ("PYTHONPATH", "MEDSEG_PLUGINS", *environment)
+    saved = {key: os.environ.get(key) for key in keys}
+    os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(folder), saved["PYTHONPATH"]])), MEDSEG_PLUGINS=module, **environment)
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def require_peer(module: str) -> None:

@@ -27,6 +27,21 @@ def _require_ray():
     return ray
 
 
+AUTH_MODE_VARIABLE = "RAY_AUTH_MODE"
+TOKEN_VARIABLES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def authenticate_as_ray_start_does() -> None:
+    """Connect to an existing cluster in the authentication mode `ray start` chose for it here:
+    with RAY_AUTH_MODE unset, `ray start` turns token authentication on when a token exists
+    (~/.ray/auth_token, which any local `ray.init()` writes), but a client connecting by address
+    does not, and is refused. An explicit RAY_AUTH_MODE is left as the user set it."""
+    if AUTH_MODE_VARIABLE in os.environ:
+        return
+    if any(os.environ.get(name) for name in TOKEN_VARIABLES) or (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ[AUTH_MODE_VARIABLE] = "token"
+
+
 class _CaseWorker:
     """One Ray actor: the predictor is opened once (through the front door), then any number of
     cases run through it."""
@@ -80,6 +95,8 @@ class RayRunner:
     """A ``predict_folder`` runner: actors on the cluster at ``address`` (None: a local Ray started here)."""
 
     def __init__(self, model_folder: Path, predictor_options, opener, address: str | None = None, actors: int = 0):
+        if address:
+            authenticate_as_ray_start_does()  # before Ray is imported: it reads the mode once
         self.ray = _require_ray()
         self.model_folder, self.predictor_options, self.opener = str(Path(model_folder).resolve()), predictor_options, opener
         self.address, self.requested_actors = address, actors

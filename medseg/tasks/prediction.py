@@ -52,6 +52,9 @@ class BatchRequest:
     progress: Callable[[int, int], None] | None = None
     confine: list[Path] | None = None  # folders every input file must resolve into (a server's allowed roots)
 
+    def __post_init__(self) -> None:
+        self.source, self.output = Path(self.source), Path(self.output)
+
 
 class TaskPredictor(Protocol):
     """What a task's predictor offers every surface."""

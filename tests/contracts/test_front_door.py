@@ -7,15 +7,13 @@ what they need, by capability, naming both."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 from medseg.errors import MedsegError
-from tests.conftest import REPO, copy_bright_images, free_port, require_peer, run_cli
+from tests.conftest import REPO, copy_bright_images, free_port, installed_plugin, require_peer, run_cli
 
 PLUGIN_DIR = REPO / "tests" / "plugins"
 
@@ -24,7 +22,6 @@ PLUGIN_DIR = REPO / "tests" / "plugins"
 def counting_model(bright_model, tmp_path_factory):
     """(MEDSEG_ROOT, a copy of the bright model folder trained by the counting task, its call log),
     with the plug-in found by every child process, as a lab would install it."""
-    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "MEDSEG_PLUGINS", "MEDSEG_FRONT_DOOR_LOG")}
     root, model = bright_model
     folder = tmp_path_factory.mktemp("front-door")
     counting = folder / "model"
@@ -32,18 +29,8 @@ def counting_model(bright_model, tmp_path_factory):
     info = json.loads((counting / "model.json").read_text())
     (counting / "model.json").write_text(json.dumps({**info, "task": "counting_segmentation"}))
     log = folder / "calls.jsonl"
-    os.environ.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(PLUGIN_DIR), saved["PYTHONPATH"]])), MEDSEG_PLUGINS="counting_segmentation",
-        MEDSEG_FRONT_DOOR_LOG=str(log),
-    )
-    sys.path.insert(0, str(PLUGIN_DIR))
-    yield root, counting, log
-    sys.path.remove(str(PLUGIN_DIR))
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with installed_plugin(PLUGIN_DIR, "counting_segmentation", MEDSEG_FRONT_DOOR_LOG=str(log)):
+        yield root, counting, log
 
 
 def calls(log: Path) -> list[dict]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from medseg.errors import MedsegError
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, installed_plugin, run_cli
 
 PLUGIN_DIR = REPO / "examples" / "plugins"
 DATASET = "Dataset901_AbdomenMRI-demo"
@@ -25,17 +25,8 @@ PLANS = "medsegPlans_toy_regressor"
 @pytest.fixture(scope="module")
 def plugin_env():
     """The plug-in found through $MEDSEG_PLUGINS, with its folder on the path (as a lab would install it)."""
-    previous = {key: os.environ.get(key) for key in ("PYTHONPATH", "MEDSEG_PLUGINS")}
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGIN_DIR), previous["PYTHONPATH"]]))
-    os.environ["MEDSEG_PLUGINS"] = "toy_regression"
-    sys.path.insert(0, str(PLUGIN_DIR))  # this process finds it too, as the CLI children do
-    yield
-    sys.path.remove(str(PLUGIN_DIR))
-    for key, value in previous.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with installed_plugin(PLUGIN_DIR, "toy_regression"):
+        yield
 
 
 @pytest.fixture(scope="module")
