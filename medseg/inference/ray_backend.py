@@ -80,8 +80,6 @@ class RayPredictor:
     def predict_batch(self, request):
         from medseg.inference.batch import predict_cases
 
-        if request.workers < 0:
-            raise MedsegError(f"--workers must be 0 or more, got {request.workers}")
         runner = RayRunner(self.model_folder.path, self.options, self.opener, self.options.address, request.workers)
         try:
             result = predict_cases(self, request, runner=runner)
