@@ -30,6 +30,13 @@ def preprocessed_folder(raw_folder: Path) -> Path:
     return preprocessed_root() / raw_folder.name
 
 
+def cropped_cases_folder(raw_folder: Path) -> Path:
+    """Where the dataset check keeps the cases it read, cropped, for preprocessing (medseg.preprocessing.cropping)."""
+    from medseg.preprocessing.cropping import CROPPED_FOLDER
+
+    return preprocessed_folder(raw_folder) / CROPPED_FOLDER
+
+
 def plans_path(raw_folder: Path, plans_name: str) -> Path:
     return preprocessed_folder(raw_folder) / f"{plans_name}.json"
 

@@ -88,6 +88,9 @@ def run_plan(
 def run_preprocess(
     experiment: Experiment, configurations: Sequence[str], workers: int | None = None, progress_factory: Callable[[str], Progress] | None = None,
 ) -> dict[str, tuple[int, int]]:
+    from medseg.experiment import cropped_cases_folder
+    from medseg.preprocessing.cropping import remove_cropped_cases
+
     done = {}
     for name in configurations:
         configuration = experiment.plans.configuration(name)
@@ -95,6 +98,7 @@ def run_preprocess(
         done[name] = experiment.task.preprocess(
             experiment.description, experiment.plans, configuration, experiment.data_folder(name), workers, progress,
         )
+    remove_cropped_cases(cropped_cases_folder(experiment.raw_folder))  # the check's hand-off has served
     return done
 
 

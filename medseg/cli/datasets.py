@@ -88,15 +88,18 @@ def datasets_synth(
 
 def run_dataset_check(path: Path, strict: bool, workers: Optional[int], fingerprint: bool = False):
     """Check a dataset with a progress bar, print every problem; its report when it passes (with
-    dataset.json as parsed and, with ``fingerprint``, each case's fingerprint analysis), else None."""
+    dataset.json as parsed and, with ``fingerprint``, each case's fingerprint analysis and its
+    training cases kept cropped for the preprocessing), else None."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from medseg.data.check import check_dataset
+    from medseg.experiment import cropped_cases_folder
 
     with Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(), console=err_console) as progress:
         task = progress.add_task("check", total=None)
         report = check_dataset(
             path, workers=workers, progress=lambda done, total: progress.update(task, completed=done, total=total), fingerprint=fingerprint,
+            keep_cropped=cropped_cases_folder(Path(path)) if fingerprint else None,
         )
     for problem in report.problems:
         style = "red" if problem.severity == "error" else "yellow"

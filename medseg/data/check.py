@@ -82,10 +82,13 @@ def _check_finite(path: Path, array: np.ndarray, problems: list[Problem]) -> Non
             problems.append(_error(f"{path}: {bad} NaN/Inf voxel(s)"))
 
 
-def check_case(case: Case, description: DatasetDescription, fingerprint_samples: int | None = None) -> _CaseResult:
+def check_case(
+    case: Case, description: DatasetDescription, fingerprint_samples: int | None = None, keep_cropped: Path | None = None,
+) -> _CaseResult:
     """Read every file of one case and check channels, values and geometry; with
     ``fingerprint_samples``, a case without errors is also analysed for the fingerprint from the
-    arrays read here (one pass over the images instead of two)."""
+    arrays read here, and with ``keep_cropped`` kept there cropped for preprocessing
+    (medseg.preprocessing.cropping): the only pass over the raw images before training."""
     problems: list[Problem] = []
     images = [(path, _read(path, problems)) for path in case.images]
     reference = None
@@ -116,19 +119,27 @@ def check_case(case: Case, description: DatasetDescription, fingerprint_samples:
                     )
     analysis = None
     if fingerprint_samples and case.label is not None and label is not None and not any(p.severity == "error" for p in problems):
-        analysis = _analysis(case, [image for _, image in images], label, fingerprint_samples)
+        analysis = _analysis(case, [image for _, image in images], label, fingerprint_samples, keep_cropped)
     return _CaseResult(problems, digest.hexdigest() if reference is not None else None, analysis)
 
 
-def _analysis(case: Case, images: list, label, samples: int) -> dict | None:
+def _analysis(case: Case, images: list, label, samples: int, keep_cropped: Path | None) -> dict | None:
     from medseg.data.cases import as_label_map, stack_channel_images
     from medseg.planning.fingerprint import analyze_loaded_case
+    from medseg.preprocessing.cropping import crop_case, save_cropped_case
 
     try:
         image = stack_channel_images(case.images, images)
-        return analyze_loaded_case(case, image, as_label_map(case.label, label, image), samples)
+        label = as_label_map(case.label, label, image)
     except MedsegError:
         return None  # the fingerprint reads this case itself and names the problem
+    cropped = crop_case(image, label.array)
+    if keep_cropped is not None:
+        try:
+            save_cropped_case(keep_cropped, case, cropped)
+        except OSError:
+            pass  # a hand-off only: preprocessing then reads the raw files of this case
+    return analyze_loaded_case(case, image, label, samples, cropped)
 
 
 def _check_label(path: Path, label, description: DatasetDescription, problems: list[Problem]) -> None:
@@ -153,16 +164,18 @@ def _check_label(path: Path, label, description: DatasetDescription, problems: l
         problems.append(Problem("warning", f"{path}: empty label map (background only)"))
 
 
-def _check_case_job(job: tuple[Case, DatasetDescription, int | None]) -> _CaseResult:
+def _check_case_job(job: tuple[Case, DatasetDescription, int | None, Path | None]) -> _CaseResult:
     return check_case(*job)
 
 
 def check_dataset(
     folder: str | Path, workers: int | None = None, progress: Callable[[int, int], None] | None = None, fingerprint: bool = False,
+    keep_cropped: Path | None = None,
 ) -> CheckReport:
     """Validate everything in a raw dataset folder; never stops at the first problem. With
     ``fingerprint``, the training cases of a segmentation dataset are also analysed for the
-    fingerprint as they are read (``report.analyses``)."""
+    fingerprint as they are read (``report.analyses``) and, with ``keep_cropped``, written there
+    cropped for the preprocessing that follows."""
     folder = Path(folder)
     report = CheckReport(folder)
     if not folder.is_dir():
@@ -184,10 +197,13 @@ def check_dataset(
         from medseg.planning.fingerprint import samples_per_case
 
         samples = samples_per_case(len(cases_by_split["Tr"]))
-    jobs = [(case, description, samples if split == "Tr" else None) for split, cases in cases_by_split.items() for case in cases]
+    jobs = [
+        (case, description, samples if split == "Tr" else None, keep_cropped if samples and split == "Tr" else None)
+        for split, cases in cases_by_split.items() for case in cases
+    ]
     results = map_parallel(_check_case_job, jobs, workers, progress)
     seen: dict[str, str] = {}
-    for (case, _, _), result in zip(jobs, results):
+    for (case, *_), result in zip(jobs, results):
         report.problems += result.problems
         if result.analysis is not None:
             report.analyses[case.case_id] = result.analysis

@@ -16,6 +16,7 @@ from medseg.data.layout import SEGMENTATION_LAYOUT, Case, DatasetDescription, li
 from medseg.atomic import write_json_atomic
 from medseg.errors import DatasetError, MedsegError
 from medseg.parallel import map_parallel
+from medseg.preprocessing.cropping import CroppedCase, crop_case
 
 FINGERPRINT_VERSION = 2
 TOTAL_FOREGROUND_SAMPLES = 1_000_000  # spread over the cases; enough for stable percentiles
@@ -50,27 +51,6 @@ class Fingerprint:
         if content.get("version") != FINGERPRINT_VERSION:
             raise MedsegError(f"{path}: fingerprint version {content.get('version')} is not {FINGERPRINT_VERSION}; rerun `medseg fingerprint`")
         return cls(**content)
-
-
-def nonzero_mask(images: np.ndarray) -> np.ndarray:
-    """images: (C, *spatial) -> (*spatial) bool: where any channel is nonzero, holes filled."""
-    return ndimage.binary_fill_holes(np.any(images != 0, axis=0))
-
-
-def bounding_box(mask: np.ndarray) -> list[list[int]]:
-    """[[start, stop), ...] per axis of the True region (the whole array when empty)."""
-    if not mask.any():
-        return [[0, size] for size in mask.shape]
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        present = np.flatnonzero(mask.any(axis=other))
-        box.append([int(present[0]), int(present[-1]) + 1])
-    return box
-
-
-def box_slices(box: list[list[int]]) -> tuple[slice, ...]:
-    return tuple(slice(start, stop) for start, stop in box)
 
 
 def intensity_statistics(values: np.ndarray) -> dict[str, float]:
@@ -132,22 +112,22 @@ def samples_per_case(num_cases: int) -> int:
     return max(100, TOTAL_FOREGROUND_SAMPLES // max(num_cases, 1))
 
 
-def analyze_loaded_case(case: Case, image, label, num_samples: int) -> dict:
+def analyze_loaded_case(case: Case, image, label, num_samples: int, cropped: CroppedCase | None = None) -> dict:
     """``analyze_case`` of a case already read: image (C, *spatial), label (1, *spatial) MedicalImages
-    (the dataset check reads every case anyway, so the fingerprint can keep what it found)."""
-    box = bounding_box(nonzero_mask(image.array))
-    cropped = image.array[(slice(None),) + box_slices(box)]
-    foreground = label.array[0][box_slices(box)] > 0
+    (the dataset check reads every case anyway, so the fingerprint can keep what it found);
+    ``cropped``: the case's ``crop_case``, when already made."""
+    cropped = cropped or crop_case(image, label.array)
+    foreground = cropped.seg[0] > 0
     rng = np.random.default_rng(1234)
     samples = []
-    for channel in cropped:
+    for channel in cropped.data:
         values = channel[foreground]
         samples.append(rng.choice(values, num_samples, replace=True) if values.size else np.zeros(0, np.float32))
     return {
         "case_id": case.case_id,
         "spacing": [float(s) for s in image.spacing],
         "shape_before_crop": list(image.spatial_shape),
-        "shape_after_crop": list(cropped.shape[1:]),
+        "shape_after_crop": list(cropped.data.shape[1:]),
         "left_right_axis": left_right_axis(image.direction),
         "object_extents_mm": object_extents_mm(label.array[0], image.spacing),
         "samples": samples,

@@ -8,8 +8,8 @@ import numpy as np
 
 from medseg.errors import MedsegError
 from medseg.io import MedicalImage
-from medseg.planning.fingerprint import bounding_box, box_slices, nonzero_mask
 from medseg.planning.plans import ConfigurationPlan, Plans
+from medseg.preprocessing.cropping import CroppedCase, crop_case, nonzero_mask
 from medseg.preprocessing.normalization import normalize_channel
 from medseg.preprocessing.resampling import coarse_axis, new_shape, resample_image, resample_labels
 
@@ -66,17 +66,19 @@ def preprocess_case(
     image: MedicalImage, label: np.ndarray | None, plans: Plans, configuration: ConfigurationPlan, case_id: str
 ) -> tuple[np.ndarray, np.ndarray | None, CaseProperties]:
     """image (C, *spatial), label (1, *spatial) or None -> data (C, *S') float32, label (1, *S') int8, properties."""
-    order = plans.transpose_forward if image.ndim == 3 else list(range(image.ndim))
-    data = _transpose(image.array.astype(np.float32, copy=False), order)
-    seg = _transpose(label, order) if label is not None else None
-    spacing_t = [float(image.spacing[axis]) for axis in order]
-    mask = nonzero_mask(data)
-    box = bounding_box(mask)
-    crop = box_slices(box)
-    data = data[(slice(None),) + crop]
-    mask = mask[crop]
-    if seg is not None:
-        seg = seg[(slice(None),) + crop]
+    return preprocess_cropped(crop_case(image, label), plans, configuration, case_id)
+
+
+def preprocess_cropped(
+    cropped: CroppedCase, plans: Plans, configuration: ConfigurationPlan, case_id: str
+) -> tuple[np.ndarray, np.ndarray | None, CaseProperties]:
+    """``preprocess_case`` of a case already cropped to its nonzero region (medseg.preprocessing.cropping)."""
+    ndim = len(cropped.shape)
+    order = plans.transpose_forward if ndim == 3 else list(range(ndim))
+    data = _transpose(cropped.data.astype(np.float32, copy=False), order)
+    seg = _transpose(cropped.seg, order) if cropped.seg is not None else None
+    spacing_t = [float(cropped.spacing[axis]) for axis in order]
+    mask = nonzero_mask(data) if cropped.mask is None else cropped.mask.transpose(order)
     channels = []
     for index, (channel, norm) in enumerate(zip(data, configuration.normalization)):
         try:
@@ -94,12 +96,12 @@ def preprocess_case(
         seg = resample_labels(seg[0], shape, axis, resampling["label_order"], resampling["out_of_plane_order"])[None].astype(np.int8)
     properties = CaseProperties(
         case_id=case_id,
-        original_shape=list(image.spatial_shape),
-        original_spacing=[float(s) for s in image.spacing],
-        origin=[float(o) for o in image.origin],
-        direction=np.asarray(image.direction).tolist(),
-        shape_before_crop=[int(image.spatial_shape[axis]) for axis in order],
-        bbox=box,
+        original_shape=[int(n) for n in cropped.shape],
+        original_spacing=[float(s) for s in cropped.spacing],
+        origin=[float(o) for o in cropped.origin],
+        direction=[list(row) for row in cropped.direction],
+        shape_before_crop=[int(cropped.shape[axis]) for axis in order],
+        bbox=[list(cropped.box[axis]) for axis in order],
         shape_after_crop=[int(n) for n in mask.shape],
         spacing_after_crop=spacing_t,
         target_spacing=[float(t) for t in target],

@@ -50,15 +50,18 @@ def case_done(folder: Path, case_id: str) -> bool:
     return (folder / f"{case_id}.json").is_file()
 
 
-def _preprocess_job(job: tuple[Case, Plans, ConfigurationPlan, Path]) -> tuple[str, str | None]:
+def _preprocess_job(job: tuple[Case, Plans, ConfigurationPlan, Path, Path | None]) -> tuple[str, str | None]:
     from medseg.data.cases import load_case_images, load_case_label
-    from medseg.preprocessing.case import class_locations, preprocess_case
+    from medseg.preprocessing.case import class_locations, preprocess_cropped
+    from medseg.preprocessing.cropping import crop_case, load_cropped_case
 
-    case, plans, configuration, folder = job
+    case, plans, configuration, folder, cropped_folder = job
     try:
-        image = load_case_images(case)
-        label = load_case_label(case, image).array
-        data, seg, properties = preprocess_case(image, label, plans, configuration, case.case_id)
+        cropped = load_cropped_case(cropped_folder, case) if cropped_folder is not None else None
+        if cropped is None:
+            image = load_case_images(case)
+            cropped = crop_case(image, load_case_label(case, image).array)
+        data, seg, properties = preprocess_cropped(cropped, plans, configuration, case.case_id)
         for name, array in ((f"{case.case_id}.npy", data), (f"{case.case_id}_seg.npy", seg)):
             with atomic_path(folder / name) as temporary:
                 np.save(temporary, array)
@@ -80,8 +83,11 @@ def preprocess_dataset(
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     overwrite: bool = False,
+    cropped_folder: Path | None = None,
 ) -> tuple[int, int]:
-    """Preprocess the training cases not yet done. Returns (processed now, already done)."""
+    """Preprocess the training cases not yet done. Returns (processed now, already done).
+    ``cropped_folder``: where the dataset check kept the cases it read (medseg.preprocessing.cropping);
+    a case found there unchanged is not read again."""
     cases, problems = list_cases(description, "Tr")
     if problems:
         raise DatasetError(f"{description.folder}: " + "; ".join(problems[:5]) + " (run `medseg datasets check`)")
@@ -93,7 +99,7 @@ def preprocess_dataset(
             stale.unlink()  # the per-case "done" markers first, so an interruption leaves nothing counted done
         signature_path.unlink(missing_ok=True)
     todo = [case for case in cases if overwrite or not case_done(output_folder, case.case_id)]
-    results = map_parallel(_preprocess_job, [(case, plans, configuration, output_folder) for case in todo], workers, progress)
+    results = map_parallel(_preprocess_job, [(case, plans, configuration, output_folder, cropped_folder) for case in todo], workers, progress)
     failures = [f"{case_id}: {error}" for case_id, error in results if error]
     if failures:
         raise DatasetError(f"{len(failures)} case(s) failed preprocessing (the others are saved; rerun to resume): " + "; ".join(failures[:5]))

@@ -126,13 +126,14 @@ def plan(fingerprint_file, description, request: PlanRequest):
 
 
 def preprocess(description, plans, configuration, folder, workers, progress):
+    from medseg.experiment import cropped_cases_folder
     from medseg.preprocessing.dataset import preprocess_dataset
 
     if configuration.previous_stage:
         raise MedsegError(
             f"configuration {configuration.name} is a cascade stage; cascades are not supported yet (train {configuration.previous_stage} and 3d_fullres)"
         )
-    return preprocess_dataset(description, plans, configuration, folder, workers, progress)
+    return preprocess_dataset(description, plans, configuration, folder, workers, progress, cropped_folder=cropped_cases_folder(description.folder))
 
 
 def preprocessed_cases(data_folder, plans, configuration) -> list[str]:
