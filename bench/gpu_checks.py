@@ -236,7 +236,7 @@ def model_checks(device: torch.device, smoke: bool) -> dict:
 
 
 def inference_checks(device: torch.device, smoke: bool) -> dict:
-    from medseg.inference.sliding_window import predict_logits
+    from medseg.tasks.segmentation.inference.sliding_window import predict_logits
     from medseg.models import build_model, get_model_family
 
     shape, patch = ((40, 36, 44), [16, 16, 16]) if smoke else ((224, 202, 244), [96, 96, 96])

@@ -51,7 +51,7 @@ def run_fingerprint(description, workers: int | None = None, progress: Progress 
     ``analyses``: what the dataset check found while reading the cases (medseg.data.check)."""
     import shutil
 
-    from medseg.experiment import preprocessed_folder
+    from medseg.paths import preprocessed_folder
     from medseg.tasks.registry import task_for_dataset
 
     raw_folder = description.folder
@@ -88,8 +88,8 @@ def run_plan(
 def run_preprocess(
     experiment: Experiment, configurations: Sequence[str], workers: int | None = None, progress_factory: Callable[[str], Progress] | None = None,
 ) -> dict[str, tuple[int, int]]:
-    from medseg.experiment import cropped_cases_folder
-    from medseg.preprocessing.cropping import remove_cropped_cases
+    from medseg.paths import cropped_cases_folder
+    from medseg.tasks.segmentation.preprocessing.cropping import remove_cropped_cases
 
     done = {}
     for name in configurations:

@@ -70,7 +70,7 @@ def build_network(patch: list[int], features: int) -> torch.nn.Module:
 
 def run_tool(tool: str, data: torch.Tensor, network, patch: list[int], windows_per_batch: int) -> torch.Tensor:
     if tool in ("medseg", "medseg-bf16", "medseg-cl", "medseg-onnx"):
-        from medseg.inference.sliding_window import predict_logits
+        from medseg.tasks.segmentation.inference.sliding_window import predict_logits
 
         if tool == "medseg-cl":  # channels-last memory format for the convolutions
             network = network.to(memory_format=torch.channels_last_3d if data.ndim == 4 else torch.channels_last)

@@ -30,7 +30,7 @@ def training_step(model: str, patch: list[int], batch: int, base_features: int, 
     """A closure running one training step, and the ViL layers' token counts."""
     from medseg.models import build_model, get_model_family
     from medseg.models.vil_layer import ViLLayer
-    from medseg.training.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_scales, deep_supervision_weights
+    from medseg.tasks.segmentation.training.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_scales, deep_supervision_weights
 
     kwargs, topology = get_model_family(model).architecture_for_patch([1.0] * len(patch), patch, base_features=base_features)
     torch.manual_seed(0)

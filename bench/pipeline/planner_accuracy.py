@@ -38,7 +38,7 @@ def measured_step_seconds(configuration, in_channels: int, num_classes: int, rep
     import torch
 
     from medseg.models import build_model
-    from medseg.training.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_scales, deep_supervision_weights
+    from medseg.tasks.segmentation.training.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_scales, deep_supervision_weights
 
     torch.manual_seed(0)
     network = build_model(configuration.architecture, in_channels, num_classes, deep_supervision=True)

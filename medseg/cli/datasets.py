@@ -93,7 +93,7 @@ def run_dataset_check(path: Path, strict: bool, workers: Optional[int], fingerpr
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from medseg.data.check import check_dataset
-    from medseg.experiment import cropped_cases_folder
+    from medseg.paths import cropped_cases_folder
 
     with Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(), console=err_console) as progress:
         task = progress.add_task("check", total=None)

@@ -136,7 +136,8 @@ def plan_and_train(
 
     Resumable: rerunning keeps finished folds and continues interrupted ones."""
     from medseg.errors import MedsegError
-    from medseg.experiment import Experiment, TrainingBudget, preprocessed_folder
+    from medseg.experiment import Experiment, TrainingBudget
+    from medseg.paths import preprocessed_folder
     from medseg.pipeline import prepare_task, run_plan_and_train
 
     if dataset and task and dataset != task:

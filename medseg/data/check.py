@@ -53,7 +53,7 @@ class CheckReport:
 class _CaseResult:
     problems: list[Problem]
     image_digest: str | None
-    analysis: dict | None = None  # medseg.planning.fingerprint.analyze_loaded_case of the images read here
+    analysis: dict | None = None  # medseg.tasks.segmentation.planning.fingerprint.analyze_loaded_case of the images read here
 
 
 def _error(message: str) -> Problem:
@@ -88,7 +88,7 @@ def check_case(
     """Read every file of one case and check channels, values and geometry; with
     ``fingerprint_samples``, a case without errors is also analysed for the fingerprint from the
     arrays read here, and with ``keep_cropped`` kept there cropped for preprocessing
-    (medseg.preprocessing.cropping): the only pass over the raw images before training."""
+    (medseg.tasks.segmentation.preprocessing.cropping): the only pass over the raw images before training."""
     problems: list[Problem] = []
     images = [(path, _read(path, problems)) for path in case.images]
     reference = None
@@ -125,8 +125,8 @@ def check_case(
 
 def _analysis(case: Case, images: list, label, samples: int, keep_cropped: Path | None) -> dict | None:
     from medseg.data.cases import as_label_map, stack_channel_images
-    from medseg.planning.fingerprint import analyze_loaded_case
-    from medseg.preprocessing.cropping import crop_case, save_cropped_case
+    from medseg.tasks.segmentation.planning.fingerprint import analyze_loaded_case
+    from medseg.tasks.segmentation.preprocessing.cropping import crop_case, save_cropped_case
 
     try:
         image = stack_channel_images(case.images, images)
@@ -194,7 +194,7 @@ def check_dataset(
     report.problems += [_error(p) for p in _split_level_problems(description, cases_by_split)]
     samples = None
     if fingerprint and description.task_type == SEGMENTATION_LAYOUT:
-        from medseg.planning.fingerprint import samples_per_case
+        from medseg.tasks.segmentation.planning.fingerprint import samples_per_case
 
         samples = samples_per_case(len(cases_by_split["Tr"]))
     jobs = [

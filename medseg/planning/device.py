@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from medseg.models.registry import get_model_family
-from medseg.planning.planner import Budget
+from medseg.planning.budget import Budget
 
 CPU_STEP_SECONDS = 1.0  # a 10-minute budget then buys ~600 iterations
 CPU_BASE_FEATURES = 16  # half nnU-Net's width: ~4x fewer FLOPs, the difference between 150 and 600 steps

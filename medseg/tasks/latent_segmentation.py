@@ -97,7 +97,7 @@ def _digest(path: Path) -> str:
 
 def default_autoencoder(raw_folder: Path) -> Path:
     """Where ``medseg pretrain-ae`` leaves the dataset's own autoencoder."""
-    from medseg.experiment import configuration_model_folder, default_plans_name, load_plans
+    from medseg.paths import configuration_model_folder, default_plans_name, load_plans
 
     try:
         plans = load_plans(raw_folder, default_plans_name("kl_autoencoder"))
@@ -306,7 +306,7 @@ class LatentPredictor:
         return output[0] if isinstance(output, (list, tuple)) else output
 
     def predict_image(self, image, probabilities: bool = False, case_id: str = "case"):
-        from medseg.inference.predictor import Prediction, check_input
+        from medseg.tasks.segmentation.inference.predictor import Prediction, check_input
         from medseg.io import MedicalImage
 
         check_input(image, self.plans, case_id)

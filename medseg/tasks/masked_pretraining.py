@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from medseg.errors import MedsegError
-from medseg.planning import image_plans
+from medseg.tasks import image_plans
 from medseg.preprocessing import images2d
 from medseg.tasks.capabilities import PRETRAINS
 from medseg.tasks.registry import PlanRequest, RunContext, Task, register_task

@@ -33,7 +33,7 @@ class PredictorOptions:
     mirror: bool | list[int] = True  # test-time mirroring where the task allows it: all allowed axes, none, or these
     windows_per_batch: int | None = None  # None: the predictor's default for its device
     runtime: str = "torch"  # or "onnx": an ONNX export run by ONNX Runtime (medseg.inference.onnx_export)
-    precision: str = "auto"  # float32, bfloat16 (bf16 autocast forward) or auto (medseg.inference.predictor)
+    precision: str = "auto"  # float32, bfloat16 (bf16 autocast forward) or auto (medseg.tasks.segmentation.inference.predictor)
     backend: str = "local"  # or "ray": cases spread over a Ray cluster (medseg.inference.ray_backend)
     address: str | None = None  # the Ray cluster (None: a local one started for the batch)
 
@@ -64,7 +64,7 @@ class TaskPredictor(Protocol):
     precision: str | None  # the forward's precision, where the task has a choice
 
     def predict_image(self, image, probabilities: bool = False, case_id: str = "case") -> Any:
-        """One image in memory -> the task's prediction (label maps: medseg.inference.predictor.Prediction)."""
+        """One image in memory -> the task's prediction (label maps: medseg.tasks.segmentation.inference.predictor.Prediction)."""
 
     def predict_batch(self, request: BatchRequest) -> Any:
         """Every case under ``request.source`` -> medseg.inference.batch.BatchResult with per-case entries."""

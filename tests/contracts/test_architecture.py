@@ -26,7 +26,8 @@ def modules(package: str) -> dict[str, Path]:
 
 def import_graph(package: str) -> dict[str, set[str]]:
     """module -> the package's modules it imports. ``from pkg import submodule`` is an edge to the
-    submodule only: a package's __init__ runs before its submodules anyway."""
+    submodule, and importing ``a.b.c`` is also an edge to the packages ``a`` and ``a.b``: their
+    __init__ runs first (a module's own enclosing packages are already running, so they are no edge)."""
     known = modules(package)
     graph = {}
     for name, path in known.items():
@@ -44,7 +45,9 @@ def import_graph(package: str) -> dict[str, set[str]]:
                 edges.update(submodules)
                 if len(submodules) < len(node.names):
                     edges.add(base)
-        graph[name] = {edge for edge in edges if edge in known and edge != name}
+        enclosing = {".".join(here.split(".")[:i]) for i in range(1, len(here.split(".")) + 1)}
+        packages = {".".join(edge.split(".")[:i]) for edge in edges for i in range(1, len(edge.split(".")))}
+        graph[name] = {edge for edge in edges | (packages - enclosing) if edge in known and edge != name}
     return graph
 
 

@@ -86,7 +86,7 @@ def test_the_fingerprint_from_the_check_pass_equals_the_one_read_again(tmp_path)
     from dataclasses import asdict
 
     from medseg.data.check import check_dataset
-    from medseg.planning.fingerprint import extract_fingerprint
+    from medseg.tasks.segmentation.planning.fingerprint import extract_fingerprint
 
     raw = tmp_path / BRIGHT_DATASET
     build_bright_dataset(raw, cases=3)
@@ -109,10 +109,11 @@ def test_preprocessing_from_the_cases_the_check_kept_equals_reading_them_again(t
     from medseg.data.check import check_dataset
     from medseg.data.layout import list_cases
     from medseg.io import MedicalImage
-    from medseg.planning.fingerprint import extract_fingerprint
-    from medseg.planning.planner import Budget, plan_experiment
-    from medseg.preprocessing.cropping import load_cropped_case
-    from medseg.preprocessing.dataset import load_preprocessed_case, preprocess_dataset
+    from medseg.tasks.segmentation.planning.fingerprint import extract_fingerprint
+    from medseg.planning.budget import Budget
+    from medseg.tasks.segmentation.planning.planner import plan_experiment
+    from medseg.tasks.segmentation.preprocessing.cropping import load_cropped_case
+    from medseg.tasks.segmentation.preprocessing.dataset import load_preprocessed_case, preprocess_dataset
 
     raw = tmp_path / "Dataset321_Padded"
     rng = np.random.default_rng(3)

@@ -17,7 +17,7 @@ Stages, as the pipeline runs them:
   sensitivity and specificity per class and mean; ROC plot ``roc.png``;
 - predict: ``predictions.csv`` with a probability per class and the predicted classes."""
 
-from medseg.planning.image_plans import fingerprint
+from medseg.tasks.image_plans import fingerprint
 from medseg.preprocessing.images2d import preprocess, preprocessed_cases, prepare_image
 from medseg.tasks.capabilities import CLASS_SCORES, CROSSVAL
 from medseg.tasks.classification.planning import plan

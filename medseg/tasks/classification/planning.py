@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medseg.planning.image_plans import image_plans, size_image_plan
+from medseg.tasks.image_plans import image_plans, size_image_plan
 from medseg.tasks.classification.run import WARMUP_FRACTION, labels_table
 from medseg.tasks.registry import PlanRequest
 

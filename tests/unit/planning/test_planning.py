@@ -15,8 +15,9 @@ from medseg.data.builder import RawDatasetBuilder
 from medseg.data.layout import load_dataset_description
 from medseg.io import MedicalImage
 from medseg.io.image import default_direction
-from medseg.planning.fingerprint import extract_fingerprint
-from medseg.planning.planner import Budget, augmentation_plan, has_laterality, plan_experiment
+from medseg.tasks.segmentation.planning.fingerprint import extract_fingerprint
+from medseg.planning.budget import Budget
+from medseg.tasks.segmentation.planning.planner import augmentation_plan, has_laterality, plan_experiment
 from medseg.planning.plans import Plans
 from medseg.models.topology import plan_topology
 from tests.conftest import REPO, require_peer
@@ -173,7 +174,7 @@ def _blobs_2d(folder: Path, radius: int, num_cases: int = 12, size: int = 192) -
 def test_cpu_time_plan_trades_resolution_for_passes_while_objects_stay_large(tmp_path, radius, coarsened):
     """A short CPU budget at full resolution sees the data too few times: large objects are planned
     at a coarser spacing (more, cheaper samples), small ones keep the full resolution."""
-    from medseg.planning.planner import MIN_OBJECT_VOXELS, MIN_PASSES, ConfigurationSizer, object_size_voxels
+    from medseg.tasks.segmentation.planning.planner import MIN_OBJECT_VOXELS, MIN_PASSES, ConfigurationSizer, object_size_voxels
     from medseg.models.registry import get_model_family
 
     folder = tmp_path / "Dataset952_Blobs"

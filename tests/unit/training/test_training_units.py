@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from medseg.evaluation.metrics import case_metrics, dice, surface_metrics
-from medseg.evaluation.postprocessing import keep_largest_component
-from medseg.inference.sliding_window import gaussian_importance, predict_logits, window_starts
-from medseg.preprocessing.normalization import normalize_channel
-from medseg.preprocessing.resampling import coarse_axis, resample_image, resample_labels
-from medseg.training.augmentation import AugmentationSettings, spatial_transform
-from medseg.training.losses import DiceCELoss, deep_supervision_scales, deep_supervision_weights
+from medseg.tasks.segmentation.evaluation.postprocessing import keep_largest_component
+from medseg.tasks.segmentation.inference.sliding_window import gaussian_importance, predict_logits, window_starts
+from medseg.tasks.segmentation.preprocessing.normalization import normalize_channel
+from medseg.tasks.segmentation.preprocessing.resampling import coarse_axis, resample_image, resample_labels
+from medseg.tasks.segmentation.training.augmentation import AugmentationSettings, spatial_transform
+from medseg.tasks.segmentation.training.losses import DiceCELoss, deep_supervision_scales, deep_supervision_weights
 from medseg.training.splits import make_splits
 
 

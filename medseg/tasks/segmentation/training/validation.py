@@ -10,10 +10,10 @@ from typing import Callable
 import torch
 
 from medseg.evaluation.report import evaluate_folder, write_report
-from medseg.inference.predictor import Predictor
+from medseg.tasks.segmentation.inference.predictor import Predictor
 from medseg.io import write_image
 from medseg.model_folder import ModelFolder
-from medseg.preprocessing.dataset import load_preprocessed_case
+from medseg.tasks.segmentation.preprocessing.dataset import load_preprocessed_case
 
 
 def validate_fold(

@@ -9,9 +9,9 @@ import numpy as np
 from medseg.errors import MedsegError
 from medseg.io import MedicalImage
 from medseg.planning.plans import ConfigurationPlan, Plans
-from medseg.preprocessing.cropping import CroppedCase, crop_case, nonzero_mask
-from medseg.preprocessing.normalization import normalize_channel
-from medseg.preprocessing.resampling import coarse_axis, new_shape, resample_image, resample_labels
+from medseg.tasks.segmentation.preprocessing.cropping import CroppedCase, crop_case, nonzero_mask
+from medseg.tasks.segmentation.preprocessing.normalization import normalize_channel
+from medseg.tasks.segmentation.preprocessing.resampling import coarse_axis, new_shape, resample_image, resample_labels
 
 MAX_LOCATIONS_PER_CLASS = 10_000  # voxels remembered per class for foreground oversampling
 
@@ -72,7 +72,7 @@ def preprocess_case(
 def preprocess_cropped(
     cropped: CroppedCase, plans: Plans, configuration: ConfigurationPlan, case_id: str
 ) -> tuple[np.ndarray, np.ndarray | None, CaseProperties]:
-    """``preprocess_case`` of a case already cropped to its nonzero region (medseg.preprocessing.cropping)."""
+    """``preprocess_case`` of a case already cropped to its nonzero region (medseg.tasks.segmentation.preprocessing.cropping)."""
     ndim = len(cropped.shape)
     order = plans.transpose_forward if ndim == 3 else list(range(ndim))
     data = _transpose(cropped.data.astype(np.float32, copy=False), order)

@@ -29,8 +29,8 @@ class SegmentationRun:
 
     def __init__(self, context: RunContext):
         from medseg.models.registry import build_model
-        from medseg.training.augmentation import augmentation_for
-        from medseg.training.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_scales, deep_supervision_weights
+        from medseg.tasks.segmentation.training.augmentation import augmentation_for
+        from medseg.tasks.segmentation.training.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_scales, deep_supervision_weights
 
         self.context = context
         plans, configuration, options = context.plans, context.configuration, context.options
@@ -57,7 +57,7 @@ class SegmentationRun:
         )
 
     def batches(self, split: str, seed: int, background: bool) -> Iterator:
-        from medseg.training.loader import PatchSampler, batch_stream
+        from medseg.tasks.segmentation.training.loader import PatchSampler, batch_stream
 
         context = self.context
         cases = context.train_cases if split == "train" else (context.val_cases or context.train_cases)
@@ -99,7 +99,7 @@ class SegmentationRun:
 
     def final_validation(self) -> dict:
         """Sliding-window prediction of the held-out cases from their raw images, then metrics."""
-        from medseg.training.validation import validate_fold
+        from medseg.tasks.segmentation.training.validation import validate_fold
 
         context = self.context
         return validate_fold(context.model_folder, context.fold_folder, [self.network], context.device, context.val_cases, context.options.mirror_tta, context.log)
@@ -107,7 +107,7 @@ class SegmentationRun:
 
 # ------------------------------------------------------------------------------------- stage hooks
 def fingerprint(description, workers, progress, analyses=None):
-    from medseg.planning.fingerprint import extract_fingerprint
+    from medseg.tasks.segmentation.planning.fingerprint import extract_fingerprint
 
     return extract_fingerprint(description, workers, progress, analyses)
 
@@ -115,7 +115,7 @@ def fingerprint(description, workers, progress, analyses=None):
 def plan(fingerprint_file, description, request: PlanRequest):
     from medseg.planning.device import default_budget
     from medseg.planning.fingerprint import Fingerprint
-    from medseg.planning.planner import plan_experiment
+    from medseg.tasks.segmentation.planning.planner import plan_experiment
 
     fingerprint = Fingerprint.load(fingerprint_file)
     budget = default_budget(
@@ -126,8 +126,8 @@ def plan(fingerprint_file, description, request: PlanRequest):
 
 
 def preprocess(description, plans, configuration, folder, workers, progress):
-    from medseg.experiment import cropped_cases_folder
-    from medseg.preprocessing.dataset import preprocess_dataset
+    from medseg.paths import cropped_cases_folder
+    from medseg.tasks.segmentation.preprocessing.dataset import preprocess_dataset
 
     if configuration.previous_stage:
         raise MedsegError(
@@ -137,7 +137,7 @@ def preprocess(description, plans, configuration, folder, workers, progress):
 
 
 def preprocessed_cases(data_folder, plans, configuration) -> list[str]:
-    from medseg.preprocessing.dataset import check_signature, preprocessed_case_ids
+    from medseg.tasks.segmentation.preprocessing.dataset import check_signature, preprocessed_case_ids
 
     case_ids = preprocessed_case_ids(data_folder) if data_folder.is_dir() else []
     if case_ids:
@@ -146,19 +146,19 @@ def preprocessed_cases(data_folder, plans, configuration) -> list[str]:
 
 
 def model_info(configuration) -> dict:
-    from medseg.training.augmentation import augmentation_for
+    from medseg.tasks.segmentation.training.augmentation import augmentation_for
 
     return {"mirror_axes": list(augmentation_for(configuration).mirror_axes)}
 
 
 def load_predictor(folder, options):
-    from medseg.inference.predictor import load_predictor as load
+    from medseg.tasks.segmentation.inference.predictor import load_predictor as load
 
     return load(folder, options)
 
 
 def crossval(folder, folds) -> dict:
-    from medseg.evaluation.crossval import collect_crossval
+    from medseg.tasks.segmentation.evaluation.crossval import collect_crossval
 
     return collect_crossval(folder, folds)
 

@@ -22,8 +22,6 @@ from scipy import ndimage
 from medseg.atomic import atomic_path, write_json_atomic
 from medseg.data.layout import Case
 
-CROPPED_FOLDER = "cropped"
-
 
 def nonzero_mask(images: np.ndarray) -> np.ndarray:
     """images: (C, *spatial) -> (*spatial) bool: where any channel is nonzero, holes filled."""

@@ -52,8 +52,8 @@ def case_done(folder: Path, case_id: str) -> bool:
 
 def _preprocess_job(job: tuple[Case, Plans, ConfigurationPlan, Path, Path | None]) -> tuple[str, str | None]:
     from medseg.data.cases import load_case_images, load_case_label
-    from medseg.preprocessing.case import class_locations, preprocess_cropped
-    from medseg.preprocessing.cropping import crop_case, load_cropped_case
+    from medseg.tasks.segmentation.preprocessing.case import class_locations, preprocess_cropped
+    from medseg.tasks.segmentation.preprocessing.cropping import crop_case, load_cropped_case
 
     case, plans, configuration, folder, cropped_folder = job
     try:
@@ -86,7 +86,7 @@ def preprocess_dataset(
     cropped_folder: Path | None = None,
 ) -> tuple[int, int]:
     """Preprocess the training cases not yet done. Returns (processed now, already done).
-    ``cropped_folder``: where the dataset check kept the cases it read (medseg.preprocessing.cropping);
+    ``cropped_folder``: where the dataset check kept the cases it read (medseg.tasks.segmentation.preprocessing.cropping);
     a case found there unchanged is not read again."""
     cases, problems = list_cases(description, "Tr")
     if problems:

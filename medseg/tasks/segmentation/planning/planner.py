@@ -17,13 +17,13 @@ import json
 import re
 from collections import Counter
 from copy import deepcopy
-from dataclasses import dataclass
 
 import numpy as np
 
 from medseg.data.layout import DatasetDescription
 from medseg.errors import MedsegError
 from medseg.models.registry import ModelFamily, get_model_family
+from medseg.planning.budget import REFERENCE_GB, Budget
 from medseg.planning.fingerprint import Fingerprint
 from medseg.planning.plans import ConfigurationPlan, Plans
 from medseg.models.topology import plan_topology
@@ -31,7 +31,6 @@ from medseg.models.topology import plan_topology
 ANISOTROPY_THRESHOLD = 3.0
 REFERENCE_ACTIVATIONS = {2: 85_000_000, 3: 560_000_000}  # nnU-Net's values for an 8 GB GPU ...
 REFERENCE_BATCH = {2: 12, 3: 2}  # ... at these batch sizes
-REFERENCE_GB = 8.0
 MIN_BATCH = 2
 MAX_DATASET_FRACTION_PER_BATCH = 0.05
 LOWRES_THRESHOLD = 0.25  # plan 3d_lowres when the fullres patch covers less than this of the median image
@@ -48,29 +47,6 @@ TRAINING_DEFAULTS = {
     "time": {"optimizer": "adamw", "learning_rate": 3e-3},
 }
 _LATERAL = re.compile(r"(^|[^a-z])(left|right)([^a-z]|$)")
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What limits a training step: memory (GPU) or time (CPU)."""
-
-    mode: str  # "memory" or "time"
-    memory_gb: float = REFERENCE_GB
-    step_seconds: float = 1.0
-    flops_per_second: dict | None = None  # ndim -> measured network throughput, forward+backward (time mode)
-    base_features: int = 32
-    training_seconds: float | None = None  # time mode: the training budget of one run, when known
-
-    def describe(self) -> dict:
-        if self.mode == "memory":
-            return {"mode": "memory", "memory_gb": self.memory_gb, "base_features": self.base_features}
-        return {
-            "mode": "time",
-            "step_seconds": self.step_seconds,
-            "measured_gflops": {str(k): round(v / 1e9, 2) for k, v in (self.flops_per_second or {}).items()},
-            "base_features": self.base_features,
-            "training_seconds": self.training_seconds,
-        }
 
 
 def normalization_scheme(channel_name: str) -> str:

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
-from medseg.preprocessing.dataset import load_locations, load_preprocessed_case
-from medseg.training.augmentation import AugmentationSettings, intensity_transform, mirror, spatial_transform
+from medseg.tasks.segmentation.preprocessing.dataset import load_locations, load_preprocessed_case
+from medseg.tasks.segmentation.training.augmentation import AugmentationSettings, intensity_transform, mirror, spatial_transform
 
 
 def region_for_augmentation(patch_size: Sequence[int], settings: AugmentationSettings | None) -> list[int]:

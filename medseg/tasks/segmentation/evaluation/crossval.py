@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 
 from medseg.errors import MedsegError
-from medseg.evaluation.postprocessing import apply_postprocessing, choose_postprocessing
+from medseg.tasks.segmentation.evaluation.postprocessing import apply_postprocessing, choose_postprocessing
 from medseg.evaluation.report import evaluate_folder, write_report
 from medseg.io import read_image, write_image
 from medseg.model_folder import ModelFolder

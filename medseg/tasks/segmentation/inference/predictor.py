@@ -14,9 +14,9 @@ import torch
 from medseg.errors import MedsegError
 from medseg.io import MedicalImage
 from medseg.model_folder import ModelFolder
-from medseg.preprocessing.case import CaseProperties, preprocess_case
-from medseg.preprocessing.resampling import coarse_axis, resample_probabilities
-from medseg.inference.sliding_window import predict_logits
+from medseg.tasks.segmentation.preprocessing.case import CaseProperties, preprocess_case
+from medseg.tasks.segmentation.preprocessing.resampling import coarse_axis, resample_probabilities
+from medseg.tasks.segmentation.inference.sliding_window import predict_logits
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 arithmetic; elsewhere bf16 is emulated and slower
@@ -171,7 +171,7 @@ class Predictor:
         full = full.transpose([0, *[axis + 1 for axis in backward]])
         labels = np.argmax(full, axis=0).astype(np.uint8 if full.shape[0] <= 256 else np.int16)
         if self.postprocess:
-            from medseg.evaluation.postprocessing import apply_postprocessing
+            from medseg.tasks.segmentation.evaluation.postprocessing import apply_postprocessing
 
             labels = apply_postprocessing(labels, self.postprocess)
         source = dict(source or {})

@@ -32,7 +32,7 @@ class AugmentationSettings:
 
 
 def augmentation_for(configuration) -> AugmentationSettings:
-    """A configuration's planned spatial augmentation (see medseg.planning.planner.augmentation_plan)."""
+    """A configuration's planned spatial augmentation (see medseg.tasks.segmentation.planning.planner.augmentation_plan)."""
     plan = configuration.augmentation
     if not plan:
         raise MedsegError(f"configuration {configuration.name} has no augmentation plan; re-plan with `medseg plan`")

@@ -1,0 +1,31 @@
+"""What a plan is sized against: a GPU's memory (nnU-Net's rule) or a CPU's time per step
+(medseg.planning.device decides which for this machine)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+REFERENCE_GB = 8.0  # the GPU memory nnU-Net's reference activation counts were calibrated for
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What limits a training step: memory (GPU) or time (CPU)."""
+
+    mode: str  # "memory" or "time"
+    memory_gb: float = REFERENCE_GB
+    step_seconds: float = 1.0
+    flops_per_second: dict | None = None  # ndim -> measured network throughput, forward+backward (time mode)
+    base_features: int = 32
+    training_seconds: float | None = None  # time mode: the training budget of one run, when known
+
+    def describe(self) -> dict:
+        if self.mode == "memory":
+            return {"mode": "memory", "memory_gb": self.memory_gb, "base_features": self.base_features}
+        return {
+            "mode": "time",
+            "step_seconds": self.step_seconds,
+            "measured_gflops": {str(k): round(v / 1e9, 2) for k, v in (self.flops_per_second or {}).items()},
+            "base_features": self.base_features,
+            "training_seconds": self.training_seconds,
+        }
