@@ -68,6 +68,18 @@ class PatchSampler:
             return [int(min(max(v - p // 2, lo), hi)) for v, p, lo, hi in zip(voxel, self.patch_size, low, high)]
         return [int(rng.integers(lo, hi + 1)) for lo, hi in zip(low, high)]
 
+    @staticmethod
+    def _slice(data, seg, locations: dict[int, np.ndarray], rng: np.random.Generator, force_fg: bool):
+        """data (C, Z, Y, X), seg (1, Z, Y, X) -> one axial slice of each and the in-plane location
+        to centre on: a foreground voxel's slice when foreground is forced, else a random slice."""
+        present = [value for value, coordinates in locations.items() if len(coordinates)]
+        if force_fg and present:
+            coordinates = locations[present[rng.integers(len(present))]]
+            voxel = coordinates[rng.integers(len(coordinates))]
+            return data[:, int(voxel[0])], seg[:, int(voxel[0])], {1: voxel[None, 1:]}
+        z = int(rng.integers(data.shape[1]))
+        return data[:, z], seg[:, z], {}
+
     def _extract(self, array: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
         """array: (C, *S) -> (C, *size) from ``start`` (may be negative), zero-padded outside."""
         source, pads = [slice(None)], [(0, 0)]
@@ -84,6 +96,8 @@ class PatchSampler:
             data, seg, locations = self._case(self.case_ids[rng.integers(len(self.case_ids))])
             # the last third of each batch is forced to contain foreground
             force_fg = index >= round(self.batch_size * (1 - self.oversample_foreground))
+            if data.ndim == len(self.patch_size) + 2:  # a volume in a 2D configuration: one slice per sample
+                data, seg, locations = self._slice(data, seg, locations, rng, force_fg)
             start = self._patch_start(data.shape[1:], rng, locations, force_fg)
             region_start = [s - (r - p) // 2 for s, r, p in zip(start, self.region, self.patch_size)]
             image = torch.from_numpy(self._extract(data, region_start, self.region).astype(np.float32))
