@@ -6,6 +6,7 @@ available for the tensors' device and dtype, so portable code is always the last
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -73,3 +74,10 @@ def resolve(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> 
         if candidate.unavailable_reason(device, dtype) is None:
             return candidate
     raise RuntimeError(f"no {op} backend can run on {device} with {dtype}")
+
+
+def outside_autocast(device: torch.device):
+    """The context a kernel runs in: autocast off, because every backend keeps its own precision
+    rules (inputs of any float dtype, state and matmuls in float32, output in the input's dtype);
+    under a bf16 autocast their float32 matmuls would otherwise run in bf16."""
+    return torch.autocast(device.type, enabled=False) if device.type in ("cpu", "cuda") else nullcontext()

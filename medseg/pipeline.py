@@ -65,12 +65,13 @@ def run_fingerprint(description, workers: int | None = None, progress: Progress 
 
 def run_plan(
     experiment: Experiment, memory_gb: float | None = None, step_seconds: float | None = None, training_seconds: float | None = None,
-    preset: str | None = None, plan_settings: dict | None = None,
+    preset: str | None = None, plan_settings: dict | None = None, precision: str = "float32",
 ):
     """Plan from the fingerprint; ``training_seconds`` (one run's budget) lets a CPU plan trade
     resolution for passes over the data; ``preset`` names shipped planner settings (medseg_plans);
-    ``plan_settings`` are the task's own planning choices (PlanRequest.settings). The plans are
-    saved and kept by the experiment."""
+    ``plan_settings`` are the task's own planning choices (PlanRequest.settings); ``precision``: the
+    training forward's, resolved (a CPU plan times its steps in it). The plans are saved and kept
+    by the experiment."""
     from medseg.tasks.registry import PlanRequest
     from medseg_plans import get_preset
 
@@ -78,7 +79,9 @@ def run_plan(
     settings = get_preset(preset).settings_for(task.name, spec.family) if preset else None
     if not experiment.fingerprint_file.is_file():
         raise MedsegError(f"{experiment.fingerprint_file}: missing; run `medseg fingerprint {experiment.raw_folder.name}` first")
-    request = PlanRequest(spec.family, experiment.plans_name, memory_gb, step_seconds, training_seconds, settings, spec.options or None, plan_settings)
+    request = PlanRequest(
+        spec.family, experiment.plans_name, memory_gb, step_seconds, training_seconds, settings, spec.options or None, plan_settings, precision,
+    )
     plans = task.plan(experiment.fingerprint_file, experiment.description, request)
     plans.save(experiment.plans_file)
     experiment.plans = plans
@@ -130,6 +133,15 @@ def run_train(experiment: Experiment, configuration_name: str, fold: str, option
     return Trainer(task, context, log).run()
 
 
+def training_precision(options) -> str:
+    """The precision the runs' forward will use (``auto`` resolved for the training device)."""
+    import torch
+
+    from medseg.precision import resolve_precision
+
+    return resolve_precision(options.precision, torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu")))
+
+
 def default_configurations(plans, device: str | None = None) -> list[str]:
     """On a GPU every trainable configuration; on a CPU the one that fits the data best (3d_fullres
     for volumes, 2d otherwise), because each extra configuration costs a full cross-validation."""
@@ -147,6 +159,7 @@ def default_configurations(plans, device: str | None = None) -> list[str]:
 
 def _fingerprint_and_plan(
     experiment: Experiment, replan: bool, workers: int | None, log: Callable[[str], None], training_seconds: float | None, memory_gb, preset, plan_settings,
+    precision: str,
 ):
     """Reuse the fingerprint and plans when they fit the experiment, else make them."""
     from medseg.planning.fingerprint import Fingerprint
@@ -163,11 +176,14 @@ def _fingerprint_and_plan(
         log(f"fingerprint: {fingerprint_file}")
     plans_file = experiment.plans_file
     if replan or stale or not plans_file.is_file():
-        plans = run_plan(experiment, memory_gb=memory_gb, training_seconds=training_seconds, preset=preset, plan_settings=plan_settings)
+        plans = run_plan(experiment, memory_gb=memory_gb, training_seconds=training_seconds, preset=preset, plan_settings=plan_settings, precision=precision)
         log(f"plans: {plans_file} ({plans.planner['mode']} budget{', preset ' + preset if preset else ''})")
         return plans
     plans = experiment.plans
     log(f"plans: reusing {plans_file} (--replan to plan again)")
+    planned_precision = plans.planner.get("precision", "float32")
+    if plans.planner.get("mode") == "time" and planned_precision != precision:
+        log(f"  the plans were sized for {planned_precision} training steps, training runs in {precision}: --replan to size for it")
     planned = {c.architecture["name"] for c in plans.configurations.values()}
     options = plans.planner.get("model_options", {})
     if planned != {experiment.spec.family} or options != experiment.spec.options:
@@ -197,7 +213,8 @@ def run_plan_and_train(
 
     budget = budget or TrainingBudget()
     planned_runs = max(len(configurations or []), 1) * len(folds)  # the plan is made before the configurations are known
-    plans = _fingerprint_and_plan(experiment, replan, workers, log, budget.planned_run_seconds(planned_runs), memory_gb, preset, plan_settings)
+    precision = training_precision(options)
+    plans = _fingerprint_and_plan(experiment, replan, workers, log, budget.planned_run_seconds(planned_runs), memory_gb, preset, plan_settings, precision)
     chosen = list(configurations) if configurations else default_configurations(plans)
     for name in chosen:
         c = plans.configuration(name)

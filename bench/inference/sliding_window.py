@@ -3,7 +3,7 @@ predictor, on the same network weights, volume, patch, overlap 0.5 and gaussian 
 (sigma = patch / 8), no mirroring, in one run; JSON out.
 
     .venv/bin/python bench/inference/sliding_window.py [--dims 3] [--patch 96 96 96] [--features 16]
-        [--windows-per-batch 1] [--tools medseg,monai,nnunet,medseg-bf16,medseg-cl,medseg-onnx] [--out bench/results/inference_sliding_window_3d.json]
+        [--windows-per-batch 1] [--tools medseg,medseg-bf16,medseg-openvino,medseg-openvino-bf16,monai,monai-bf16,nnunet,nnunet-bf16,medseg-onnx,medseg-cl] [--out bench/results/inference_sliding_window_3d.json]
 
 3D volume: the shared TotalSegmentator CT (122 x 101 x 112 at 3 mm) resampled to 1.5 mm
 (244 x 202 x 224 voxels, z-scored). 2D image: the largest DSB2018 image. The network is medseg's
@@ -13,11 +13,16 @@ own): wall seconds of one prediction after a warm-up window, peak resident memor
 largest absolute difference of its logits from medseg's. Window placement: medseg and nnU-Net
 spread windows evenly (same positions); MONAI steps by patch x (1 - overlap) and aligns the last
 window to the end, so its logits differ where different windows overlap (reported, not hidden).
-``medseg-bf16`` and ``medseg-cl`` are medseg with bf16 autocast and with channels-last convolutions
-(candidates, measured before they become defaults; the label agreement shows bf16's cost);
-``medseg-onnx`` is medseg's sliding window around the network exported to ONNX and run by ONNX
-Runtime (``medseg predict --runtime onnx``; the export happens before the clock starts). Run it
-alone: two cores, and the timing is wall-clock.
+Precision: every tool runs in float32 unless its name ends in ``-bf16`` (torch tools: bf16
+autocast; ``medseg-openvino-bf16``: OpenVINO's bf16 hint), and each tool's speedup is reported
+against each peer at the same precision. ``medseg-cl`` is medseg with channels-last convolutions;
+``medseg-onnx`` runs the network exported to ONNX by ONNX Runtime (``medseg predict --runtime
+onnx``) and ``medseg-openvino`` compiled by OpenVINO (``--runtime openvino``); exports and
+conversions happen before the clock starts. Roofline: the run measures this machine's float32 and
+bf16 matmul peaks, and each tool's achieved forward GFLOP/s (medseg's window count x the network's
+FLOPs per window / seconds; MONAI places a few more windows, so its rate is slightly understated)
+is reported as a fraction of the peak of its precision. Run it alone: two cores, and the timing is
+wall-clock.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench" / "kernels"))
-from common import machine_info, peak_growth_mb  # noqa: E402
+from common import machine_info, peak_growth_mb, roofline  # noqa: E402
 
 SHARED = Path(os.environ.get("MEDSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 NUM_CLASSES = 3
@@ -68,14 +73,24 @@ def build_network(patch: list[int], features: int) -> torch.nn.Module:
     return build_model({"name": "unet", "kwargs": kwargs}, 1, NUM_CLASSES).eval()
 
 
+def precision_of(tool: str) -> str:
+    return "bfloat16" if tool.endswith("-bf16") else "float32"
+
+
 def run_tool(tool: str, data: torch.Tensor, network, patch: list[int], windows_per_batch: int) -> torch.Tensor:
-    if tool in ("medseg", "medseg-bf16", "medseg-cl", "medseg-onnx"):
+    base = tool.removesuffix("-bf16")
+    torch_bf16 = precision_of(tool) == "bfloat16" and base != "medseg-openvino"  # OpenVINO's precision is its compile hint
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=torch_bf16):
+        return _run_tool(base, data, network, patch, windows_per_batch)
+
+
+def _run_tool(tool: str, data: torch.Tensor, network, patch: list[int], windows_per_batch: int) -> torch.Tensor:
+    if tool in ("medseg", "medseg-cl", "medseg-onnx", "medseg-openvino"):
         from medseg.tasks.segmentation.inference.sliding_window import predict_logits
 
         if tool == "medseg-cl":  # channels-last memory format for the convolutions
             network = network.to(memory_format=torch.channels_last_3d if data.ndim == 4 else torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tool == "medseg-bf16"):
-            return predict_logits(network, data, patch, NUM_CLASSES, step_fraction=0.5, windows_per_batch=windows_per_batch).float()
+        return predict_logits(network, data, patch, NUM_CLASSES, step_fraction=0.5, windows_per_batch=windows_per_batch).float()
     if tool == "monai":
         from monai.inferers import sliding_window_inference
 
@@ -83,7 +98,7 @@ def run_tool(tool: str, data: torch.Tensor, network, patch: list[int], windows_p
             return sliding_window_inference(
                 data[None], roi_size=patch, sw_batch_size=windows_per_batch, predictor=network, overlap=0.5, mode="gaussian",
                 sigma_scale=0.125, padding_mode="constant",
-            )[0]
+            )[0].float()
     if tool == "nnunet":
         from types import SimpleNamespace
 
@@ -120,8 +135,13 @@ def worker(args) -> None:
     network.load_state_dict(torch.load(args.work / "network.pt", weights_only=True))
     if args.worker == "medseg-onnx":
         network = onnx_network(network, args)
-    with torch.inference_mode():  # warm-up: one window (thread pools, allocator, lazy imports)
-        network(torch.zeros(1, 1, *args.patch))
+    if args.worker.startswith("medseg-openvino"):  # converted (and cached in the work folder) before the clock starts
+        from medseg.inference.openvino_runtime import openvino_network
+
+        os.environ["XDG_CACHE_HOME"] = str(args.work / "cache")
+        network = openvino_network(network, (1, 1, *args.patch), precision_of(args.worker), "bench", threads=args.threads)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision_of(args.worker) == "bfloat16"):
+        network(torch.zeros(1, 1, *args.patch))  # warm-up: one window (thread pools, allocator, lazy imports)
     run_tool(args.worker, data[(slice(None), *[slice(0, p) for p in args.patch])].contiguous(), network, args.patch, args.windows_per_batch)
     result = {}
 
@@ -132,7 +152,28 @@ def worker(args) -> None:
 
     growth = peak_growth_mb(once)
     np.save(args.work / f"logits_{args.worker}.npy", result["logits"].float().numpy())
-    print(json.dumps({"seconds": round(result["seconds"], 2), "peak_growth_mb": growth}))
+    print(json.dumps({"seconds": round(result["seconds"], 2), "peak_growth_mb": growth, "precision": precision_of(args.worker)}))
+
+
+def forward_gflop(shape: list[int], patch: list[int], features: int) -> float:
+    """FLOPs of medseg's windows over ``shape`` (C, *S) at overlap 0.5: windows x the network's forward FLOPs."""
+    from medseg.models import get_model_family
+    from medseg.tasks.segmentation.inference.sliding_window import window_starts
+
+    family = get_model_family("unet")
+    kwargs, _ = family.architecture_for_patch([1.0] * len(patch), patch, base_features=features)
+    windows = int(np.prod([len(window_starts(max(size, p), p, 0.5)) for size, p in zip(shape[1:], patch)]))
+    return windows * family.flops_per_sample(patch, 1, NUM_CLASSES, kwargs) / 1e9
+
+
+def equal_precision_ratios(results: dict) -> None:
+    """Each medseg tool's speedup over each peer run at the same precision (peer seconds / ours)."""
+    peers = {tool: row for tool, row in results.items() if not tool.startswith("medseg") and "seconds" in row}
+    for tool, row in results.items():
+        if tool.startswith("medseg") and "seconds" in row:
+            row["speedup_vs_peers_at_equal_precision"] = {
+                peer: round(peer_row["seconds"] / row["seconds"], 2) for peer, peer_row in peers.items() if peer_row["precision"] == row["precision"]
+            }
 
 
 def main() -> None:
@@ -142,7 +183,7 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=16)
     parser.add_argument("--windows-per-batch", type=int, default=1, help="windows per forward (medseg default 1; MONAI sw_batch_size)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--tools", default="medseg,monai,nnunet")
+    parser.add_argument("--tools", default="medseg,medseg-bf16,medseg-openvino,medseg-openvino-bf16,monai,monai-bf16,nnunet,nnunet-bf16")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -167,6 +208,13 @@ def main() -> None:
             results[tool] = json.loads(run.stdout.strip().splitlines()[-1])
             print(tool, results[tool], flush=True)
         reference = np.load(work / "logits_medseg.npy") if "seconds" in results.get("medseg", {}) else None
+        peaks = roofline()
+        gflop = forward_gflop(list(data.shape), args.patch, args.features)
+        for row in results.values():
+            if "seconds" in row:
+                row["achieved_gflops"] = round(gflop / row["seconds"], 1)
+                row["fraction_of_peak"] = round(row["achieved_gflops"] / peaks[f"{row['precision']}_peak_gflops"], 3)
+        equal_precision_ratios(results)
         for tool, row in results.items():
             if reference is not None and "seconds" in row and tool != "medseg":
                 logits = np.load(work / f"logits_{tool}.npy")
@@ -175,12 +223,13 @@ def main() -> None:
                     row["label_agreement_vs_medseg"] = float((logits.argmax(0) == reference.argmax(0)).mean())
                 else:
                     row["max_abs_logit_difference_vs_medseg"] = f"shape {logits.shape}"
-                row["medseg_speedup"] = round(row["seconds"] / results["medseg"]["seconds"], 2)
+                row["seconds_vs_medseg_float32"] = round(row["seconds"] / results["medseg"]["seconds"], 2)
                 row["memory_ratio_vs_medseg"] = round(row["peak_growth_mb"] / max(results["medseg"]["peak_growth_mb"], 1e-6), 2)
     content = {
         "command": "python bench/inference/sliding_window.py " + " ".join(sys.argv[1:]),
         "input_shape": list(data.shape), "patch": args.patch, "features": args.features, "windows_per_batch": args.windows_per_batch,
-        "threads": args.threads, "overlap": 0.5, "blending": "gaussian, sigma = patch / 8", "mirroring": False, "results": results,
+        "threads": args.threads, "overlap": 0.5, "blending": "gaussian, sigma = patch / 8", "mirroring": False,
+        "forward_gflop": round(gflop, 1), "roofline": peaks, "results": results,
         "machine": machine_info(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -80,6 +80,21 @@ def batched_matmul_gflops(batch: int = 512, size: int = 64) -> float:
     return round(2 * batch * size**3 / seconds / 1e9, 2)
 
 
+def matmul_peak_gflops(dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 5) -> float:
+    """This machine's practical compute peak in ``dtype``: a large square matmul (the roofline's
+    ceiling that a convolution or a window can approach), GFLOP/s."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    out = torch.empty(size, size, dtype=dtype)
+    seconds = timed(lambda: torch.mm(a, b, out=out), repeats)
+    return round(2 * size**3 / seconds / 1e9, 1)
+
+
+def roofline() -> dict:
+    """The float32 and bf16 matmul peaks and the copy bandwidth, measured in the same run as a bench."""
+    return {"float32_peak_gflops": matmul_peak_gflops(torch.float32), "bfloat16_peak_gflops": matmul_peak_gflops(torch.bfloat16),
+            "copy_bandwidth_gb_s": memory_bandwidth_gb_s()}
+
+
 def machine_info() -> dict:
     info = {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(), "torch": torch.__version__}
     if torch.cuda.is_available():

@@ -1,7 +1,7 @@
 """Same data, same fold, same CPU wall-clock training budget: medseg vs nnunetv2, JSON out.
 
     .venv/bin/python bench/pipeline/cpu_budget.py --dataset DSB2018 [--minutes 10] [--fold 0]
-        [--tools medseg,nnunet] [--work bench_work]
+        [--tools medseg,medseg-bf16,nnunet] [--work bench_work]
 
 For each tool: plan with its defaults for this machine (medseg's CPU planner is told the training
 budget), preprocess, train fold ``--fold`` for ``--minutes`` of wall-clock training, then predict and score that fold's held-out cases in their
@@ -9,7 +9,8 @@ original geometry (Dice per class, foreground mean). nnunetv2 needs MEDSEG_EXTRA
 default planner sizes for an 8 GB GPU, which is what a user gets on a CPU, and its trainer has no
 time budget, so this script runs its training loop with a wall-clock stop (5 iterations per epoch
 so the stop lands close to the budget; the learning rate follows its 1000-epoch schedule, as in a
-real run cut short).
+real run cut short). ``medseg-bf16`` is medseg planned and trained with ``--precision bfloat16``
+(its CPU plan timed in bf16, its own plans file ``medsegPlans_bf16``).
 """
 
 from __future__ import annotations
@@ -46,24 +47,26 @@ def raw_dataset(name: str, root: Path) -> Path:
     return folder
 
 
-def run_medseg(name: str, root: Path, fold: int, minutes: float) -> dict:
+def run_medseg(name: str, root: Path, fold: int, minutes: float, precision: str = "float32") -> dict:
     raw = raw_dataset(name, root)
+    plans_name = "medsegPlans" if precision == "float32" else "medsegPlans_bf16"
     started = time.perf_counter()
     medseg("fingerprint", name, root=root)
-    plan_output = medseg("plan", name, "--time-budget", str(minutes), root=root)
-    plans = json.loads((root / "preprocessed" / raw.name / "medsegPlans.json").read_text())
+    plan_output = medseg("plan", name, "--time-budget", str(minutes), "--plans-name", plans_name, "--precision", precision, root=root)
+    plans = json.loads((root / "preprocessed" / raw.name / f"{plans_name}.json").read_text())
     configuration = "2d"
-    medseg("preprocess", name, "-c", configuration, root=root)
+    medseg("preprocess", name, "-c", configuration, "--plans-name", plans_name, root=root)
     prepared = time.perf_counter() - started
     started = time.perf_counter()
-    medseg("train", name, configuration, str(fold), "--time-budget", str(minutes), root=root)
+    medseg("train", name, configuration, str(fold), "--time-budget", str(minutes), "--plans-name", plans_name, "--precision", precision, root=root)
     trained = time.perf_counter() - started
-    fold_folder = root / "results" / raw.name / f"unet__medsegPlans__{configuration}" / f"fold_{fold}"
+    fold_folder = root / "results" / raw.name / f"unet__{plans_name}__{configuration}" / f"fold_{fold}"
     summary = json.loads((fold_folder / "validation" / "summary.json").read_text())
     log = json.loads((fold_folder / "log.json").read_text())
     config = plans["configurations"][configuration]
     return {
-        "tool": "medseg",
+        "tool": "medseg" if precision == "float32" else "medseg-bf16",
+        "precision": log.get("precision", precision),
         "plan": {"patch_size": config["patch_size"], "batch_size": config["batch_size"], "planner": plans["planner"],
                  "features_per_stage": config["architecture"]["kwargs"]["features_per_stage"]},
         "iterations": log["state"]["iteration"],
@@ -143,8 +146,8 @@ def main() -> None:
     root = work / "medseg_root"
     results = []
     for tool in args.tools.split(","):
-        if tool == "medseg":
-            results.append(run_medseg(args.dataset, root, args.fold, args.minutes))
+        if tool in ("medseg", "medseg-bf16"):
+            results.append(run_medseg(args.dataset, root, args.fold, args.minutes, "bfloat16" if tool == "medseg-bf16" else "float32"))
         elif tool == "nnunet":
             results.append(run_nnunet(args.dataset, root, work, args.fold, args.minutes))
         print(json.dumps(results[-1], indent=1))
@@ -162,6 +165,7 @@ def main() -> None:
     scores = {r["tool"]: r.get("dice_foreground_mean") for r in results}
     content = {
         "dice_ratio_medseg_over_nnunetv2": (scores["medseg"] / scores["nnunetv2"]) if scores.get("medseg") and scores.get("nnunetv2") else None,
+        "dice_ratio_bf16_over_float32": (scores["medseg-bf16"] / scores["medseg"]) if scores.get("medseg") and scores.get("medseg-bf16") else None,
         "dataset": args.dataset, "fold": args.fold, "minutes": args.minutes,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "results": results,

@@ -15,7 +15,7 @@ import torch
 from medseg_kernels.mlstm.chunkwise import mlstm_chunkwise
 from medseg_kernels.mlstm.ref import EPS, mlstm_parallel_ref, mlstm_recurrent_ref
 from medseg_kernels.mlstm.triton_mlstm import mlstm_triton, triton_unavailable_reason
-from medseg_kernels.registry import Backend, cpu_float_reason, floating_point_reason, register_backend, resolve
+from medseg_kernels.registry import Backend, cpu_float_reason, floating_point_reason, outside_autocast, register_backend, resolve
 from medseg_kernels.scan_orders import check_order, gather_steps, scatter_steps
 
 OP = "mlstm"
@@ -55,12 +55,13 @@ def mlstm(
             raise ValueError(f"gate pre-activations {name} must be (batch, heads, S) = {tuple(q.shape[:-1])} or with a trailing 1, got {tuple(gate.shape)}")
     check_order(order, q.shape[-2])
     chosen = choose_backend(backend, q.device, q.dtype, q.shape[-2])
-    if order is None:
-        return chosen.function(q, k, v, i, f, eps)
-    gate_dim = -2 if i.dim() == 4 else -1
-    q, k, v = (gather_steps(x, order, dim=-2) for x in (q, k, v))
-    i, f = (gather_steps(x, order, dim=gate_dim) for x in (i, f))
-    return scatter_steps(chosen.function(q, k, v, i, f, eps), order, dim=-2)
+    with outside_autocast(q.device):
+        if order is None:
+            return chosen.function(q, k, v, i, f, eps)
+        gate_dim = -2 if i.dim() == 4 else -1
+        q, k, v = (gather_steps(x, order, dim=-2) for x in (q, k, v))
+        i, f = (gather_steps(x, order, dim=gate_dim) for x in (i, f))
+        return scatter_steps(chosen.function(q, k, v, i, f, eps), order, dim=-2)
 
 
 __all__ = ["mlstm", "mlstm_chunkwise", "mlstm_parallel_ref", "mlstm_recurrent_ref", "mlstm_triton"]

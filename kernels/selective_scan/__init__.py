@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from medseg_kernels.registry import Backend, cpu_float_reason, register_backend, resolve
+from medseg_kernels.registry import Backend, cpu_float_reason, outside_autocast, register_backend, resolve
 from medseg_kernels.scan_orders import check_order
 from medseg_kernels.selective_scan.arguments import check_arguments
 from medseg_kernels.selective_scan.cpu import selective_scan_cpu
@@ -48,7 +48,8 @@ def selective_scan(
     check_arguments(u, delta, A, B, C, D, z, delta_bias)
     check_order(order, u.shape[-1])
     chosen = resolve(OP, backend, u.device, u.dtype)
-    return chosen.function(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, order=order)
+    with outside_autocast(u.device):
+        return chosen.function(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, order=order)
 
 
 __all__ = ["selective_scan", "selective_scan_ref", "selective_scan_cpu", "selective_scan_numba", "selective_scan_triton", "selective_scan_mamba_cuda"]

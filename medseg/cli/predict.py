@@ -37,7 +37,7 @@ def predict(
     save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write CASE.probabilities.npz (K, *spatial)."),
     device: Optional[str] = typer.Option(None, "--device"),
     series: Optional[str] = typer.Option(None, "--series", help=BATCH_SERIES_HELP),
-    runtime: str = typer.Option("torch", "--runtime", help="torch, or onnx: the folder's ONNX export (medseg export) run by ONNX Runtime."),
+    runtime: str = typer.Option("torch", "--runtime", help="torch; onnx: the folder's ONNX export (medseg export) run by ONNX Runtime; openvino: the networks compiled by OpenVINO (cached per machine; float32 or bfloat16 as --precision says)."),
     precision: str = typer.Option(
         "auto", "--precision",
         help="auto (bfloat16 on CPUs with native bf16 instructions, else float32), float32, or bfloat16: the forward under bf16 autocast, logits summed in float32.",

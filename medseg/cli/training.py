@@ -41,13 +41,18 @@ def plan(
         None, "--time-budget", help="CPU planning: training minutes of one run; too few passes over the data at full resolution plan a coarser one."
     ),
     preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
+    precision: str = typer.Option("float32", "--precision", help="CPU planning: time training steps in this precision (as `train --precision`; auto resolved here)."),
 ) -> None:
     """Plan configurations (2d, 3d_fullres, 3d_lowres) from the fingerprint."""
+    import torch
+
     from medseg.experiment import Experiment
     from medseg.pipeline import run_plan
+    from medseg.precision import resolve_precision
 
     experiment = Experiment.open(raw_folder_of(dataset), model, plans_name)
-    plans = run_plan(experiment, memory_gb, step_seconds, time_budget * 60 if time_budget else None, preset)
+    precision = resolve_precision(precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    plans = run_plan(experiment, memory_gb, step_seconds, time_budget * 60 if time_budget else None, preset, precision=precision)
     for name, c in plans.configurations.items():
         console.print(f"{name}: patch {c.patch_size} batch {c.batch_size} spacing {[round(s, 4) for s in c.spacing]} strides {c.architecture['kwargs'].get('strides')}")
     console.print(f"wrote {experiment.plans_file} ({plans.planner})")
@@ -69,14 +74,20 @@ def preprocess(
         console.print(f"{name}: {new} case(s) preprocessed, {kept} already done")
 
 
-def training_options(epochs, iterations, learning_rate, optimizer, batch_size, time_budget, device, validate, seed, pretrained=None):
+def training_options(epochs, iterations, learning_rate, optimizer, batch_size, time_budget, device, validate, seed, pretrained=None, precision="float32"):
     from medseg.training.trainer import TrainingOptions
 
     return TrainingOptions(
         epochs=epochs, iterations_per_epoch=iterations, learning_rate=learning_rate, optimizer=optimizer, batch_size=batch_size,
         time_budget_s=time_budget * 60 if time_budget else None, device=device, final_validation=validate, seed=seed,
-        pretrained=str(pretrained) if pretrained else None,
+        pretrained=str(pretrained) if pretrained else None, precision=precision,
     )
+
+
+PRECISION_HELP = (
+    "Training forward: float32, bfloat16 (autocast; weights, optimizer and loss stay float32) or auto "
+    "(bfloat16 on CPUs with native bf16, else float32). Tasks that do not train in bf16 yet say so and use float32."
+)
 
 
 @app.command()
@@ -96,12 +107,13 @@ def train(
     plans_name: str = typer.Option("medsegPlans", "--plans-name"),
     seed: int = typer.Option(0, "--seed"),
     pretrained: Optional[Path] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
+    precision: str = typer.Option("float32", "--precision", help=PRECISION_HELP),
 ) -> None:
     """Train one fold of one configuration (multi-process: launch with torchrun)."""
     from medseg.experiment import Experiment
     from medseg.pipeline import run_train
 
-    options = training_options(epochs, iterations, learning_rate, optimizer, batch_size, time_budget, device, validate, seed, pretrained)
+    options = training_options(epochs, iterations, learning_rate, optimizer, batch_size, time_budget, device, validate, seed, pretrained, precision)
     options.continue_training = resume
     experiment = Experiment.from_plans(raw_folder_of(dataset), plans_name)
     report = run_train(experiment, configuration, fold, options, log=lambda m: console.print(m, highlight=False))
@@ -131,6 +143,7 @@ def plan_and_train(
     model: str = typer.Option("unet", "--model", help=MODEL_HELP),
     preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
     pretrained: Optional[Path] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
+    precision: str = typer.Option("float32", "--precision", help=PRECISION_HELP),
 ) -> None:
     """Run the whole self-configuring pipeline and print the cross-validation table.
 
@@ -154,7 +167,7 @@ def plan_and_train(
     if check is None:
         raise typer.Exit(1)
     experiment = Experiment.open(folder, model, check=check)
-    options = training_options(epochs, iterations, learning_rate, optimizer, None, None, device, True, 0, pretrained)
+    options = training_options(epochs, iterations, learning_rate, optimizer, None, None, device, True, 0, pretrained, precision)
     reports = run_plan_and_train(
         experiment, configurations or None, [f.strip() for f in folds.split(",") if f.strip()], options, budget, memory_gb, replan=replan,
         workers=workers, log=lambda m: console.print(m, highlight=False), preset=preset,

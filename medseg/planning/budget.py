@@ -18,6 +18,7 @@ class Budget:
     flops_per_second: dict | None = None  # ndim -> measured network throughput, forward+backward (time mode)
     base_features: int = 32
     training_seconds: float | None = None  # time mode: the training budget of one run, when known
+    precision: str = "float32"  # time mode: the training forward's precision the throughput was measured in
 
     def describe(self) -> dict:
         if self.mode == "memory":
@@ -28,4 +29,5 @@ class Budget:
             "measured_gflops": {str(k): round(v / 1e9, 2) for k, v in (self.flops_per_second or {}).items()},
             "base_features": self.base_features,
             "training_seconds": self.training_seconds,
+            "precision": self.precision,
         }

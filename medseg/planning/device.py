@@ -25,18 +25,26 @@ CALIBRATION_PATCH = {2: (128, 128), 3: (16, 32, 32)}
 CALIBRATION_SPACING = {2: (1.0, 1.0), 3: (1.0, 1.0, 1.0)}
 
 
-def measure_throughput(model: str, ndim: int, base_features: int, repeats: int = 2) -> float:
-    """Forward+backward FLOPs per second of a small network of the family on this CPU."""
+def measure_throughput(model: str, ndim: int, base_features: int, repeats: int = 2, precision: str = "float32") -> float:
+    """Forward+backward FLOPs per second of a small network of the family on this CPU, its forward
+    in ``precision`` as training runs it (medseg.precision)."""
+    from medseg.precision import autocast
+
     family = get_model_family(model)
     kwargs, topology = family.architecture_for_patch(CALIBRATION_SPACING[ndim], CALIBRATION_PATCH[ndim], base_features=base_features)
     network = family.build(1, 2, **kwargs)
     patch = topology.patch_size
     batch = torch.randn(2, 1, *patch)
-    network(batch).sum().backward()  # warm-up: allocator and kernel selection
+    cpu = torch.device("cpu")
+    with autocast(cpu, precision):
+        output = network(batch).float().sum()
+    output.backward()  # warm-up: allocator and kernel selection
     start = time.perf_counter()
     for _ in range(repeats):
         network.zero_grad(set_to_none=True)
-        network(batch).sum().backward()
+        with autocast(cpu, precision):
+            output = network(batch).float().sum()
+        output.backward()
     seconds = (time.perf_counter() - start) / repeats
     return 3.0 * 2 * family.flops_per_sample(patch, 1, 2, kwargs) / seconds
 
@@ -46,11 +54,11 @@ def machine_key() -> str:
     return f"{platform.node()}|{platform.machine()}|{os.cpu_count()} cpus|{torch.get_num_threads()} threads|torch {torch.__version__}"
 
 
-def cached_throughput(model: str, base_features: int, cache: Path | None) -> dict[int, float]:
+def cached_throughput(model: str, base_features: int, cache: Path | None, precision: str = "float32") -> dict[int, float]:
     """The family's FLOP rates in 2D and 3D, from ``cache`` when measured on this machine."""
     from medseg.atomic import write_json_atomic
 
-    key, stored = f"{model}|{base_features}", {}
+    key, stored = f"{model}|{base_features}" + ("" if precision == "float32" else f"|{precision}"), {}
     if cache is not None and cache.is_file():
         try:
             stored = json.loads(cache.read_text())
@@ -61,7 +69,7 @@ def cached_throughput(model: str, base_features: int, cache: Path | None) -> dic
     entry = stored.get("rates", {}).get(key)
     if isinstance(entry, dict) and {"2", "3"} <= set(entry):
         return {int(ndim): float(rate) for ndim, rate in entry.items()}
-    rates = {ndim: measure_throughput(model, ndim, base_features) for ndim in (2, 3)}
+    rates = {ndim: measure_throughput(model, ndim, base_features, precision=precision) for ndim in (2, 3)}
     if cache is not None:
         stored = {"machine": machine_key(), "rates": {**stored.get("rates", {}), key: {str(n): r for n, r in rates.items()}}}
         write_json_atomic(cache, stored)
@@ -70,7 +78,7 @@ def cached_throughput(model: str, base_features: int, cache: Path | None) -> dic
 
 def default_budget(
     model: str = "unet", memory_gb: float | None = None, step_seconds: float | None = None, device: str | None = None,
-    training_seconds: float | None = None, preset: dict | None = None, throughput_cache: Path | None = None,
+    training_seconds: float | None = None, preset: dict | None = None, throughput_cache: Path | None = None, precision: str = "float32",
 ) -> Budget:
     """--memory-gb selects nnU-Net's memory sizing; otherwise a GPU plans for its memory and a CPU
     for time (and for one run's training budget, when known). A preset's settings (medseg_plans)
@@ -88,7 +96,8 @@ def default_budget(
             memory_gb = min(8.0, 0.9 * total_gb)  # nnU-Net's default target, or less
         return Budget("memory", memory_gb=memory_gb, base_features=int(preset.get("base_features", 32)))
     features = int(preset.get("base_features", CPU_BASE_FEATURES))
-    rates = cached_throughput(model, features, throughput_cache)
+    rates = cached_throughput(model, features, throughput_cache, precision)
     return Budget(
-        "time", step_seconds=step_seconds or CPU_STEP_SECONDS, flops_per_second=rates, base_features=features, training_seconds=training_seconds
+        "time", step_seconds=step_seconds or CPU_STEP_SECONDS, flops_per_second=rates, base_features=features, training_seconds=training_seconds,
+        precision=precision,
     )

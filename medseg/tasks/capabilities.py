@@ -10,6 +10,7 @@ LABEL_MAPS = "label_maps"
 CLASS_SCORES = "class_scores"
 CROSSVAL = "crossval"
 ONNX = "onnx"
+OPENVINO = "openvino"
 RAY = "ray"
 PRETRAINS = "pretrains"
 PATCH_PLANNING = "patch_planning"
@@ -19,6 +20,7 @@ CAPABILITIES = {  # as "does not ..." reads it
     CLASS_SCORES: "produce class probabilities (predictions.csv)",
     CROSSVAL: "report cross-validation",
     ONNX: "export to ONNX (--runtime onnx)",
+    OPENVINO: "run compiled by OpenVINO (--runtime openvino)",
     RAY: "run cases on a Ray cluster (--backend ray)",
     PRETRAINS: "pretrain on every image (fold 'all') for another task's model",
     PATCH_PLANNING: "size each family's network from the planned patch (families without a planner run from presets)",

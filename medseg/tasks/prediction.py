@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from medseg.errors import MedsegError
-from medseg.tasks.capabilities import ONNX, RAY, capability_list
+from medseg.tasks.capabilities import ONNX, OPENVINO, RAY, capability_list
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("torch", "onnx", "openvino")
 
 
 @dataclass
@@ -32,7 +32,7 @@ class PredictorOptions:
     overlap: float = 0.5  # sliding-window overlap, where the task slides a window
     mirror: bool | list[int] = True  # test-time mirroring where the task allows it: all allowed axes, none, or these
     windows_per_batch: int | None = None  # None: the predictor's default for its device
-    runtime: str = "torch"  # or "onnx": an ONNX export run by ONNX Runtime (medseg.inference.onnx_export)
+    runtime: str = "torch"  # or "onnx": an ONNX export run by ONNX Runtime (medseg.inference.onnx_export); or "openvino" (medseg.inference.openvino_runtime)
     precision: str = "auto"  # float32, bfloat16 (bf16 autocast forward) or auto (medseg.tasks.segmentation.inference.predictor)
     backend: str = "local"  # or "ray": cases spread over a Ray cluster (medseg.inference.ray_backend)
     address: str | None = None  # the Ray cluster (None: a local one started for the batch)
@@ -86,6 +86,8 @@ def implied_needs(options: PredictorOptions) -> set[str]:
     needs = set()
     if options.runtime == "onnx":
         needs.add(ONNX)
+    if options.runtime == "openvino":
+        needs.add(OPENVINO)
     if options.backend == "ray":
         needs.add(RAY)
     return needs

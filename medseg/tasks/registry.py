@@ -35,6 +35,7 @@ class PlanRequest:
     preset: dict | None = None  # a preset's planner settings (medseg_plans)
     model_options: dict | None = None  # a model spec's architecture settings (medseg.models.spec)
     settings: dict | None = None  # task-specific planning choices from the command line (e.g. include_test)
+    precision: str = "float32"  # the training forward's precision (medseg.precision): a CPU plan times its steps in it
 
 
 @dataclass
@@ -66,6 +67,9 @@ class TrainingRun(Protocol):
     # optional: score_label, how the epoch line prints it (default: score_name)
     # optional: gradient_clip, the max gradient norm over the optimizers' parameters (None: no clipping)
     # optional: train_step(batch, models) -> float, a task's own whole step (zero-grad, passes, steps)
+    # optional: mixed_precision = True when its forward may run under bf16 autocast (--precision
+    #   bfloat16/auto) because its losses are computed in float32; else the run stays in float32
+    #   and says why (float32_reason)
     #           instead of the loop's, e.g. HAG's gradient routing; None or absent: the loop's step
 
     def describe(self) -> str:

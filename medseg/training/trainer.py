@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from medseg.atomic import write_json_atomic
 from medseg.errors import MedsegError
+from medseg.precision import autocast, check_precision, resolve_precision
 from medseg.tasks.registry import RunContext, Task, TrainingRun
 from medseg.training.checkpoint import load_checkpoint, module_states, restore_rng_state, rng_state, save_checkpoint
 from medseg.training.curves import draw_curves
@@ -50,8 +51,10 @@ class TrainingOptions:
     mirror_tta: bool = True
     continue_training: bool = False
     pretrained: str | None = None  # weights to start from (a task that supports it: a ViT encoder from `medseg pretrain`)
+    precision: str = "float32"  # the forward's: float32, bfloat16 (autocast, float32 weights and loss) or auto (medseg.precision)
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if self.optimizer is not None and self.optimizer not in DEFAULT_LR:
             raise MedsegError(f"unknown optimizer '{self.optimizer}' (choose {', '.join(DEFAULT_LR)})")
         for name in ("epochs", "iterations_per_epoch", "batch_size"):
@@ -147,11 +150,21 @@ class Trainer:
         for module in self.task_run.modules.values():
             module.to(self.device)
         self.models = {name: self._distributed(module) for name, module in self.task_run.modules.items()}
+        self.precision = self._precision(resolve_precision(options.precision, self.device))
         self.state = TrainingState(
             planned_epochs=options.epochs or 1000,
             iterations_per_epoch=options.iterations_per_epoch,
             calibrated=options.time_budget_s is None,
         )
+
+    def _precision(self, requested: str) -> str:
+        """bf16 only for a run that declares it (``mixed_precision``: its losses computed in
+        float32); the others say why they stay in float32."""
+        if requested == "bfloat16" and not getattr(self.task_run, "mixed_precision", False):
+            reason = getattr(self.task_run, "float32_reason", f"the {self.task.name} task does not train in bf16 yet")
+            self.log_line(f"precision: float32 ({reason})")
+            return "float32"
+        return requested
 
     def _distributed(self, module: torch.nn.Module) -> torch.nn.Module:
         trainable = any(p.requires_grad for p in module.parameters())
@@ -208,7 +221,11 @@ class Trainer:
     def _train_step(self, batch) -> float:
         self._set_progress()
         own_step = getattr(self.task_run, "train_step", None)  # a task with an unusual step (HAG's routing) runs its own
-        loss = own_step(batch, self.models) if own_step else self._step(batch)
+        if own_step:
+            with autocast(self.device, self.precision):
+                loss = own_step(batch, self.models)
+        else:
+            loss = self._step(batch)
         if not math.isfinite(loss):
             raise MedsegError(f"training diverged (loss {loss}) at iteration {self.state.iteration}; try a lower --learning-rate")
         self.state.iteration += 1
@@ -219,7 +236,8 @@ class Trainer:
         run = self.task_run
         for optimizer in run.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
-        loss = run.batch_loss(batch, self.models)
+        with autocast(self.device, self.precision):  # the forward only: backward follows the forward's dtypes
+            loss = run.batch_loss(batch, self.models)
         if not torch.isfinite(loss):
             return float(loss.item())  # no step is taken: the caller stops with a clear error
         loss.backward()
@@ -287,7 +305,7 @@ class Trainer:
         started = time.perf_counter() - self.state.elapsed_s
         self.log_line(
             f"{self.task_run.describe()} on {len(self.train_cases)} cases, validating on {len(self.val_cases)}; "
-            f"device {self.device}, {self.distributed.world_size} process(es)"
+            f"device {self.device}, {self.distributed.world_size} process(es), {self.precision}"
         )
         score_name = self.task_run.score_name
         while self.state.epoch < self.state.planned_epochs:
@@ -306,7 +324,7 @@ class Trainer:
             for model in self.models.values():
                 model.eval()
             val_losses, totals = [], None
-            with torch.no_grad():
+            with torch.no_grad(), autocast(self.device, self.precision):
                 for _ in range(self._val_iterations()):
                     loss, statistics = self.task_run.val_step(next(val_batches), self.models)
                     val_losses.append(loss)
@@ -361,7 +379,8 @@ class Trainer:
         if not self.distributed.main:
             return
         content = {
-            "options": asdict(self.options), "state": {k: v for k, v in asdict(self.state).items() if k != "log"},
+            "options": asdict(self.options), "precision": self.precision,
+            "state": {k: v for k, v in asdict(self.state).items() if k != "log"},
             "peak_memory_mb": peak_memory_mb(self.device), "epochs": self.state.log,
         }
         write_json_atomic(self.fold_folder / "log.json", content)

@@ -152,13 +152,22 @@ class ClassificationRun:
             + (f", gradient routing (first-pass gradients reach the main step: {'yes' if self.gate_gradients_reach_main else 'no'})" if self.routing else "")
         )
 
+    @property
+    def mixed_precision(self) -> bool:
+        """bf16 forward for the ViTs and CNNs (losses in float32); HAG's gradient routing stays float32."""
+        return not self.routing
+
+    float32_reason = "gradient routing (HAG) has not been measured in bf16"
+
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()  # a bf16 forward's logits: BCE/CE in float32
         if self.multi_label:
             return F.binary_cross_entropy_with_logits(logits, targets)
         weight = self.class_weights.to(logits.device) if self.class_weights is not None else None
         return F.cross_entropy(logits, targets, weight=weight)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
         return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
 
     def batches(self, split: str, seed: int, background: bool):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from medseg.errors import MedsegError
-from medseg.tasks.capabilities import CROSSVAL, LABEL_MAPS, ONNX, PATCH_PLANNING, RAY
+from medseg.tasks.capabilities import CROSSVAL, LABEL_MAPS, ONNX, OPENVINO, PATCH_PLANNING, RAY
 from medseg.tasks.registry import PlanRequest, RunContext, Task, register_task
 from medseg.training.optimizers import DEFAULT_LR, make_optimizer
 from medseg.training.schedules import poly
@@ -26,6 +26,7 @@ class SegmentationRun:
     score_name, score_label = "pseudo_dice", "pseudo-Dice"
     gradient_clip = GRADIENT_CLIP
     schedule = staticmethod(poly)  # nnU-Net's polynomial decay
+    mixed_precision = True  # bf16 forward: Dice + CE computed in float32; the sequence kernels keep their own precision
 
     def __init__(self, context: RunContext):
         from medseg.models.registry import build_model
@@ -120,7 +121,7 @@ def plan(fingerprint_file, description, request: PlanRequest):
     fingerprint = Fingerprint.load(fingerprint_file)
     budget = default_budget(
         request.model, request.memory_gb, request.step_seconds, training_seconds=request.training_seconds, preset=request.preset,
-        throughput_cache=Path(fingerprint_file).parent / "cpu_throughput.json",
+        throughput_cache=Path(fingerprint_file).parent / "cpu_throughput.json", precision=request.precision,
     )
     return plan_experiment(fingerprint, description, budget, request.model, request.plans_name, preset=request.preset, model_options=request.model_options)
 
@@ -195,7 +196,7 @@ register_task(
         start_run=SegmentationRun,
         model_info=model_info,
         predictor=load_predictor,
-        capabilities=frozenset({LABEL_MAPS, CROSSVAL, ONNX, RAY, PATCH_PLANNING}),
+        capabilities=frozenset({LABEL_MAPS, CROSSVAL, ONNX, OPENVINO, RAY, PATCH_PLANNING}),
         crossval=crossval,
         report_rows=report_rows,
         report_score=report_score,

@@ -237,10 +237,12 @@ def test_cpu_throughput_is_measured_once_per_machine(tmp_path, monkeypatch):
     first = device.cached_throughput("unet", 8, cache)
     assert set(first) == {2, 3} and all(rate > 0 for rate in first.values())
     measured = []
-    monkeypatch.setattr(device, "measure_throughput", lambda model, ndim, features: measured.append(ndim) or 1e9)
+    monkeypatch.setattr(device, "measure_throughput", lambda model, ndim, features, **precision: measured.append(ndim) or 1e9)
     assert device.cached_throughput("unet", 8, cache) == first and measured == []
     assert device.cached_throughput("unet", 16, cache) == {2: 1e9, 3: 1e9} and measured == [2, 3]  # another width
     assert device.cached_throughput("unet", 8, cache) == first  # both kept
+    assert device.cached_throughput("unet", 8, cache, "bfloat16") == {2: 1e9, 3: 1e9} and measured == [2, 3, 2, 3]  # bf16 steps: their own rate
+    assert device.cached_throughput("unet", 8, cache) == first
     stored = json.loads(cache.read_text())
     stored["machine"] = "another machine"
     cache.write_text(json.dumps(stored))

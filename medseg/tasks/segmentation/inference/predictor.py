@@ -4,7 +4,6 @@ the original geometry. The trainer's final validation runs through the same code
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -14,21 +13,10 @@ import torch
 from medseg.errors import MedsegError
 from medseg.io import MedicalImage
 from medseg.model_folder import ModelFolder
+from medseg.precision import check_precision, resolve_precision
 from medseg.tasks.segmentation.preprocessing.case import CaseProperties, preprocess_case
 from medseg.tasks.segmentation.preprocessing.resampling import coarse_axis, resample_probabilities
 from medseg.tasks.segmentation.inference.sliding_window import predict_logits
-
-PRECISIONS = ("auto", "float32", "bfloat16")
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 arithmetic; elsewhere bf16 is emulated and slower
-
-
-@lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:  # not Linux: no way to tell cheaply, stay in float32
-        return False
-    return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
 def chosen_mirror_axes(mirror: bool | Sequence[int], allowed: tuple[int, ...], folder: Path) -> tuple[int, ...]:
@@ -43,12 +31,6 @@ def chosen_mirror_axes(mirror: bool | Sequence[int], allowed: tuple[int, ...], f
     if refused:
         raise MedsegError(f"{folder}: test-time mirroring of axis {refused} was not trained (the model allows {list(allowed) or 'none'})")
     return axes
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        return precision
-    return "bfloat16" if device.type == "cpu" and cpu_has_native_bf16() else "float32"
 
 
 @dataclass
@@ -200,13 +182,12 @@ def load_predictor(model_folder: ModelFolder, options) -> Predictor:
 
     if not 0 <= options.overlap < 1:
         raise MedsegError(f"--overlap must be in [0, 1), got {options.overlap}")
-    if options.precision not in PRECISIONS:
-        raise MedsegError(f"unknown precision '{options.precision}' (choose {', '.join(PRECISIONS)})")
+    check_precision(options.precision)
     if options.precision == "bfloat16" and options.runtime == "onnx":
         raise MedsegError("--precision bfloat16 applies to the torch runtime; the ONNX export runs in float32")
     device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if options.runtime == "onnx":
-        device = torch.device("cpu")  # ONNX Runtime's CPU provider; results come back as CPU tensors
+    if options.runtime in ("onnx", "openvino"):
+        device = torch.device("cpu")  # their CPU devices; results come back as CPU tensors
     check_predictor_folder(model_folder, options.mirror)  # before any weights load
     postprocess = model_folder.postprocessing().get("largest_component_classes", [])
     if options.runtime == "onnx":
@@ -228,6 +209,11 @@ def load_predictor(model_folder: ModelFolder, options) -> Predictor:
             network = build_checked(architecture, len(plans.channel_names), plans.num_classes, states["network"], model_folder.path / "plans.json", path)
             networks.append(network.to(device))
         precision = resolve_precision(options.precision, device)
+        if options.runtime == "openvino":
+            from medseg.inference.openvino_runtime import openvino_networks
+
+            patch = (1, len(plans.channel_names), *model_folder.configuration.patch_size)
+            networks = openvino_networks(networks, folds, patch, precision, model_folder.path)
     return Predictor(
         model_folder, networks, device, folds, 1 - options.overlap, options.mirror, options.windows_per_batch, precision, postprocess,
     )

@@ -21,7 +21,9 @@ class DiceCELoss(nn.Module):
         self.batch_dice, self.smooth = batch_dice, smooth
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """logits: (B, K, *S); target: (B, 1, *S) integer labels."""
+        """logits: (B, K, *S); target: (B, 1, *S) integer labels. Computed in float32 whatever the
+        logits' dtype (a bf16 forward's softmax and sums would lose the small classes)."""
+        logits = logits.float()
         labels = target[:, 0].long()
         cross_entropy = F.cross_entropy(logits, labels)
         probabilities = torch.softmax(logits, dim=1)[:, 1:]
@@ -50,7 +52,7 @@ class DeepSupervisionLoss(nn.Module):
         self.loss, self.weights = loss, list(weights)
 
     def forward(self, outputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
-        total = outputs[0].new_zeros(())
+        total = outputs[0].new_zeros((), dtype=torch.float32)
         for weight, output, target in zip(self.weights, outputs, targets):
             if weight:
                 total = total + weight * self.loss(output, target)
