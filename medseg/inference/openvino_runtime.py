@@ -51,10 +51,16 @@ def weights_digest(network: torch.nn.Module) -> str:
 
 
 def cache_key(network: torch.nn.Module, input_shape: Sequence[int], precision: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     import medseg
 
-    openvino = require_openvino()
-    parts = [weights_digest(network), list(input_shape), precision, torch.__version__, openvino.__version__, medseg.__version__]
+    try:
+        openvino_version = version("openvino")  # the installed version, without loading its libraries
+    except PackageNotFoundError:
+        require_openvino()  # names the missing extra
+        raise
+    parts = [weights_digest(network), list(input_shape), precision, torch.__version__, openvino_version, medseg.__version__]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
 
