@@ -21,6 +21,9 @@ class Recipe:
     source: str  # what --src must point at
     convert: Callable[..., ConversionSummary] | None = None  # convert(src, out, overwrite=False)
     synthesize: Callable[..., ConversionSummary] | None = None  # synthesize(out, overwrite=False, num_cases, seed)
+    # Recipes converting any of several releases (MSD's tasks) name the dataset after the source:
+    # name_for_source(src, requested id or None) -> (dataset id, dataset name).
+    name_for_source: Callable[[Path, int | None], tuple[int, str]] | None = None
 
     @property
     def synthetic(self) -> bool:
@@ -29,6 +32,12 @@ class Recipe:
     @property
     def folder_name(self) -> str:
         return dataset_folder_name(self.dataset_id, self.name)
+
+    def folder_name_for(self, src: Path, dataset_id: int | None = None) -> str:
+        """The raw dataset folder converting ``src`` creates; ``dataset_id`` overrides the recipe's id."""
+        if self.name_for_source is not None:
+            return dataset_folder_name(*self.name_for_source(src, dataset_id))
+        return dataset_folder_name(self.dataset_id if dataset_id is None else dataset_id, self.name)
 
 
 RECIPES: Registry[Recipe] = Registry("dataset recipe", error=DatasetError, casefold=True)

@@ -41,12 +41,26 @@ def _report_conversion(summary) -> None:
             console.print(f"  {reason}" if source in reason else f"  {source}: {reason}")
 
 
+def _refuse_taken_id(output: Path) -> None:
+    """Two raw datasets with one number make `--dataset N` ambiguous (nnU-Net refuses them too)."""
+    from medseg.errors import DatasetError
+    from medseg.paths import split_dataset_name
+
+    dataset_id, _ = split_dataset_name(output.name)
+    for other in sorted(output.parent.glob(f"Dataset{dataset_id:03d}_*")) if output.parent.is_dir() else []:
+        if other.name != output.name and other.is_dir():
+            raise DatasetError(f"{other} already has number {dataset_id}: pass --id N with a free number")
+
+
 @datasets_app.command("convert")
 def datasets_convert(
     name: str = typer.Argument(..., help="Recipe name (see `medseg datasets list`)."),
     src: Path = typer.Option(..., "--src", help="The public release as downloaded."),
     out: Optional[Path] = typer.Option(None, "--out", help="Dataset folder to create [default: $MEDSEG_ROOT/raw/DatasetNNN_Name]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset folder."),
+    dataset_id: Optional[int] = typer.Option(
+        None, "--id", min=1, max=999, help="Dataset number [default: the recipe's; MSD: the Decathlon task number]."
+    ),
 ) -> None:
     """Convert a public release into a raw dataset (nnU-Net v2 layout, or a labels table)."""
     from medseg.errors import DatasetError
@@ -57,9 +71,12 @@ def datasets_convert(
         raise DatasetError(f"{recipe.name} is synthetic: build it with `medseg datasets synth {recipe.name}`")
     if not src.is_dir():
         raise DatasetError(f"{src}: no such folder (expected {recipe.source})")
+    output = _default_output(recipe.folder_name_for(src, dataset_id), out)
+    if out is None:
+        _refuse_taken_id(output)
     with _counting_progress(f"converting {recipe.name}") as progress:
         task = progress.add_task("convert", total=None)
-        summary = recipe.convert(src, _default_output(recipe.folder_name, out), overwrite, lambda n: progress.update(task, completed=n))
+        summary = recipe.convert(src, output, overwrite, lambda n: progress.update(task, completed=n))
     _report_conversion(summary)
 
 

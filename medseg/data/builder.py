@@ -22,6 +22,14 @@ class ConversionSummary:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (source file or case, reason)
 
 
+def put_image(image: MedicalImage | Path, target: Path) -> None:
+    """Write ``image`` to ``target``; a file already in the right format is copied byte for byte."""
+    if isinstance(image, Path):
+        shutil.copyfile(image, target)
+    else:
+        write_image(image, target)
+
+
 class RawDatasetBuilder:
     """Usage: ``with RawDatasetBuilder(out, file_ending) as b: b.add_image(...); b.finish(json)``."""
 
@@ -56,21 +64,14 @@ class RawDatasetBuilder:
 
     def add_image(self, case_id: str, image: MedicalImage | Path, channel: int = 0, split: str = "Tr") -> None:
         """Write one channel of a case; ``image`` may also be a file in the right format, copied as is."""
-        self._put(image, self.path(f"images{split}/{case_id}_{channel:04d}{self.file_ending}"))
+        put_image(image, self.path(f"images{split}/{case_id}_{channel:04d}{self.file_ending}"))
         if channel == 0:
             self._cases_written += 1
             if self.progress:
                 self.progress(self._cases_written)
 
     def add_label(self, case_id: str, label: MedicalImage | Path) -> None:
-        self._put(label, self.path(f"labelsTr/{case_id}{self.file_ending}"))
-
-    @staticmethod
-    def _put(image: MedicalImage | Path, target: Path) -> None:
-        if isinstance(image, Path):
-            shutil.copyfile(image, target)
-        else:
-            write_image(image, target)
+        put_image(label, self.path(f"labelsTr/{case_id}{self.file_ending}"))
 
     def skip(self, source: str, reason: str) -> None:
         self.summary.skipped.append((source, reason))
