@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from medseg.ensemble_folder import EnsembleModelFolder, is_ensemble_folder
 from medseg.errors import MedsegError
 from medseg.model_folder import ModelFolder
 from medseg.nnunet_model_folder import NnunetModelFolder, is_nnunet_model_folder
@@ -44,3 +45,6 @@ def open_model_folder(path: Path) -> ModelFolder:
 
 register_reader(ModelFolderReader("medseg", "a medseg model folder (no model.json)", lambda path: (path / "model.json").is_file(), ModelFolder.open))
 register_reader(ModelFolderReader("nnunet_v2", "an nnU-Net v2 one (plans.json + dataset.json)", is_nnunet_model_folder, NnunetModelFolder.open))
+register_reader(ModelFolderReader(
+    "ensemble", "an ensemble of model folders (ensemble.json)", is_ensemble_folder, lambda path: EnsembleModelFolder.open(path, open_model_folder),
+))

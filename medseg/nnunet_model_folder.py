@@ -2,15 +2,16 @@
 dataset.json and ``fold_K/checkpoint_final.pth``) read as a medseg ``ModelFolder``.
 
 nnU-Net's plans are translated into medseg plans (normalisation schemes, resampling orders, the
-PlainConvUNet topology) and its checkpoints' state dicts are renamed onto medseg's ``unet``; the
-predictor then runs unchanged, so nnU-Net models get every medseg input and output format. Neither
-nnunetv2 nor dynamic_network_architectures is imported: the folder is data.
+network topology) and its checkpoints' state dicts are renamed onto medseg's ``unet`` or
+``resenc_unet``; the predictor then runs unchanged, so nnU-Net models get every medseg input and
+output format. Neither nnunetv2 nor dynamic_network_architectures is imported: the folder is data.
 
-Supported: PlainConvUNet configurations (2d, 3d_fullres, 3d_lowres) read by SimpleITKIO,
-NaturalImage2DIO or NibabelIO. Refused, naming what is unsupported: other networks (residual
-encoders), cascades, region-based labels, other readers, custom normalisation or resampling.
-Like ``nnUNetv2_predict``, no postprocessing is applied (nnU-Net keeps it in a pickle that
-``nnUNetv2_apply_postprocessing`` applies separately)."""
+Supported: PlainConvUNet and ResidualEncoderUNet (the ResEnc presets) configurations (2d,
+3d_fullres, 3d_lowres, and 3d_cascade_fullres with its 3d_lowres folder beside it) read by
+SimpleITKIO, NaturalImage2DIO or NibabelIO. Refused, naming what is unsupported: other networks,
+region-based labels, other readers, custom normalisation or resampling. Like ``nnUNetv2_predict``,
+no postprocessing is applied (nnU-Net keeps it in a pickle that ``nnUNetv2_apply_postprocessing``
+applies separately)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ SAME_AXIS_ORDER_READERS = ("SimpleITKIO", "NaturalImage2DIO", "SimpleITKIOWithRe
 REVERSED_AXIS_ORDER_READERS = ("NibabelIO",)  # nibabel arrays run x, y, z: medseg's order reversed
 ANISOTROPY_THRESHOLD = 3.0  # nnunetv2.configuration.ANISO_THRESHOLD
 CHECKPOINT_FILES = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth", "latest": "checkpoint_latest.pth"}
-PLAIN_UNET = "PlainConvUNet"
+PLAIN_UNET, RESIDUAL_UNET = "PlainConvUNet", "ResidualEncoderUNet"
+NETWORKS = {PLAIN_UNET: "unet", RESIDUAL_UNET: "resenc_unet"}  # nnU-Net's class -> medseg's family
 
 
 def is_nnunet_model_folder(path: Path) -> bool:
@@ -89,12 +91,15 @@ def resolved_configuration(plans: dict, name: str, source: Path) -> dict:
     return merged
 
 
-def unet_kwargs_from_nnunet(architecture: dict, source: Path) -> dict:
-    """nnU-Net PlainConvUNet arch_kwargs -> medseg ``unet`` kwargs; anything medseg's U-Net does not
-    compute the same way is refused."""
+def network_from_nnunet(architecture: dict, source: Path) -> tuple[str, dict]:
+    """nnU-Net arch_kwargs -> (medseg family, its kwargs): PlainConvUNet runs as ``unet``,
+    ResidualEncoderUNet (basic blocks) as ``resenc_unet``; anything medseg does not compute the
+    same way is refused."""
     class_name = str(architecture.get("network_class_name", "")).rsplit(".", 1)[-1]
-    if class_name != PLAIN_UNET:
-        raise MedsegError(f"{source}: network {architecture.get('network_class_name')!r} is not supported (medseg runs nnU-Net's {PLAIN_UNET} only)")
+    if class_name not in NETWORKS:
+        raise MedsegError(
+            f"{source}: network {architecture.get('network_class_name')!r} is not supported (medseg runs nnU-Net's {', '.join(NETWORKS)})"
+        )
     kwargs = architecture.get("arch_kwargs", {})
     problems = []
     if not kwargs.get("conv_bias", False):
@@ -108,23 +113,30 @@ def unet_kwargs_from_nnunet(architecture: dict, source: Path) -> dict:
     slope = (kwargs.get("nonlin_kwargs") or {}).get("negative_slope", 0.01)
     if "LeakyReLU" not in str(kwargs.get("nonlin")) or abs(float(slope) - 0.01) > 1e-12:
         problems.append(f"nonlin {kwargs.get('nonlin')} {kwargs.get('nonlin_kwargs')}")
+    if class_name == RESIDUAL_UNET:
+        if "BasicBlockD" not in str(kwargs.get("block", "BasicBlockD")):
+            problems.append(f"block {kwargs.get('block')}")
+        for unsupported in ("bottleneck_channels", "stem_channels"):
+            if kwargs.get(unsupported) not in (None, "None"):
+                problems.append(f"{unsupported} {kwargs[unsupported]}")
     if problems:
-        raise MedsegError(f"{source}: PlainConvUNet settings medseg's U-Net does not reproduce: {'; '.join(problems)}")
+        raise MedsegError(f"{source}: {class_name} settings medseg's network does not reproduce: {'; '.join(problems)}")
+    depth = "n_conv_per_stage" if class_name == PLAIN_UNET else "n_blocks_per_stage"
     try:
         stages = int(kwargs["n_stages"])
         converted = {
             "features_per_stage": [int(f) for f in kwargs["features_per_stage"]],
             "kernel_sizes": [[int(k) for k in kernel] for kernel in kwargs["kernel_sizes"]],
             "strides": [[int(s) for s in stride] for stride in kwargs["strides"]],
-            "n_conv_per_stage": [int(n) for n in kwargs["n_conv_per_stage"]],
+            depth: [int(n) for n in kwargs[depth]],
             # nnU-Net counts decoder stages from the bottleneck up, medseg by the encoder level they rejoin
             "n_conv_per_stage_decoder": [int(n) for n in kwargs["n_conv_per_stage_decoder"]][::-1],
         }
     except (KeyError, TypeError, ValueError) as error:
-        raise MedsegError(f"{source}: malformed PlainConvUNet arch_kwargs ({error!r})") from None
-    if len(converted["features_per_stage"]) != stages or len(converted["n_conv_per_stage_decoder"]) != stages - 1:
-        raise MedsegError(f"{source}: PlainConvUNet arch_kwargs disagree with n_stages {stages}")
-    return converted
+        raise MedsegError(f"{source}: malformed {class_name} arch_kwargs ({error!r})") from None
+    if len(converted["features_per_stage"]) != stages or len(converted[depth]) != stages or len(converted["n_conv_per_stage_decoder"]) != stages - 1:
+        raise MedsegError(f"{source}: {class_name} arch_kwargs disagree with n_stages {stages}")
+    return NETWORKS[class_name], converted
 
 
 def _resampling(configuration: dict, source: Path) -> dict:
@@ -161,8 +173,6 @@ def translate_plans(plans: dict, dataset: dict, configuration_name: str, source:
     """nnU-Net plans.json (+ dataset.json) -> medseg Plans holding the one configuration."""
     reader = plans.get("image_reader_writer", "SimpleITKIO")
     configuration = resolved_configuration(plans, configuration_name, source)
-    if configuration.get("previous_stage"):
-        raise MedsegError(f"{source}: cascade configuration '{configuration_name}' needs its previous stage's segmentation; not supported")
     forward = [int(a) for a in plans.get("transpose_forward", [0, 1, 2])]
     if reader in REVERSED_AXIS_ORDER_READERS:
         forward = [len(forward) - 1 - a for a in forward]
@@ -198,9 +208,11 @@ def translate_plans(plans: dict, dataset: dict, configuration_name: str, source:
         batch_size=int(configuration.get("batch_size", 2)),
         batch_dice=bool(configuration.get("batch_dice", False)),
         normalization=normalization,
-        architecture={"name": "unet", "kwargs": unet_kwargs_from_nnunet(configuration.get("architecture", {}), source)},
+        architecture=dict(zip(("name", "kwargs"), network_from_nnunet(configuration.get("architecture", {}), source))),
         resampling=_resampling(configuration, source),
         data_identifier=str(configuration.get("data_identifier", configuration_name)),
+        # a cascade stage: medseg's predictor runs the previous stage's folder beside this one first
+        previous_stage=str(configuration["previous_stage"]) if configuration.get("previous_stage") else None,
     )
     return Plans(
         dataset_name=str(plans.get("dataset_name", "")),
@@ -219,22 +231,31 @@ def translate_plans(plans: dict, dataset: dict, configuration_name: str, source:
 
 # ------------------------------------------------------------------------------------ weights
 _ENCODER = re.compile(r"^encoder\.stages\.(\d+)\.0\.convs\.(\d+)\.(conv|norm)\.(weight|bias)$")
+_STEM = re.compile(r"^encoder\.stem\.convs\.0\.(conv|norm)\.(weight|bias)$")
+_BLOCK = re.compile(r"^encoder\.stages\.(\d+)\.blocks\.(\d+)\.(conv1|conv2|skip\.\d+)\.(conv|norm)\.(weight|bias)$")
 _DECODER = re.compile(r"^decoder\.stages\.(\d+)\.convs\.(\d+)\.(conv|norm)\.(weight|bias)$")
 _UPSAMPLE = re.compile(r"^decoder\.transpconvs\.(\d+)\.(weight|bias)$")
 _HEAD = re.compile(r"^decoder\.seg_layers\.(\d+)\.(weight|bias)$")
-_ALIASES = re.compile(r"(\.all_modules\.|^decoder\.encoder\.)")  # the same tensors registered twice by PlainConvUNet
+_ALIASES = re.compile(r"(\.all_modules\.|^decoder\.encoder\.)")  # the same tensors registered twice by nnU-Net's networks
 _LAYER = {"conv": 0, "norm": 1}
 
 
-def rename_plain_conv_unet(state: dict, source: Path) -> dict:
-    """PlainConvUNet state dict -> medseg PlainUNet state dict (same tensors, medseg's names)."""
+def rename_nnunet_weights(state: dict, source: Path, network: str = "unet") -> dict:
+    """A PlainConvUNet or ResidualEncoderUNet state dict -> medseg's ``unet`` / ``resenc_unet``
+    state dict (same tensors, medseg's names; the residual encoder's stem is stage 0's first layer)."""
     renamed = {}
     for key, tensor in state.items():
         if _ALIASES.search(key):
             continue
-        if match := _ENCODER.match(key):
+        if network == "unet" and (match := _ENCODER.match(key)):
             stage, conv, layer, kind = match.groups()
             renamed[f"encoder.{stage}.{conv}.{_LAYER[layer]}.{kind}"] = tensor
+        elif network == "resenc_unet" and (match := _STEM.match(key)):
+            renamed[f"encoder.0.0.{_LAYER[match[1]]}.{match[2]}"] = tensor
+        elif network == "resenc_unet" and (match := _BLOCK.match(key)):
+            stage, block, part, layer, kind = match.groups()
+            index = int(block) + (1 if stage == "0" else 0)  # after the stem
+            renamed[f"encoder.{stage}.{index}.{part}.{_LAYER[layer]}.{kind}"] = tensor
         elif match := _DECODER.match(key):
             stage, conv, layer, kind = match.groups()
             renamed[f"decoder.{stage}.{conv}.{_LAYER[layer]}.{kind}"] = tensor
@@ -243,7 +264,7 @@ def rename_plain_conv_unet(state: dict, source: Path) -> dict:
         elif match := _HEAD.match(key):
             renamed[f"heads.{match[1]}.{match[2]}"] = tensor
         else:
-            raise MedsegError(f"{source}: weight {key!r} does not belong to a PlainConvUNet")
+            raise MedsegError(f"{source}: weight {key!r} does not belong to a {next(k for k, v in NETWORKS.items() if v == network)}")
     return renamed
 
 
@@ -296,7 +317,7 @@ class NnunetModelFolder(ModelFolder):
         translated = translate_plans(plans, dataset, name, path / "plans.json")
         info = ModelInfo(
             configuration=name,
-            model="unet",
+            model=translated.configuration(name).architecture["name"],
             dataset_name=translated.dataset_name,
             raw_folder="",
             preprocessed_folder="",
@@ -341,7 +362,7 @@ class NnunetModelFolder(ModelFolder):
         path = self.checkpoint_path(fold, checkpoint)
         kept = self.__dict__.pop("_read_weights", None)
         weights = kept[1] if kept and kept[0] == path else load_nnunet_checkpoint(path)["network_weights"]
-        return {"network": rename_plain_conv_unet(weights, path)}
+        return {"network": rename_nnunet_weights(weights, path, self.info.model)}
 
     def postprocessing(self) -> dict:
         return {}

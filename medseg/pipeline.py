@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from medseg.errors import DatasetError, MedsegError
+from medseg.training.splits import NUM_FOLDS
 from medseg.experiment import Experiment, TrainingBudget
 from medseg.paths import find_raw_dataset, raw_root, results_root
 
@@ -142,15 +143,31 @@ def training_precision(options) -> str:
     return resolve_precision(options.precision, torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu")))
 
 
+def with_previous_stages(plans, configurations: list[str], log: Callable[[str], None] = print) -> list[str]:
+    """The configurations in training order, each cascade stage after the stage it builds on (added
+    when not asked for: the cascade trains on its cross-validation)."""
+    ordered: list[str] = []
+    for name in configurations:
+        previous = plans.configuration(name).previous_stage
+        if previous and previous not in ordered:
+            if previous not in configurations:
+                log(f"{name} builds on {previous}: training {previous} first")
+            ordered.append(previous)
+        if name not in ordered:
+            ordered.append(name)
+    return ordered
+
+
 def default_configurations(plans, device: str | None = None) -> list[str]:
-    """On a GPU every trainable configuration; on a CPU the one that fits the data best (3d_fullres
-    for volumes, 2d otherwise), because each extra configuration costs a full cross-validation."""
+    """On a GPU every configuration, the cascade included (nnU-Net's default); on a CPU the one that
+    fits the data best (3d_fullres for volumes, 2d otherwise), because each extra configuration
+    costs a full cross-validation."""
     import torch
 
     trainable = [name for name, c in plans.configurations.items() if not c.previous_stage]
     on_gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if on_gpu:
-        return trainable
+        return list(plans.configurations)
     for preferred in ("3d_fullres", "2d"):
         if preferred in trainable:
             return [preferred]
@@ -215,14 +232,20 @@ def run_plan_and_train(
     planned_runs = max(len(configurations or []), 1) * len(folds)  # the plan is made before the configurations are known
     precision = training_precision(options)
     plans = _fingerprint_and_plan(experiment, replan, workers, log, budget.planned_run_seconds(planned_runs), memory_gb, preset, plan_settings, precision)
-    chosen = list(configurations) if configurations else default_configurations(plans)
+    chosen = with_previous_stages(plans, list(configurations) if configurations else default_configurations(plans), log)
     for name in chosen:
         c = plans.configuration(name)
         features = c.architecture["kwargs"].get("features_per_stage")
         log(f"  {name}: patch {c.patch_size}, batch {c.batch_size}, spacing {[round(s, 3) for s in c.spacing]}, "
             f"{c.architecture['name']}" + (f" features {features}" if features else ""))
-    run_preprocess(experiment, chosen, workers)
-    log("preprocessing: done")
+    cascades = [name for name in chosen if plans.configuration(name).previous_stage]
+    if cascades and sorted(folds) != [str(k) for k in range(NUM_FOLDS)]:
+        raise MedsegError(
+            f"{cascades[0]} trains on {plans.configuration(cascades[0]).previous_stage}'s out-of-fold predictions of every case: "
+            f"train every fold (--folds {','.join(str(k) for k in range(NUM_FOLDS))})"
+        )
+    run_preprocess(experiment, [name for name in chosen if name not in cascades], workers)
+    log("preprocessing: done" + (f" ({', '.join(cascades)} after {', '.join(plans.configuration(n).previous_stage for n in cascades)})" if cascades else ""))
     runs = [(name, fold) for name in chosen for fold in folds]
 
     def finished(name: str, fold: str) -> bool:
@@ -230,10 +253,16 @@ def run_plan_and_train(
         return (folder / "model.json").is_file() and experiment.model_folder(name).fold_finished(fold)
 
     remaining = [(n, f) for n, f in runs if not finished(n, f)]
+    if len(chosen) > 1 and experiment.task.keeps_probabilities:
+        options = replace(options, save_probabilities=True)  # the configuration search scores ensembles on them
     for name, fold in runs:
         if finished(name, fold):
             log(f"{name} fold {fold}: already trained")
             continue
+        if name in cascades:  # its data carry the previous stage's out-of-fold segmentations, known only now
+            cascades.remove(name)
+            run_preprocess(experiment, [name], workers)
+            log(f"preprocessing {name}: done")
         minutes = budget.run_minutes(len(remaining))
         run_options = replace(
             options, time_budget_s=minutes * 60 if minutes else options.time_budget_s,
@@ -247,18 +276,45 @@ def run_plan_and_train(
         for name in chosen:
             reports[name] = task.crossval(experiment.model_folder(name), list(folds))
     if len(reports) > 1:
-        best = best_configuration(experiment.model_folder_path(chosen[0]).parent, reports, task.report_score)
-        log(f"best configuration: {best}")
+        folders = [experiment.model_folder(name) for name in reports]
+        choice = run_find_best(task, experiment.model_folder_path(chosen[0]).parent, folders, log)
+        log(f"best configuration: {choice['best']['name']} ({choice['predict']})")
     return reports
 
 
-def best_configuration(dataset_results: Path, reports: dict[str, dict], score: Callable[[dict], float]) -> str:
-    """The configuration whose cross-validation report scores highest; written to best_configuration.json."""
+def crossvalidated_folders(results: Path, names: Sequence[str] | None = None) -> list:
+    """The dataset's model folders with a finished cross-validation (``names``: only these), all of one task."""
+    from medseg.model_folders import open_model_folder
+
+    paths = sorted(p for p in results.iterdir() if p.is_dir() and (p / "crossval_summary.json").is_file()) if results.is_dir() else []
+    folders = [open_model_folder(path) for path in paths if not names or path.name in names]
+    missing = sorted(set(names or []) - {f.path.name for f in folders})
+    if missing:
+        raise MedsegError(f"{results}: no finished cross-validation for {', '.join(missing)}")
+    tasks = sorted({folder.info.task for folder in folders})
+    if len(tasks) > 1:
+        raise MedsegError(f"{results}: the cross-validated folders are of several tasks ({', '.join(tasks)}); name the ones to compare with -m")
+    return folders
+
+
+def run_find_best(task, dataset_results: Path, folders: list, log: Callable[[str], None] = print) -> dict:
+    """The task's configuration search (segmentation: configurations and their ensembles of two), or
+    the folder whose cross-validation report scores highest; written to best_configuration.json."""
+    import json
+
     from medseg.atomic import write_json_atomic
 
-    best = max(reports, key=lambda name: score(reports[name]))
-    write_json_atomic(dataset_results / "best_configuration.json", {"best": best, "scores": {name: score(r) for name, r in reports.items()}})
-    return best
+    if task.find_best is not None:
+        return task.find_best(dataset_results, folders, log)
+    scores = {folder.path.name: task.report_score(json.loads(folder.crossval_summary_path().read_text())) for folder in folders}
+    best = max(folders, key=lambda folder: scores[folder.path.name])
+    choice = {
+        "best": {"name": best.path.name, "members": [best.path.name], "model_folder": str(best.path)},
+        "candidates": [{"name": name, "score": score} for name, score in scores.items()],
+        "predict": f"medseg predict -m {best.path} -i INPUT -o OUTPUT",
+    }
+    write_json_atomic(dataset_results / "best_configuration.json", choice)
+    return choice
 
 
 def train_for_comparison(raw_folder: str, model: str, folds: list[str], configuration: str | None, options, budget: TrainingBudget) -> str:

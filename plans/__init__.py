@@ -9,8 +9,12 @@ applied on top of the self-configuring planner: ``medseg plans`` lists them, ``m
 
 Settings the segmentation planner understands: ``mode`` ("time" or "memory": size for a CPU's
 step time or for GPU memory, on any machine), ``memory_gb``, ``step_seconds``, ``base_features``
-(width of the first stage) and ``min_spacing_mm`` (no target spacing finer than this). A plug-in
-adds presets with ``register_preset``."""
+(width of the first stage), ``min_spacing_mm`` (no target spacing finer than this), and for
+memory plans ``reference_activations`` ({"2": N, "3": N}: activations per sample that fit
+``reference_gb`` at nnU-Net's reference batch; default: the family's own) and
+``max_dataset_fraction`` (a batch covers at most this share of the dataset's voxels; default
+0.05). A preset naming one model family plans that family when no model is given. A plug-in adds
+presets with ``register_preset``."""
 
 if __name__ != "medseg_plans":  # imported as the repository folder
     raise ImportError(f"medseg's preset plans are imported as `medseg_plans`, not `{__name__}`: use `import medseg_plans`")
@@ -23,7 +27,10 @@ from medseg.errors import MedsegError  # noqa: E402
 from medseg.registry import Registry  # noqa: E402
 
 PRESET_DIR = Path(__file__).resolve().parent
-SETTINGS = {"mode": str, "memory_gb": float, "step_seconds": float, "base_features": int, "min_spacing_mm": float}
+SETTINGS = {
+    "mode": str, "memory_gb": float, "step_seconds": float, "base_features": int, "min_spacing_mm": float,
+    "reference_activations": dict, "reference_gb": float, "max_dataset_fraction": float,
+}
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,9 @@ def _parse(path: Path) -> Preset:
     for key, value in preset.settings.items():
         if key not in SETTINGS or not isinstance(value, (SETTINGS[key], int) if SETTINGS[key] is float else SETTINGS[key]):
             raise MedsegError(f"{path}: unknown or mistyped setting {key!r}={value!r} (known: {', '.join(SETTINGS)})")
+    references = preset.settings.get("reference_activations", {"2": 1, "3": 1})
+    if set(references) - {"2", "3"} or not all(isinstance(v, (int, float)) and v > 0 for v in references.values()):
+        raise MedsegError(f"{path}: reference_activations must map '2' and/or '3' to positive counts, got {references!r}")
     if preset.settings.get("mode", "time") not in ("time", "memory"):
         raise MedsegError(f"{path}: mode must be 'time' or 'memory', got {preset.settings['mode']!r}")
     return preset

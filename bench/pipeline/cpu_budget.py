@@ -1,7 +1,7 @@
 """Same data, same fold, same CPU wall-clock training budget: medseg vs nnunetv2, JSON out.
 
-    .venv/bin/python bench/pipeline/cpu_budget.py --dataset DSB2018 [--minutes 10] [--fold 0]
-        [--tools medseg,medseg-bf16,nnunet] [--work bench_work]
+    .venv/bin/python bench/pipeline/cpu_budget.py --dataset DSB2018|KvasirSEG|Hippocampus [--minutes 10] [--fold 0]
+        [--tools medseg,medseg-bf16,medseg-resenc,medseg-resenc_m,nnunet,nnunet-resenc_m] [--work bench_work]
 
 For each tool: plan with its defaults for this machine (medseg's CPU planner is told the training
 budget), preprocess, train fold ``--fold`` for ``--minutes`` of wall-clock training, then predict and score that fold's held-out cases in their
@@ -10,7 +10,10 @@ default planner sizes for an 8 GB GPU, which is what a user gets on a CPU, and i
 time budget, so this script runs its training loop with a wall-clock stop (5 iterations per epoch
 so the stop lands close to the budget; the learning rate follows its 1000-epoch schedule, as in a
 real run cut short). ``medseg-bf16`` is medseg planned and trained with ``--precision bfloat16``
-(its CPU plan timed in bf16, its own plans file ``medsegPlans_bf16``).
+(its CPU plan timed in bf16, its own plans file ``medsegPlans_bf16``). ``medseg-resenc`` trains the
+residual-encoder U-Net under medseg's CPU time plan, ``medseg-resenc_m`` under nnU-Net's ResEnc M
+preset (sized for an 8 GB GPU), ``nnunet-resenc_m`` is nnunetv2 with ``nnUNetPlannerResEncM``.
+2D datasets train the 2d configuration, the Hippocampus (real 3D MR, MSD layout) 3d_fullres.
 """
 
 from __future__ import annotations
@@ -26,7 +29,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("MEDSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
-SOURCES = {"DSB2018": SHARED / "microscopy-dsb2018", "KvasirSEG": SHARED / "endoscopy-kvasir-seg"}
+SOURCES = {"DSB2018": SHARED / "microscopy-dsb2018", "KvasirSEG": SHARED / "endoscopy-kvasir-seg", "Hippocampus": SHARED / "mr3d-hippocampus-msd-train"}
+RECIPES = {"Hippocampus": "MSD"}  # the recipe converting a dataset, where it is not named after it
+CONFIGURATIONS = {"Hippocampus": "3d_fullres"}  # default: 2d
+# tool -> (model family, preset, precision, plans name)
+MEDSEG_TOOLS = {
+    "medseg": ("unet", None, "float32", "medsegPlans"),
+    "medseg-bf16": ("unet", None, "bfloat16", "medsegPlans_bf16"),
+    "medseg-resenc": ("resenc_unet", None, "float32", "medsegPlans_resenc_unet"),
+    "medseg-resenc_m": ("resenc_unet", "resenc_m", "float32", "medsegPlans_resenc_m"),
+}
+NNUNET_PLANNERS = {"nnunet": "ExperimentPlanner", "nnunet-resenc_m": "nnUNetPlannerResEncM"}
 
 
 def medseg(*args: str, root: Path) -> str:
@@ -40,35 +53,39 @@ def medseg(*args: str, root: Path) -> str:
 def raw_dataset(name: str, root: Path) -> Path:
     from medseg_datasets import get_recipe
 
-    recipe = get_recipe(name)
-    folder = root / "raw" / recipe.folder_name
+    recipe = get_recipe(RECIPES.get(name, name))
+    folder = root / "raw" / recipe.folder_name_for(SOURCES[name])
     if not (folder / "dataset.json").is_file():
-        medseg("datasets", "convert", name, "--src", str(SOURCES[name]), root=root)
+        medseg("datasets", "convert", recipe.name, "--src", str(SOURCES[name]), root=root)
     return folder
 
 
-def run_medseg(name: str, root: Path, fold: int, minutes: float, precision: str = "float32") -> dict:
+def run_medseg(name: str, root: Path, fold: int, minutes: float, tool: str = "medseg") -> dict:
+    model, preset, precision, plans_name = MEDSEG_TOOLS[tool]
     raw = raw_dataset(name, root)
-    plans_name = "medsegPlans" if precision == "float32" else "medsegPlans_bf16"
     started = time.perf_counter()
     medseg("fingerprint", name, root=root)
-    plan_output = medseg("plan", name, "--time-budget", str(minutes), "--plans-name", plans_name, "--precision", precision, root=root)
+    options = ["--model", model, "--plans-name", plans_name, "--precision", precision] + (["--preset", preset] if preset else [])
+    plan_output = medseg("plan", name, "--time-budget", str(minutes), *options, root=root)
     plans = json.loads((root / "preprocessed" / raw.name / f"{plans_name}.json").read_text())
-    configuration = "2d"
+    configuration = CONFIGURATIONS.get(name, "2d")
     medseg("preprocess", name, "-c", configuration, "--plans-name", plans_name, root=root)
     prepared = time.perf_counter() - started
     started = time.perf_counter()
     medseg("train", name, configuration, str(fold), "--time-budget", str(minutes), "--plans-name", plans_name, "--precision", precision, root=root)
     trained = time.perf_counter() - started
-    fold_folder = root / "results" / raw.name / f"unet__{plans_name}__{configuration}" / f"fold_{fold}"
+    fold_folder = root / "results" / raw.name / f"{model}__{plans_name}__{configuration}" / f"fold_{fold}"
     summary = json.loads((fold_folder / "validation" / "summary.json").read_text())
     log = json.loads((fold_folder / "log.json").read_text())
     config = plans["configurations"][configuration]
+    kwargs = config["architecture"]["kwargs"]
     return {
-        "tool": "medseg" if precision == "float32" else "medseg-bf16",
+        "tool": tool,
+        "model": model,
+        "configuration": configuration,
         "precision": log.get("precision", precision),
         "plan": {"patch_size": config["patch_size"], "batch_size": config["batch_size"], "planner": plans["planner"],
-                 "features_per_stage": config["architecture"]["kwargs"]["features_per_stage"]},
+                 "features_per_stage": kwargs["features_per_stage"], "blocks_per_stage": kwargs.get("n_blocks_per_stage", kwargs.get("n_conv_per_stage"))},
         "iterations": log["state"]["iteration"],
         "seconds_prepare": round(prepared, 1),
         "seconds_train_and_validate": round(trained, 1),
@@ -82,6 +99,7 @@ def run_medseg(name: str, root: Path, fold: int, minutes: float, precision: str 
 NNUNET_SCRIPT = r'''
 import json, os, sys, time
 raw, pre, res, dataset_id, fold, seconds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+configuration, planner = sys.argv[7], sys.argv[8]
 os.environ.update(nnUNet_raw=raw, nnUNet_preprocessed=pre, nnUNet_results=res)
 if __name__ == "__main__":
     import torch
@@ -90,10 +108,10 @@ if __name__ == "__main__":
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     t0 = time.perf_counter()
     extract_fingerprints([dataset_id], num_processes=2, check_dataset_integrity=False, clean=True, verbose=False)
-    plan_experiments([dataset_id])
-    preprocess([dataset_id], configurations=("2d",), num_processes=(2,))
+    plans_name = plan_experiments([dataset_id], planner)
+    preprocess([dataset_id], plans_name, configurations=(configuration,), num_processes=(2,))
     prepared = time.perf_counter() - t0
-    trainer = get_trainer_from_args(str(dataset_id), "2d", fold, "nnUNetTrainer", device=torch.device("cpu"))
+    trainer = get_trainer_from_args(str(dataset_id), configuration, fold, "nnUNetTrainer", plans_name, device=torch.device("cpu"))
     trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = 5, 1
     trainer.on_train_start()
     t0, iterations = time.perf_counter(), 0
@@ -112,24 +130,27 @@ if __name__ == "__main__":
     summary = json.load(open(os.path.join(trainer.output_folder, "validation", "summary.json")))
     print("RESULT=" + json.dumps({"iterations": iterations, "seconds_prepare": round(prepared, 1), "seconds_train": round(trained, 1),
           "batch_size": trainer.configuration_manager.batch_size, "patch_size": list(trainer.configuration_manager.patch_size),
+          "plans_name": plans_name, "network": trainer.configuration_manager.network_arch_class_name,
           "dice_foreground_mean": summary["foreground_mean"]["Dice"],
           "dice_per_class": {k: v["Dice"] for k, v in summary["mean"].items()}}))
 '''
 
 
-def run_nnunet(name: str, root: Path, work: Path, fold: int, minutes: float) -> dict:
-    from medseg_datasets import get_recipe
+def run_nnunet(name: str, root: Path, work: Path, fold: int, minutes: float, tool: str = "nnunet") -> dict:
+    from medseg.paths import split_dataset_name
 
     raw = raw_dataset(name, root)
     script = work / "nnunet_budget.py"
     script.write_text(NNUNET_SCRIPT)
+    configuration = CONFIGURATIONS.get(name, "2d")
     command = [sys.executable, str(script), str(raw.parent), str(work / "nnunet_pre"), str(work / "nnunet_res"),
-               str(get_recipe(name).dataset_id), str(fold), str(minutes * 60)]
+               str(split_dataset_name(raw.name)[0]), str(fold), str(minutes * 60), configuration, NNUNET_PLANNERS[tool]]
     result = subprocess.run(command, capture_output=True, text=True)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT=")]
+    tool_name = tool.replace("nnunet", "nnunetv2", 1)
     if result.returncode != 0 or not lines:
-        return {"tool": "nnunetv2", "error": (result.stdout + result.stderr)[-3000:]}
-    return {"tool": "nnunetv2", **json.loads(lines[-1][len("RESULT="):])}
+        return {"tool": tool_name, "error": (result.stdout + result.stderr)[-3000:]}
+    return {"tool": tool_name, "configuration": configuration, **json.loads(lines[-1][len("RESULT="):])}
 
 
 def main() -> None:
@@ -146,10 +167,12 @@ def main() -> None:
     root = work / "medseg_root"
     results = []
     for tool in args.tools.split(","):
-        if tool in ("medseg", "medseg-bf16"):
-            results.append(run_medseg(args.dataset, root, args.fold, args.minutes, "bfloat16" if tool == "medseg-bf16" else "float32"))
-        elif tool == "nnunet":
-            results.append(run_nnunet(args.dataset, root, work, args.fold, args.minutes))
+        if tool in MEDSEG_TOOLS:
+            results.append(run_medseg(args.dataset, root, args.fold, args.minutes, tool))
+        elif tool in NNUNET_PLANNERS:
+            results.append(run_nnunet(args.dataset, root, work, args.fold, args.minutes, tool))
+        else:
+            raise SystemExit(f"unknown tool {tool!r} (choose {', '.join([*MEDSEG_TOOLS, *NNUNET_PLANNERS])})")
         print(json.dumps(results[-1], indent=1))
     import torch
 
@@ -166,6 +189,9 @@ def main() -> None:
     content = {
         "dice_ratio_medseg_over_nnunetv2": (scores["medseg"] / scores["nnunetv2"]) if scores.get("medseg") and scores.get("nnunetv2") else None,
         "dice_ratio_bf16_over_float32": (scores["medseg-bf16"] / scores["medseg"]) if scores.get("medseg") and scores.get("medseg-bf16") else None,
+        "dice_ratio_medseg_resenc_over_nnunetv2_resenc_m": (
+            scores["medseg-resenc"] / scores["nnunetv2-resenc_m"] if scores.get("medseg-resenc") and scores.get("nnunetv2-resenc_m") else None
+        ),
         "dataset": args.dataset, "fold": args.fold, "minutes": args.minutes,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "results": results,

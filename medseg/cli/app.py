@@ -33,8 +33,28 @@ BATCH_SERIES_HELP = (
 )
 DATASET_HELP = "Raw dataset: name, id or folder."
 PLANS_NAME_HELP = "Name of the plans file [default: medsegPlans for unet, medsegPlans_<model> for other families]."
-MODEL_HELP = "Registered model family (see `medseg models`), or FAMILY[option=value,...] to set its architecture options, e.g. 'xlstm_unet_bot[vil_directions=forward]'; plans are named medsegPlans_<model> for anything but unet."
-PRESET_HELP = "Preset planner settings shipped with medseg (see `medseg plans`), e.g. fast, cpu, nnunet."
+MODEL_HELP = (
+    "Registered model family (see `medseg models`), or FAMILY[option=value,...] to set its architecture options, e.g. "
+    "'xlstm_unet_bot[vil_directions=forward]'; plans are named medsegPlans_<model> for anything but unet [default: unet, "
+    "or the family a --preset is made for]."
+)
+PRESET_HELP = (
+    "Preset planner settings shipped with medseg (see `medseg plans`), e.g. fast, cpu, nnunet, resenc_m, resenc_l, resenc_xl "
+    "(a preset made for one family, as resenc_* for resenc_unet, plans that family when --model is not given)."
+)
+
+
+def model_for(model: str | None, preset: str | None) -> str:
+    """--model as given; else the one family a preset is made for; else the plain U-Net."""
+    if model:
+        return model
+    if preset:
+        from medseg_plans import get_preset
+
+        families = get_preset(preset).models
+        if families and len(families) == 1:
+            return families[0]
+    return "unet"
 PRETRAINED_HELP = "Start from a pretrained encoder (the encoder.pt `medseg pretrain` writes; ViT classifiers), or GMS's autoencoder folder (diffusers' AutoencoderKL layout; default: the one `medseg pretrain-ae` trained on the dataset)."
 EPOCHS_HELP = "Epochs [default: 1000, or what --time-budget buys]."
 BUDGET_HELP = "Training time budget in minutes: epochs are fitted to it from the measured step time."

@@ -102,3 +102,36 @@ def compare(
     console.print(outputs[1].read_text(), highlight=False, markup=False)
     console.print(f"wrote {', '.join(str(p) for p in outputs)}")
 
+
+
+@app.command("find-best-configuration")
+def find_best_configuration(
+    dataset: str = typer.Argument(..., metavar="DATASET", help="Dataset name, id or folder (its results folder holds the trained models)."),
+    model_folders: list[str] = typer.Option(
+        [], "--model-folder", "-m", help="Only these model folders of the dataset's results (repeatable; e.g. unet__medsegPlans__2d) [default: every cross-validated one]."
+    ),
+) -> None:
+    """Choose between the dataset's cross-validated configurations and their ensembles of two
+    (scored on the out-of-fold predictions), with the winner's postprocessing; writes
+    results/DATASET/best_configuration.json and says how to predict with the choice."""
+    from medseg.cli.app import raw_folder_of
+    from medseg.errors import MedsegError
+    from medseg.paths import results_root
+    from medseg.pipeline import crossvalidated_folders, run_find_best
+    from medseg.tasks.registry import get_task
+
+    raw = raw_folder_of(dataset)
+    results = results_root() / raw.name
+    folders = crossvalidated_folders(results, model_folders or None)
+    if len(folders) < 2 and not model_folders:
+        found = ", ".join(f.path.name for f in folders) or "none"
+        raise MedsegError(f"{results}: one cross-validated model folder or none ({found}); train another configuration first (plan-and-train -c 2d -c 3d_fullres)")
+    if not folders:
+        raise MedsegError(f"{results}: no cross-validated model folder; train with `medseg plan-and-train` first")
+    choice = run_find_best(get_task(folders[0].info.task), results, folders, log=lambda m: console.print(m, highlight=False))
+    for candidate in choice["candidates"]:
+        score = candidate.get("foreground_dice", candidate.get("score"))
+        shown = f"{score:.4f}" if isinstance(score, (int, float)) else f"not scored: {candidate.get('skipped')}"
+        console.print(f"  {candidate['name']}: {shown}", highlight=False, soft_wrap=True)
+    console.print(f"best: {choice['best']['name']}", highlight=False)
+    console.print(f"predict with: {choice['predict']}", highlight=False, soft_wrap=True)

@@ -9,7 +9,7 @@ import typer
 
 from medseg.cli.app import (
     BUDGET_HELP, DATASET_HELP, EPOCHS_HELP, MODEL_HELP, PLANS_NAME_HELP, PRESET_HELP, PRETRAINED_HELP, app, console, err_console, print_report_tables,
-    progress_printer, raw_folder_of,
+    model_for, progress_printer, raw_folder_of,
 )
 from medseg.cli.datasets import run_dataset_check
 
@@ -33,7 +33,7 @@ def fingerprint(
 @app.command()
 def plan(
     dataset: str = typer.Argument(..., metavar="DATASET", help=DATASET_HELP),
-    model: str = typer.Option("unet", "--model", help=MODEL_HELP),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
     memory_gb: Optional[float] = typer.Option(None, "--memory-gb", help="Size for this much GPU memory, nnU-Net's rule [default: GPU memory on a GPU, a time budget per step on a CPU]."),
     step_seconds: Optional[float] = typer.Option(None, "--step-seconds", help="CPU planning: target seconds per training step [default: 1]."),
     plans_name: Optional[str] = typer.Option(None, "--plans-name", help=PLANS_NAME_HELP),
@@ -50,7 +50,7 @@ def plan(
     from medseg.pipeline import run_plan
     from medseg.precision import resolve_precision
 
-    experiment = Experiment.open(raw_folder_of(dataset), model, plans_name)
+    experiment = Experiment.open(raw_folder_of(dataset), model_for(model, preset), plans_name)
     precision = resolve_precision(precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     plans = run_plan(experiment, memory_gb, step_seconds, time_budget * 60 if time_budget else None, preset, precision=precision)
     for name, c in plans.configurations.items():
@@ -108,13 +108,16 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     pretrained: Optional[Path] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
     precision: str = typer.Option("float32", "--precision", help=PRECISION_HELP),
+    save_probabilities: bool = typer.Option(
+        False, "--save-probabilities", help="The final validation also keeps each held-out case's probabilities (what find-best-configuration ensembles).",
+    ),
 ) -> None:
     """Train one fold of one configuration (multi-process: launch with torchrun)."""
     from medseg.experiment import Experiment
     from medseg.pipeline import run_train
 
     options = training_options(epochs, iterations, learning_rate, optimizer, batch_size, time_budget, device, validate, seed, pretrained, precision)
-    options.continue_training = resume
+    options.continue_training, options.save_probabilities = resume, save_probabilities
     experiment = Experiment.from_plans(raw_folder_of(dataset), plans_name)
     report = run_train(experiment, configuration, fold, options, log=lambda m: console.print(m, highlight=False))
     if report:
@@ -140,7 +143,7 @@ def plan_and_train(
     replan: bool = typer.Option(False, "--replan", help="Fingerprint and plan again even if plans exist."),
     device: Optional[str] = typer.Option(None, "--device"),
     workers: Optional[int] = typer.Option(None, "--workers"),
-    model: str = typer.Option("unet", "--model", help=MODEL_HELP),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
     preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
     pretrained: Optional[Path] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
     precision: str = typer.Option("float32", "--precision", help=PRECISION_HELP),
@@ -166,7 +169,7 @@ def plan_and_train(
     check = run_dataset_check(folder, strict=False, workers=workers, fingerprint=fingerprinting)  # one pass: the fingerprint keeps what it read
     if check is None:
         raise typer.Exit(1)
-    experiment = Experiment.open(folder, model, check=check)
+    experiment = Experiment.open(folder, model_for(model, preset), check=check)
     options = training_options(epochs, iterations, learning_rate, optimizer, None, None, device, True, 0, pretrained, precision)
     reports = run_plan_and_train(
         experiment, configurations or None, [f.strip() for f in folds.split(",") if f.strip()], options, budget, memory_gb, replan=replan,

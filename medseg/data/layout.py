@@ -113,6 +113,12 @@ def parse_dataset_json(folder: Path) -> tuple[DatasetDescription | None, list[st
         if not isinstance(labels, dict) or not labels:
             problems.append(f"{path}: 'labels' must map names to values, e.g. {{\"background\": 0, \"liver\": 1}}")
         else:
+            unsupported = [name for name, value in labels.items() if isinstance(value, (list, tuple)) or name == "ignore"]
+            if unsupported:  # trained as plain classes they would give silently wrong models
+                problems.append(
+                    f"{path}: region-based labels (lists of values) and the 'ignore' label are not supported yet "
+                    f"({', '.join(unsupported)}); convert regions to plain labels or remove them"
+                )
             try:
                 flat = {name: _flatten_label_value(value) for name, value in labels.items()}
                 description.labels = {name: max(values) for name, values in flat.items()}

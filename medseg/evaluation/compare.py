@@ -72,7 +72,7 @@ def family_costs(folder: ModelFolder, folds: list[str]) -> dict:
     from medseg.models import build_model
 
     plans = folder.plans
-    network = build_model(folder.configuration.architecture, len(plans.channel_names), plans.num_classes)
+    network = build_model(folder.configuration.architecture, plans.input_channels(folder.configuration), plans.num_classes)
     iterations, seconds, predict, peaks = 0, 0.0, [], []
     for fold in folds:
         log = _read_json(folder.fold_folder(fold) / "log.json")

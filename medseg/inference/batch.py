@@ -23,14 +23,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 import medseg
-from medseg.atomic import atomic_path, prepare_output_folder, process_alive, remove_stale_temporaries
+from medseg.atomic import prepare_output_folder, process_alive, remove_stale_temporaries
 from medseg.data.cases import stack_channel_files
 from medseg.errors import MedsegError
 from medseg.inference.inputs import InputCase, discover
 from medseg.inference.manifest import Manifest
+from medseg.inference.probabilities import PROBABILITIES_SUFFIX, save_probabilities_npz
 from medseg.inference.outputs import STAGING_PREFIX, CaseOutputs, OutputContext, OutputsFailed, write_outputs
 from medseg.io import MedicalImage
 
@@ -257,9 +257,8 @@ def _write(prediction, image, case: InputCase, output: Path, formats, context, s
     start = time.perf_counter()
     outputs = write_outputs(prediction.segmentation, image, case.case_id, output, formats, context)
     if save_probabilities:
-        target = output / f"{case.case_id}.probabilities.npz"
-        with atomic_path(target) as temporary:
-            np.savez_compressed(temporary, probabilities=prediction.probabilities.astype(np.float16))
+        target = output / f"{case.case_id}{PROBABILITIES_SUFFIX}"
+        save_probabilities_npz(prediction.probabilities, target)
         outputs.written["probabilities"] = str(target)
     return outputs, time.perf_counter() - start
 

@@ -54,6 +54,8 @@ def export_onnx(
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise MedsegError(f"{output}: exists and is not empty; pass --overwrite to replace the export")
     plans, configuration = folder.plans, folder.configuration
+    if configuration.previous_stage:
+        raise MedsegError(f"{folder.path}: exporting a cascade stage ({configuration.name}) to ONNX is not supported yet; its first stage can be exported")
     channels, classes = len(plans.channel_names), plans.num_classes
     example = torch.randn(2, channels, *configuration.patch_size, generator=torch.Generator().manual_seed(0))
     staging = output.with_name(output.name + ".partial")

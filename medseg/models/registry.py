@@ -28,6 +28,9 @@ class ModelFamily:
     architecture_for_patch: Callable[..., dict] | None = None  # (spacing, patch_size, ndim, profile) -> kwargs + topology
     feature_map_size: Callable[..., int] | None = None  # (patch_size, in_channels, num_classes, kwargs) -> activations
     flops_per_sample: Callable[..., float] | None = None  # (patch_size, in_channels, num_classes, kwargs) -> fwd FLOPs
+    # memory planning: activations per sample (ndim -> count) that fit the reference GPU at its
+    # reference batch; None: nnU-Net's plain U-Net values (medseg.tasks.segmentation.planning)
+    memory_reference: dict[int, float] | None = None
 
 
 MODELS: Registry[ModelFamily] = Registry("model")

@@ -52,24 +52,33 @@ class PlainUNet(nn.Module):
         features_per_stage: Sequence[int],
         kernel_sizes: Sequence[Sequence[int]],
         strides: Sequence[Sequence[int]],
-        n_conv_per_stage: Sequence[int],
+        n_conv_per_stage: Sequence[int] | None,
         n_conv_per_stage_decoder: Sequence[int],
         deep_supervision: bool = False,
         bottleneck: nn.Module | None = None,
         stage_mixers: Sequence[nn.Module | None] | None = None,
+        encoder: Sequence[nn.Module] | None = None,
     ):
         """``bottleneck``: a (B, C, *spatial) -> same module applied to the deepest features (other
         families plug in here: U-Mamba Bot's Mamba layer); identity for the plain U-Net.
         ``stage_mixers``: per encoder stage, a module of the same kind applied to that stage's
-        output before it is kept as a skip (the "Enc" families); None where a stage has none."""
+        output before it is kept as a skip (the "Enc" families); None where a stage has none.
+        ``encoder``: per stage, a module replacing the plain conv stage (the residual encoder), each
+        (B, C_in, *spatial) -> (B, features_per_stage[s], *spatial / strides[s]); then
+        ``n_conv_per_stage`` is unused."""
         super().__init__()
         ndim = len(kernel_sizes[0])
         self.ndim, self.deep_supervision = ndim, deep_supervision
-        self.encoder = nn.ModuleList()
-        channels = in_channels
-        for features, kernel, stride, convs in zip(features_per_stage, kernel_sizes, strides, n_conv_per_stage):
-            self.encoder.append(conv_stage(ndim, convs, channels, features, kernel, stride))
-            channels = features
+        if encoder is not None:
+            if len(encoder) != len(features_per_stage):
+                raise ValueError(f"encoder needs one module per stage ({len(features_per_stage)}), got {len(encoder)}")
+            self.encoder = nn.ModuleList(encoder)
+        else:
+            self.encoder = nn.ModuleList()
+            channels = in_channels
+            for features, kernel, stride, convs in zip(features_per_stage, kernel_sizes, strides, n_conv_per_stage):
+                self.encoder.append(conv_stage(ndim, convs, channels, features, kernel, stride))
+                channels = features
         transpose = nn.ConvTranspose2d if ndim == 2 else nn.ConvTranspose3d
         self.upsample, self.decoder, self.heads = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         num_stages = len(features_per_stage)
@@ -138,6 +147,12 @@ def feature_map_size(patch_size, in_channels: int, num_classes: int, kwargs: dic
     total = 0
     for features_s, convs, size in zip(features, kwargs["n_conv_per_stage"], sizes):
         total += convs * features_s * int(np.prod(size, dtype=np.int64))
+    return total + decoder_feature_map_size(sizes, num_classes, kwargs)
+
+
+def decoder_feature_map_size(sizes: list[list[int]], num_classes: int, kwargs: dict) -> int:
+    """The decoder's share of ``feature_map_size`` (``sizes``: each stage's spatial size)."""
+    features, total = kwargs["features_per_stage"], 0
     for level in range(len(features) - 2, -1, -1):
         voxels = int(np.prod(sizes[level], dtype=np.int64))
         total += kwargs["n_conv_per_stage_decoder"][level] * features[level] * voxels  # convs
@@ -156,6 +171,12 @@ def flops_per_sample(patch_size, in_channels: int, num_classes: int, kwargs: dic
         for conv in range(kwargs["n_conv_per_stage"][level]):
             flops += 2 * voxels * taps * (channels if conv == 0 else features_s) * features_s
         channels = features_s
+    return flops + decoder_flops(sizes, num_classes, kwargs)
+
+
+def decoder_flops(sizes: list[list[int]], num_classes: int, kwargs: dict) -> float:
+    """The decoder's share of ``flops_per_sample``."""
+    features, kernels, flops = kwargs["features_per_stage"], kwargs["kernel_sizes"], 0.0
     for level in range(len(features) - 2, -1, -1):
         voxels, taps = float(np.prod(sizes[level])), float(np.prod(kernels[level]))
         flops += 2 * voxels * features[level + 1] * features[level]  # transposed conv (stride-sized kernel)

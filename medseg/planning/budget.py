@@ -19,10 +19,19 @@ class Budget:
     base_features: int = 32
     training_seconds: float | None = None  # time mode: the training budget of one run, when known
     precision: str = "float32"  # time mode: the training forward's precision the throughput was measured in
+    # memory mode: activations per sample (ndim -> count) fitting reference_gb at the reference
+    # batch; None: the model family's own (nnU-Net's values for its networks)
+    reference_activations: dict[int, float] | None = None
+    reference_gb: float = REFERENCE_GB
+    max_dataset_fraction: float = 0.05  # a batch covers at most this share of the dataset's voxels
 
     def describe(self) -> dict:
+        extra = {"max_dataset_fraction": self.max_dataset_fraction} if self.max_dataset_fraction != 0.05 else {}
         if self.mode == "memory":
-            return {"mode": "memory", "memory_gb": self.memory_gb, "base_features": self.base_features}
+            if self.reference_activations:
+                extra["reference_activations"] = {str(k): v for k, v in self.reference_activations.items()}
+                extra["reference_gb"] = self.reference_gb
+            return {"mode": "memory", "memory_gb": self.memory_gb, "base_features": self.base_features, **extra}
         return {
             "mode": "time",
             "step_seconds": self.step_seconds,
@@ -30,4 +39,5 @@ class Budget:
             "base_features": self.base_features,
             "training_seconds": self.training_seconds,
             "precision": self.precision,
+            **extra,
         }

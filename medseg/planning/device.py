@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from medseg.models.registry import get_model_family
-from medseg.planning.budget import Budget
+from medseg.planning.budget import REFERENCE_GB, Budget
 
 CPU_STEP_SECONDS = 1.0  # a 10-minute budget then buys ~600 iterations
 CPU_BASE_FEATURES = 16  # half nnU-Net's width: ~4x fewer FLOPs, the difference between 150 and 600 steps
@@ -94,10 +94,15 @@ def default_budget(
         if memory_gb is None:
             total_gb = torch.cuda.get_device_properties(0).total_memory / 1024**3
             memory_gb = min(8.0, 0.9 * total_gb)  # nnU-Net's default target, or less
-        return Budget("memory", memory_gb=memory_gb, base_features=int(preset.get("base_features", 32)))
+        references = preset.get("reference_activations")
+        return Budget(
+            "memory", memory_gb=memory_gb, base_features=int(preset.get("base_features", 32)),
+            reference_activations={int(ndim): float(count) for ndim, count in references.items()} if references else None,
+            reference_gb=float(preset.get("reference_gb", REFERENCE_GB)), max_dataset_fraction=float(preset.get("max_dataset_fraction", 0.05)),
+        )
     features = int(preset.get("base_features", CPU_BASE_FEATURES))
     rates = cached_throughput(model, features, throughput_cache, precision)
     return Budget(
         "time", step_seconds=step_seconds or CPU_STEP_SECONDS, flops_per_second=rates, base_features=features, training_seconds=training_seconds,
-        precision=precision,
+        precision=precision, max_dataset_fraction=float(preset.get("max_dataset_fraction", 0.05)),
     )

@@ -59,6 +59,11 @@ class Plans:
         """Network outputs: background plus every declared label value."""
         return max(self.labels.values()) + 1
 
+    def input_channels(self, configuration: ConfigurationPlan) -> int:
+        """The network's input channels: the image's, plus for a cascade stage one per foreground
+        class of the previous stage's segmentation (medseg.tasks.segmentation.cascade)."""
+        return len(self.channel_names) + (self.num_classes - 1 if configuration.previous_stage else 0)
+
     def configuration(self, name: str) -> ConfigurationPlan:
         try:
             return self.configurations[name]

@@ -119,6 +119,10 @@ class Task:
     # (a group, e.g. a patient, never in two folds; strata spread evenly); None: plain shuffled folds
     split_keys: Callable[..., tuple[dict, dict]] | None = None
     instead: Callable[[Path], str] | None = None  # (model folder) -> what to do with such a model instead of predicting
+    # optional: (dataset results folder, cross-validated ModelFolders, log) -> the choice written to
+    # best_configuration.json, ensembles of the folders included; None: the best report_score wins
+    find_best: Callable[..., dict] | None = None
+    keeps_probabilities: bool = False  # its final validation can keep out-of-fold probabilities (for find_best's ensembles)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.capabilities) - set(CAPABILITIES))

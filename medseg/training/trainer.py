@@ -48,6 +48,7 @@ class TrainingOptions:
     device: str | None = None
     background_loading: bool = True
     final_validation: bool = True
+    save_probabilities: bool = False  # the final validation also keeps each held-out case's probabilities (ensembles)
     mirror_tta: bool = True
     continue_training: bool = False
     pretrained: str | None = None  # weights to start from (a task that supports it: a ViT encoder from `medseg pretrain`)

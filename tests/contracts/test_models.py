@@ -104,6 +104,29 @@ def test_unet_memory_model_equals_nnunet(spacing, patch):
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
 
 
+@pytest.mark.parametrize(("spacing", "patch"), [((5.0, 0.8, 0.8), (24, 160, 192)), ((1.0, 1.0), (256, 320)), ((1.0, 1.0, 1.0), (96, 96, 96))])
+def test_resenc_memory_model_equals_nnunet(spacing, patch):
+    """The ResEnc planner's activation count and the network's size equal dynamic_network_architectures'
+    ResidualEncoderUNet (the network nnU-Net's ResEnc planners size)."""
+    require_peer("dynamic_network_architectures")
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+    from medseg.models import resenc_unet
+
+    kwargs, topology = resenc_unet.architecture_for_patch(spacing, patch)
+    ndim = len(spacing)
+    theirs = ResidualEncoderUNet(
+        input_channels=1, n_stages=len(kwargs["strides"]), features_per_stage=kwargs["features_per_stage"],
+        conv_op=torch.nn.Conv2d if ndim == 2 else torch.nn.Conv3d, kernel_sizes=kwargs["kernel_sizes"], strides=kwargs["strides"],
+        n_blocks_per_stage=kwargs["n_blocks_per_stage"], num_classes=3, n_conv_per_stage_decoder=kwargs["n_conv_per_stage_decoder"],
+        conv_bias=True, norm_op=torch.nn.InstanceNorm2d if ndim == 2 else torch.nn.InstanceNorm3d,
+        norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True},
+    )
+    assert resenc_unet.feature_map_size(topology.patch_size, 1, 3, kwargs) == int(theirs.compute_conv_feature_map_size(topology.patch_size))
+    ours = build_model({"name": "resenc_unet", "kwargs": kwargs}, 1, 3)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+
+
 @pytest.mark.parametrize(("name", "ndim"), FAMILIES)
 def test_autocast_training_step_has_no_nan(name, ndim):
     """bf16 autocast (CPU; fp16/bf16 on GPU alike): the mixers keep their recurrences in float32."""

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medseg.errors import MedsegError
 from medseg.tasks.capabilities import CROSSVAL, LABEL_MAPS, ONNX, OPENVINO, PATCH_PLANNING, RAY
 from medseg.tasks.registry import PlanRequest, RunContext, Task, register_task
 from medseg.training.optimizers import DEFAULT_LR, make_optimizer
@@ -36,7 +35,7 @@ class SegmentationRun:
         self.context = context
         plans, configuration, options = context.plans, context.configuration, context.options
         self.num_classes = plans.num_classes
-        self.network = build_model(configuration.architecture, len(plans.channel_names), self.num_classes, deep_supervision=True)
+        self.network = build_model(configuration.architecture, plans.input_channels(configuration), self.num_classes, deep_supervision=True)
         self.modules = {"network": self.network}
         self.scales = deep_supervision_scales(configuration.architecture["kwargs"]["strides"])
         self.loss = DeepSupervisionLoss(DiceCELoss(configuration.batch_dice), deep_supervision_weights(len(self.scales)))
@@ -65,6 +64,7 @@ class SegmentationRun:
         sampler = PatchSampler(
             context.data_folder, cases, patch_size=context.configuration.patch_size, batch_size=self.batch_size,
             augmentation=self.augmentation if split == "train" else None, deep_supervision_scales=self.scales, seed=seed,
+            previous_stage_classes=self.num_classes if context.configuration.previous_stage else 0,
         )
         return batch_stream(sampler, seed, background)
 
@@ -103,7 +103,10 @@ class SegmentationRun:
         from medseg.tasks.segmentation.training.validation import validate_fold
 
         context = self.context
-        return validate_fold(context.model_folder, context.fold_folder, [self.network], context.device, context.val_cases, context.options.mirror_tta, context.log)
+        return validate_fold(
+            context.model_folder, context.fold_folder, [self.network], context.device, context.val_cases, context.options.mirror_tta, context.log,
+            save_probabilities=context.options.save_probabilities,
+        )
 
 
 # ------------------------------------------------------------------------------------- stage hooks
@@ -127,14 +130,19 @@ def plan(fingerprint_file, description, request: PlanRequest):
 
 
 def preprocess(description, plans, configuration, folder, workers, progress):
-    from medseg.paths import cropped_cases_folder
+    from medseg.data.layout import list_cases
+    from medseg.paths import configuration_model_folder, cropped_cases_folder
+    from medseg.tasks.segmentation.cascade import previous_stage_folder, require_out_of_fold_predictions
     from medseg.tasks.segmentation.preprocessing.dataset import preprocess_dataset
 
+    previous = None
     if configuration.previous_stage:
-        raise MedsegError(
-            f"configuration {configuration.name} is a cascade stage; cascades are not supported yet (train {configuration.previous_stage} and 3d_fullres)"
-        )
-    return preprocess_dataset(description, plans, configuration, folder, workers, progress, cropped_folder=cropped_cases_folder(description.folder))
+        stage_folder = previous_stage_folder(configuration_model_folder(description.folder, plans, configuration.name), configuration)
+        case_ids = [case.case_id for case in list_cases(description, "Tr")[0]]
+        previous = require_out_of_fold_predictions(stage_folder, description.file_ending, case_ids, configuration.previous_stage)
+    return preprocess_dataset(
+        description, plans, configuration, folder, workers, progress, cropped_folder=cropped_cases_folder(description.folder), previous_stage=previous,
+    )
 
 
 def preprocessed_cases(data_folder, plans, configuration) -> list[str]:
@@ -153,9 +161,20 @@ def model_info(configuration) -> dict:
 
 
 def load_predictor(folder, options):
+    from medseg.ensemble_folder import EnsembleModelFolder
     from medseg.tasks.segmentation.inference.predictor import load_predictor as load
 
+    if isinstance(folder, EnsembleModelFolder):
+        from medseg.tasks.segmentation.inference.ensemble_predictor import load_ensemble_predictor
+
+        return load_ensemble_predictor(folder, options, load)
     return load(folder, options)
+
+
+def find_best(results, folders, log) -> dict:
+    from medseg.tasks.segmentation.evaluation.best_configuration import find_best_configuration
+
+    return find_best_configuration(results, folders, log)
 
 
 def crossval(folder, folds) -> dict:
@@ -200,5 +219,7 @@ register_task(
         crossval=crossval,
         report_rows=report_rows,
         report_score=report_score,
+        find_best=find_best,
+        keeps_probabilities=True,
     )
 )

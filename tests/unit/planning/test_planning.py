@@ -71,15 +71,17 @@ def _anisotropic_dataset(folder: Path, num_cases: int = 8) -> None:
         )
 
 
-def _nnunet_plans(raw_root: Path, dataset_id: int, work: Path, memory_gb: float) -> dict:
+def _nnunet_plans(raw_root: Path, dataset_id: int, work: Path, memory_gb: float, planners: str = "ExperimentPlanner") -> list[dict]:
+    """nnunetv2's plans of each planner class (comma-separated) after one fingerprint; memory 0:
+    each planner's own GPU memory target."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run(
-        [sys.executable, "-m", "tests.peers.nnunet_plan", str(raw_root), str(dataset_id), str(work), str(memory_gb)],
+        [sys.executable, "-m", "tests.peers.nnunet_plan", str(raw_root), str(dataset_id), str(work), str(memory_gb), planners],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    line = [l for l in result.stdout.splitlines() if l.startswith("PLANS=")][-1]
-    return json.loads(Path(json.loads(line[len("PLANS="):])).read_text())
+    lines = [l for l in result.stdout.splitlines() if l.startswith("PLANS=")]
+    return [json.loads(Path(json.loads(line[len("PLANS="):])).read_text()) for line in lines]
 
 
 def _assert_same_plans(ours: Plans, theirs: dict) -> None:
@@ -99,7 +101,9 @@ def _assert_same_plans(ours: Plans, theirs: dict) -> None:
         assert kwargs["strides"] == [list(s) for s in arch["strides"]], name
         assert kwargs["kernel_sizes"] == [list(k) for k in arch["kernel_sizes"]], name
         assert kwargs["features_per_stage"] == list(arch["features_per_stage"]), name
-        assert kwargs["n_conv_per_stage"] == list(arch["n_conv_per_stage"]), name
+        for depth in ("n_conv_per_stage", "n_blocks_per_stage", "n_conv_per_stage_decoder"):
+            if depth in arch:
+                assert kwargs[depth] == list(arch[depth]), (name, depth)
         assert mine.batch_dice == config["batch_dice"], name
         expected_norm = [s.replace("Normalization", "").lower() for s in config["normalization_schemes"]]
         assert [n["scheme"] for n in mine.normalization] == expected_norm, name
@@ -117,7 +121,7 @@ def test_plan_equals_nnunet_on_anisotropic_3d(tmp_path):
     ours = plan_experiment(extract_fingerprint(description, workers=2), description, Budget("memory", memory_gb=1))
     assert {"2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"} <= set(ours.configurations)
     assert ours.configurations["3d_fullres"].spacing[0] == 4.5  # the anisotropic axis takes its 10th percentile
-    _assert_same_plans(ours, _nnunet_plans(raw, 950, tmp_path / "nnunet", 1))
+    _assert_same_plans(ours, _nnunet_plans(raw, 950, tmp_path / "nnunet", 1)[0])
 
 
 @pytest.mark.slow
@@ -132,7 +136,53 @@ def test_plan_equals_nnunet_on_real_2d(tmp_path, shared_data):
     description = load_dataset_description(folder)
     ours = plan_experiment(extract_fingerprint(description, workers=2), description, Budget("memory", memory_gb=8))
     assert list(ours.configurations) == ["2d"]
-    _assert_same_plans(ours, _nnunet_plans(raw, recipe.dataset_id, tmp_path / "nnunet", 8))
+    _assert_same_plans(ours, _nnunet_plans(raw, recipe.dataset_id, tmp_path / "nnunet", 8)[0])
+
+
+RESENC_PLANNERS = {"resenc_m": "nnUNetPlannerResEncM", "resenc_l": "nnUNetPlannerResEncL", "resenc_xl": "nnUNetPlannerResEncXL"}
+
+
+def _resenc_plans(folder: Path) -> dict:
+    """medseg's plans of each ResEnc preset, as `medseg plan --preset NAME` makes them."""
+    from medseg.planning.device import default_budget
+    from medseg_plans import get_preset
+
+    description = load_dataset_description(folder)
+    fingerprint = extract_fingerprint(description, workers=2)
+    plans = {}
+    for preset in RESENC_PLANNERS:
+        settings = get_preset(preset).settings_for("segmentation", "resenc_unet")
+        plans[preset] = plan_experiment(fingerprint, description, default_budget("resenc_unet", preset=settings), "resenc_unet", preset=settings)
+    return plans
+
+
+@pytest.mark.slow
+def test_resenc_presets_plan_as_nnunet_on_anisotropic_3d(tmp_path):
+    require_peer("nnunetv2")
+    raw = tmp_path / "raw"
+    _anisotropic_dataset(raw / "Dataset952_AnisoResEnc")
+    ours = _resenc_plans(raw / "Dataset952_AnisoResEnc")
+    theirs = _nnunet_plans(raw, 952, tmp_path / "nnunet", 0, ",".join(RESENC_PLANNERS.values()))
+    for preset, their_plans in zip(RESENC_PLANNERS, theirs):
+        assert "ResidualEncoderUNet" in their_plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"]
+        _assert_same_plans(ours[preset], their_plans)
+    assert ours["resenc_xl"].configurations["3d_fullres"].batch_size >= ours["resenc_m"].configurations["3d_fullres"].batch_size
+
+
+@pytest.mark.slow
+def test_resenc_presets_plan_as_nnunet_on_real_hippocampus(tmp_path, shared_data):
+    """The real MSD Hippocampus (208 small MR volumes): ResEnc L and XL have memory to spare, so
+    their batch is capped by the dataset itself, the rule nnU-Net's ResEnc planners change."""
+    require_peer("nnunetv2")
+    from medseg_datasets import get_recipe
+
+    raw = tmp_path / "raw"
+    get_recipe("MSD").convert(shared_data / "mr3d-hippocampus-msd-train", raw / "Dataset004_Hippocampus")
+    ours = _resenc_plans(raw / "Dataset004_Hippocampus")
+    theirs = _nnunet_plans(raw, 4, tmp_path / "nnunet", 0, ",".join(RESENC_PLANNERS.values()))
+    for preset, their_plans in zip(RESENC_PLANNERS, theirs):
+        _assert_same_plans(ours[preset], their_plans)
+    assert ours["resenc_xl"].configurations["3d_fullres"].batch_size > 2
 
 
 def test_cpu_time_plan_fits_step_budget(tmp_path):

@@ -104,6 +104,18 @@ def test_sliding_window_covers_everything_and_is_exact_for_pointwise_nets():
     assert logits.shape == (2, 7, 30, 50) and torch.allclose(logits, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("patch", [(16, 20, 20), (7, 12, 9), (64, 64)])
+def test_window_weights_equal_nnunets(patch):
+    """Overlapping windows are blended with nnU-Net's own weights, so its models give its labels."""
+    from tests.conftest import require_peer
+
+    require_peer("nnunetv2")
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    theirs = compute_gaussian(patch, 1 / 8, 1, dtype=torch.float32, device=torch.device("cpu"))
+    assert torch.allclose(gaussian_importance(tuple(patch)), theirs / theirs.max(), rtol=1e-5, atol=1e-7)
+
+
 def test_splits_are_disjoint_and_cover_all_cases():
     ids = [f"c{i}" for i in range(13)]
     splits = make_splits(ids)

@@ -15,6 +15,7 @@ from medseg.io import MedicalImage
 from medseg.model_folder import ModelFolder
 from medseg.precision import check_precision, resolve_precision
 from medseg.tasks.segmentation.preprocessing.case import CaseProperties, preprocess_case
+from medseg.tasks.segmentation.cascade import with_previous_stage
 from medseg.tasks.segmentation.preprocessing.resampling import coarse_axis, resample_probabilities
 from medseg.tasks.segmentation.inference.sliding_window import predict_logits
 
@@ -95,9 +96,12 @@ class Predictor:
         windows_per_batch: int | None = None,
         precision: str = "float32",
         postprocess: Sequence[int] = (),
+        previous: "Predictor | None" = None,
     ):
         """``precision``: "float32", or "bfloat16": the forward under bf16 autocast (window logits
-        still accumulated in float32). ``postprocess``: classes kept to their largest component."""
+        still accumulated in float32). ``postprocess``: classes kept to their largest component.
+        ``previous``: a cascade stage's previous-stage predictor, whose segmentation joins the image
+        (medseg.tasks.segmentation.cascade)."""
         self.model_folder, self.folder = model_folder, model_folder.path
         self.plans, self.configuration = model_folder.plans, model_folder.configuration
         self.mirror_axes = check_predictor_folder(model_folder, mirror)
@@ -106,6 +110,7 @@ class Predictor:
         self.device, self.step_fraction, self.windows_per_batch = device, step_fraction, windows_per_batch
         self.networks = [n.eval() for n in networks]
         self.folds, self.precision, self.postprocess = list(folds), precision, list(postprocess)
+        self.previous = previous
 
     def predict_batch(self, request):
         """request: medseg.tasks.prediction.BatchRequest -> medseg.inference.batch.BatchResult."""
@@ -168,7 +173,14 @@ class Predictor:
 
     def predict_image(self, image: MedicalImage, probabilities: bool = False, case_id: str = "case") -> Prediction:
         check_input(image, self.plans, case_id)
-        data, _, properties = preprocess_case(image, None, self.plans, self.configuration, case_id)
+        if self.configuration.previous_stage and self.previous is None:
+            raise MedsegError(f"{self.folder}: a cascade stage ({self.configuration.name}) predicts images with its previous stage's predictor")
+        if self.previous is None:
+            data, _, properties = preprocess_case(image, None, self.plans, self.configuration, case_id)
+        else:  # the cascade: the previous stage segments first; its labels, on this stage's grid, join the image
+            previous = self.previous.predict_image(image, case_id=case_id).segmentation.array
+            data, resampled, properties = preprocess_case(image, previous, self.plans, self.configuration, case_id)
+            data = with_previous_stage(data, resampled[0], self.plans.num_classes)
         return self.predict_preprocessed(data, properties, probabilities, source=image.metadata)
 
 
@@ -206,14 +218,32 @@ def load_predictor(model_folder: ModelFolder, options) -> Predictor:
             path = model_folder.checkpoint_path(fold, options.checkpoint)
             if "network" not in states:
                 raise MedsegError(f"{path}: holds no 'network' weights")
-            network = build_checked(architecture, len(plans.channel_names), plans.num_classes, states["network"], model_folder.path / "plans.json", path)
+            network = build_checked(architecture, plans.input_channels(model_folder.configuration), plans.num_classes, states["network"], model_folder.path / "plans.json", path)
             networks.append(network.to(device))
         precision = resolve_precision(options.precision, device)
         if options.runtime == "openvino":
             from medseg.inference.openvino_runtime import openvino_networks
 
-            patch = (1, len(plans.channel_names), *model_folder.configuration.patch_size)
+            patch = (1, plans.input_channels(model_folder.configuration), *model_folder.configuration.patch_size)
             networks = openvino_networks(networks, folds, patch, precision, model_folder.path)
+    previous = _previous_stage_predictor(model_folder, options) if model_folder.configuration.previous_stage else None
     return Predictor(
-        model_folder, networks, device, folds, 1 - options.overlap, options.mirror, options.windows_per_batch, precision, postprocess,
+        model_folder, networks, device, folds, 1 - options.overlap, options.mirror, options.windows_per_batch, precision, postprocess, previous,
     )
+
+
+def _previous_stage_predictor(model_folder: ModelFolder, options) -> Predictor:
+    """The cascade's first stage, from its model folder beside this one, every fold, no postprocessing."""
+    from dataclasses import replace
+
+    from medseg.model_folders import open_model_folder
+    from medseg.tasks.segmentation.cascade import previous_stage_folder
+
+    if options.runtime == "onnx":
+        raise MedsegError(f"{model_folder.path}: a cascade stage runs in torch or OpenVINO (--runtime torch|openvino), not ONNX yet")
+    path = previous_stage_folder(model_folder.path, model_folder.configuration)
+    if not path.is_dir():
+        raise MedsegError(f"{model_folder.path}: a cascade stage needs its previous stage's model folder {path.name} beside it")
+    previous = load_predictor(open_model_folder(path), replace(options, folds=None))
+    previous.postprocess = []  # nnU-Net's cascade sees the first stage's raw segmentation, as in training
+    return previous

@@ -22,15 +22,18 @@ def window_starts(image_size: int, patch: int, step_fraction: float) -> list[int
 
 @lru_cache(maxsize=8)
 def gaussian_importance(patch: tuple[int, ...], sigma_scale: float = 1 / 8) -> torch.Tensor:
-    """(*patch) weights: a gaussian peaking at the centre (sigma = patch / 8), no zeros."""
-    grids = [torch.arange(n, dtype=torch.float32) - (n - 1) / 2 for n in patch]
-    weight = torch.ones(patch)
-    for axis, (grid, n) in enumerate(zip(grids, patch)):
-        shape = [1] * len(patch)
-        shape[axis] = n
-        weight = weight * torch.exp(-(grid**2) / (2 * (n * sigma_scale) ** 2)).view(shape)
-    weight = weight / weight.max()
-    return torch.clamp(weight, min=float(weight[weight > 0].min()))
+    """(*patch) weights: a gaussian (sigma = patch / 8) peaking at voxel ``n // 2`` of each axis,
+    blurred from a single voxel and truncated as scipy's gaussian_filter does, no zeros. This is
+    nnU-Net's window weighting exactly: with the peak half a voxel off centre on even sizes, a
+    symmetric gaussian blends overlapping windows differently, and an nnU-Net model's labels
+    then differ where its windows disagree (0.4% of the voxels of a small cascade model)."""
+    from scipy.ndimage import gaussian_filter
+
+    impulse = np.zeros(patch)
+    impulse[tuple(n // 2 for n in patch)] = 1.0
+    weight = gaussian_filter(impulse, [n * sigma_scale for n in patch], order=0, mode="constant", cval=0.0)
+    weight = torch.from_numpy(weight / weight.max()).float()
+    return torch.where(weight > 0, weight, weight[weight > 0].min())
 
 
 def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:

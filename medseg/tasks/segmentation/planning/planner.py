@@ -32,7 +32,6 @@ ANISOTROPY_THRESHOLD = 3.0
 REFERENCE_ACTIVATIONS = {2: 85_000_000, 3: 560_000_000}  # nnU-Net's values for an 8 GB GPU ...
 REFERENCE_BATCH = {2: 12, 3: 2}  # ... at these batch sizes
 MIN_BATCH = 2
-MAX_DATASET_FRACTION_PER_BATCH = 0.05
 LOWRES_THRESHOLD = 0.25  # plan 3d_lowres when the fullres patch covers less than this of the median image
 LOWRES_SPACING_STEP = 1.03
 MIN_PASSES = 15.0  # time mode: passes over the training data a budget should buy ...
@@ -115,7 +114,10 @@ class ConfigurationSizer:
 
     def reference(self, ndim: int) -> float:
         if self.budget.mode == "memory":
-            return REFERENCE_ACTIVATIONS[ndim] * self.budget.memory_gb / REFERENCE_GB
+            if self.budget.reference_activations and ndim in self.budget.reference_activations:
+                return self.budget.reference_activations[ndim] * self.budget.memory_gb / self.budget.reference_gb
+            references = self.family.memory_reference or REFERENCE_ACTIVATIONS
+            return references[ndim] * self.budget.memory_gb / REFERENCE_GB
         return self.budget.step_seconds
 
     def too_big(self, cost: float, ndim: int) -> bool:
@@ -150,8 +152,8 @@ class ConfigurationSizer:
             patch = list(topology.patch_size)
             cost = self.cost(patch, kwargs)
         batch = self.batch_size(cost, ndim)
-        five_percent = round(dataset_voxels * MAX_DATASET_FRACTION_PER_BATCH / np.prod(patch, dtype=np.float64))
-        batch = max(min(batch, five_percent), MIN_BATCH)
+        dataset_cap = round(dataset_voxels * self.budget.max_dataset_fraction / np.prod(patch, dtype=np.float64))
+        batch = max(min(batch, dataset_cap), MIN_BATCH)
         return [int(p) for p in patch], int(batch), kwargs
 
     def passes(self, patch, kwargs, dataset_voxels: float) -> float:
@@ -250,6 +252,7 @@ def plan_experiment(
         if lowres is not None:
             cascade = deepcopy(fullres)
             cascade.name, cascade.previous_stage = "3d_cascade_fullres", "3d_lowres"
+            cascade.data_identifier = f"{plans_name}_3d_cascade_fullres"  # its data carry the previous stage's segmentation
             configurations["3d_cascade_fullres"] = cascade
         two_d = configuration("2d", target_t[1:], median_t[1:], dataset_voxels, batch_dice=True)
     else:

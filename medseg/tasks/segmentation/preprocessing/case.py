@@ -65,7 +65,8 @@ def _transpose(array: np.ndarray, order: list[int]) -> np.ndarray:
 def preprocess_case(
     image: MedicalImage, label: np.ndarray | None, plans: Plans, configuration: ConfigurationPlan, case_id: str
 ) -> tuple[np.ndarray, np.ndarray | None, CaseProperties]:
-    """image (C, *spatial), label (1, *spatial) or None -> data (C, *S') float32, label (1, *S') int8, properties."""
+    """image (C, *spatial), label (L, *spatial) or None -> data (C, *S') float32, label (L, *S') int8, properties
+    (L: 1, or 2 for a cascade stage's label and previous-stage segmentation)."""
     return preprocess_cropped(crop_case(image, label), plans, configuration, case_id)
 
 
@@ -92,8 +93,8 @@ def preprocess_cropped(
     resampling = configuration.resampling
     axis = coarse_axis(spacing_t, target, resampling["anisotropy_threshold"])
     data = resample_image(data, shape, axis, resampling["image_order"], resampling["out_of_plane_order"])
-    if seg is not None:
-        seg = resample_labels(seg[0], shape, axis, resampling["label_order"], resampling["out_of_plane_order"])[None].astype(np.int8)
+    if seg is not None:  # channel 0 the label; a cascade's channel 1 the previous stage's segmentation
+        seg = np.stack([resample_labels(s, shape, axis, resampling["label_order"], resampling["out_of_plane_order"]) for s in seg]).astype(np.int8)
     properties = CaseProperties(
         case_id=case_id,
         original_shape=[int(n) for n in cropped.shape],

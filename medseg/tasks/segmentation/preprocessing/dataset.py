@@ -1,7 +1,7 @@
 """Preprocess a whole raw dataset for one configuration: parallel, resumable, atomic per case.
 
 Layout of ``preprocessed/DatasetXXX_Name/<data_identifier>/``: per case ``ID.npy`` (C, *S) float32,
-``ID_seg.npy`` (1, *S) int8, ``ID_locations.npz`` and ``ID.json`` (CaseProperties), the JSON
+``ID_seg.npy`` (1, *S) int8 (a cascade stage: (2, *S), the previous stage's out-of-fold segmentation second), ``ID_locations.npz`` and ``ID.json`` (CaseProperties), the JSON
 written last so a case counts as done only when all its files are complete. ``preprocessing.json``
 records the parts of the plan that shaped the data; a changed plan (say, re-planned at another
 spacing) reprocesses every case instead of mixing old and new ones."""
@@ -32,6 +32,7 @@ def data_signature(plans: Plans, configuration: ConfigurationPlan) -> dict:
         "spacing": configuration.spacing,
         "normalization": configuration.normalization,
         "resampling": configuration.resampling,
+        **({"previous_stage": configuration.previous_stage} if configuration.previous_stage else {}),
     }
 
 
@@ -50,17 +51,31 @@ def case_done(folder: Path, case_id: str) -> bool:
     return (folder / f"{case_id}.json").is_file()
 
 
-def _preprocess_job(job: tuple[Case, Plans, ConfigurationPlan, Path, Path | None]) -> tuple[str, str | None]:
+def _with_previous(cropped, previous: Path, case: Case):
+    """The cropped case with the previous stage's segmentation (original geometry) as label channel 1."""
+    from medseg.io import read_image
+    from medseg.tasks.segmentation.preprocessing.cropping import box_slices
+
+    segmentation = read_image(previous)
+    if list(segmentation.spatial_shape) != list(cropped.shape) or not np.allclose(segmentation.spacing, cropped.spacing, rtol=1e-4):
+        raise MedsegError(f"{previous}: the previous stage's prediction of {case.case_id} does not match its image's grid {cropped.shape}")
+    cropped.seg = np.concatenate([cropped.seg, segmentation.array[(slice(None),) + box_slices(cropped.box)].astype(cropped.seg.dtype)])
+    return cropped
+
+
+def _preprocess_job(job: tuple[Case, Plans, ConfigurationPlan, Path, Path | None, Path | None]) -> tuple[str, str | None]:
     from medseg.data.cases import load_case_images, load_case_label
     from medseg.tasks.segmentation.preprocessing.case import class_locations, preprocess_cropped
     from medseg.tasks.segmentation.preprocessing.cropping import crop_case, load_cropped_case
 
-    case, plans, configuration, folder, cropped_folder = job
+    case, plans, configuration, folder, cropped_folder, previous = job
     try:
         cropped = load_cropped_case(cropped_folder, case) if cropped_folder is not None else None
         if cropped is None:
             image = load_case_images(case)
             cropped = crop_case(image, load_case_label(case, image).array)
+        if previous is not None:
+            cropped = _with_previous(cropped, previous, case)
         data, seg, properties = preprocess_cropped(cropped, plans, configuration, case.case_id)
         for name, array in ((f"{case.case_id}.npy", data), (f"{case.case_id}_seg.npy", seg)):
             with atomic_path(folder / name) as temporary:
@@ -84,10 +99,12 @@ def preprocess_dataset(
     progress: Callable[[int, int], None] | None = None,
     overwrite: bool = False,
     cropped_folder: Path | None = None,
+    previous_stage: dict[str, Path] | None = None,
 ) -> tuple[int, int]:
     """Preprocess the training cases not yet done. Returns (processed now, already done).
     ``cropped_folder``: where the dataset check kept the cases it read (medseg.tasks.segmentation.preprocessing.cropping);
-    a case found there unchanged is not read again."""
+    a case found there unchanged is not read again. ``previous_stage``: a cascade stage's previous-stage
+    segmentation of every case (medseg.tasks.segmentation.cascade)."""
     cases, problems = list_cases(description, "Tr")
     if problems:
         raise DatasetError(f"{description.folder}: " + "; ".join(problems[:5]) + " (run `medseg datasets check`)")
@@ -99,7 +116,10 @@ def preprocess_dataset(
             stale.unlink()  # the per-case "done" markers first, so an interruption leaves nothing counted done
         signature_path.unlink(missing_ok=True)
     todo = [case for case in cases if overwrite or not case_done(output_folder, case.case_id)]
-    results = map_parallel(_preprocess_job, [(case, plans, configuration, output_folder, cropped_folder) for case in todo], workers, progress)
+    jobs = [(case, plans, configuration, output_folder, cropped_folder, (previous_stage or {}).get(case.case_id)) for case in todo]
+    if configuration.previous_stage and any(job[-1] is None for job in jobs):
+        raise MedsegError(f"{configuration.name}: preprocessing a cascade stage needs the previous stage's segmentation of every case")
+    results = map_parallel(_preprocess_job, jobs, workers, progress)
     failures = [f"{case_id}: {error}" for case_id, error in results if error]
     if failures:
         raise DatasetError(f"{len(failures)} case(s) failed preprocessing (the others are saved; rerun to resume): " + "; ".join(failures[:5]))

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
+from medseg.tasks.segmentation.cascade import with_previous_stage
 from medseg.tasks.segmentation.preprocessing.dataset import load_locations, load_preprocessed_case
 from medseg.tasks.segmentation.training.augmentation import AugmentationSettings, intensity_transform, mirror, spatial_transform
 
@@ -42,8 +43,12 @@ class PatchSampler:
         deep_supervision_scales: Sequence[Sequence[float]],
         oversample_foreground: float = 0.33,
         seed: int = 0,
+        previous_stage_classes: int = 0,
     ):
+        """``previous_stage_classes``: a cascade stage's class count; its cases' label channel 1 (the
+        previous stage's segmentation) is augmented with the label, then joins the image one-hot."""
         self.folder, self.case_ids = Path(folder), list(case_ids)
+        self.previous_stage_classes = previous_stage_classes
         self.patch_size, self.batch_size = list(patch_size), batch_size
         self.augmentation, self.scales = augmentation, [list(s) for s in deep_supervision_scales]
         self.oversample_foreground, self.seed = oversample_foreground, seed
@@ -106,6 +111,8 @@ class PatchSampler:
                 image, label = spatial_transform(image, label, self.patch_size, self.augmentation, rng)
                 image = intensity_transform(image, self.augmentation, rng)
                 image, label = mirror(image, label, self.augmentation.mirror_axes, rng)
+            if self.previous_stage_classes:
+                image, label = with_previous_stage(image, label[1], self.previous_stage_classes), label[:1]
             images.append(image)
             labels.append(label)
         data = torch.stack(images).contiguous()

@@ -12,24 +12,33 @@ import torch
 from medseg.evaluation.report import evaluate_folder, write_report
 from medseg.tasks.segmentation.inference.predictor import Predictor
 from medseg.io import write_image
+from medseg.inference.probabilities import PROBABILITIES_SUFFIX, save_probabilities_npz
 from medseg.model_folder import ModelFolder
+from medseg.tasks.segmentation.cascade import with_previous_stage
 from medseg.tasks.segmentation.preprocessing.dataset import load_preprocessed_case
 
 
 def validate_fold(
     model_folder: ModelFolder, fold_folder: Path, networks: list, device: torch.device, val_cases: list[str], mirror: bool,
-    log: Callable[[str], None],
+    log: Callable[[str], None], save_probabilities: bool = False,
 ) -> dict:
+    """``save_probabilities``: also ``validation/CASE.probabilities.npz`` (float16 (K, *original
+    spatial), as `medseg predict --save-probabilities` writes), what ensembles are scored on."""
     predictor = Predictor(model_folder, networks, device, mirror=mirror)  # the raw prediction is scored: no postprocessing
     output = fold_folder / "validation"
     output.mkdir(exist_ok=True)
     data_folder = model_folder.preprocessed_folder
     ending = model_folder.info.file_ending
     started = time.perf_counter()
+    cascade = model_folder.configuration.previous_stage is not None
     for case_id in val_cases:
-        data, _, properties = load_preprocessed_case(data_folder, case_id, mmap=False)
-        prediction = predictor.predict_preprocessed(data, properties)
+        data, seg, properties = load_preprocessed_case(data_folder, case_id, mmap=False)
+        if cascade:  # the previous stage's out-of-fold segmentation, as in training
+            data = with_previous_stage(data, seg[1], model_folder.plans.num_classes)
+        prediction = predictor.predict_preprocessed(data, properties, probabilities=save_probabilities)
         write_image(prediction.segmentation, output / f"{case_id}{ending}")
+        if save_probabilities:
+            save_probabilities_npz(prediction.probabilities, output / f"{case_id}{PROBABILITIES_SUFFIX}")
     seconds = time.perf_counter() - started
     log(f"validation: predicted {len(val_cases)} held-out cases in {seconds:.1f} s")
     report = evaluate_folder(output, model_folder.reference_labels, model_folder.info.labels, ending, case_ids=val_cases)
