@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,13 +164,13 @@ def _case_id(path: Path) -> str:
 def convert(src: Path, out: Path, overwrite: bool = False, progress=None, workers: int | None = None) -> ConversionSummary:
     task = read_msd_task(src)
     with RawDatasetBuilder(out, _SUFFIX, overwrite, progress) as builder:
-        for split in ("Tr", "Ts"):
-            builder.path(f"images{split}/.keep").parent.mkdir(exist_ok=True)
-        builder.path("labelsTr/.keep").parent.mkdir(exist_ok=True)
+        for folder in ("imagesTr", "imagesTs", "labelsTr"):  # the workers write into them
+            (builder.staging / folder).mkdir()
         channels = len(task.channel_names)
         jobs = [_CaseJob(_case_id(image), image, label, channels, builder.staging, "Tr") for image, label in task.training]
         jobs += [_CaseJob(_case_id(image), image, None, channels, builder.staging, "Ts") for image in task.test]
-        duplicates = {job.case_id for job in jobs if sum(j.case_id == job.case_id and j.split == job.split for j in jobs) > 1}
+        listed = Counter((job.case_id, job.split) for job in jobs)
+        duplicates = {case_id for (case_id, _), count in listed.items() if count > 1}
         if duplicates:
             raise DatasetError(f"{src}/dataset.json: case(s) listed twice: {', '.join(sorted(duplicates))}")
         report = (lambda done, total: progress(done)) if progress else None
