@@ -13,8 +13,9 @@ from medseg.paths import DEFAULT_PLANS_NAME, configuration_model_folder, default
 
 @dataclass
 class TrainingBudget:
-    """How training minutes are shared: a total split over the runs (configuration x fold) still
-    to train, or the same minutes for every run, resumed or not (what compare gives each family)."""
+    """How training minutes are shared: a total for every run (configuration x fold) still to
+    train, their final validations included, or the same training minutes for every run, resumed
+    or not (what compare gives each family)."""
 
     total_minutes: float | None = None
     per_run_minutes: float | None = None
@@ -23,11 +24,19 @@ class TrainingBudget:
         if self.total_minutes is not None and self.per_run_minutes is not None:
             raise MedsegError("give --time-budget (total) or --time-budget-per-run, not both")
 
-    def run_minutes(self, remaining_runs: int) -> float | None:
-        """One run's minutes when ``remaining_runs`` are still to train (None: no time budget)."""
+    def run_minutes(self, remaining_runs: int, spent_minutes: float = 0.0, run_overhead_minutes: float = 0.0) -> float | None:
+        """One run's training minutes when ``remaining_runs`` are still to train (None: no time
+        budget). A total covers the runs' final validations too: ``spent_minutes`` since the first
+        run started are taken off, and each run's training stops ``run_overhead_minutes`` (what a
+        finished run took beyond its training minutes) early, so the whole stage ends near the
+        total; a run never gets less than a quarter of an even split of the total."""
         if self.per_run_minutes is not None:
             return self.per_run_minutes
-        return self.total_minutes / max(remaining_runs, 1) if self.total_minutes else None
+        if not self.total_minutes:
+            return None
+        runs = max(remaining_runs, 1)
+        share = (self.total_minutes - spent_minutes) / runs - run_overhead_minutes
+        return max(share, self.total_minutes / runs / 4)
 
     def planned_run_seconds(self, planned_runs: int) -> float | None:
         """One run's seconds as the planner sizes for them, before any run has trained."""

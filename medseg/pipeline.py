@@ -6,6 +6,7 @@ problem comes from the registered task (medseg.tasks) of the model family being 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -255,6 +256,7 @@ def run_plan_and_train(
     remaining = [(n, f) for n, f in runs if not finished(n, f)]
     if len(chosen) > 1 and experiment.task.keeps_probabilities:
         options = replace(options, save_probabilities=True)  # the configuration search scores ensembles on them
+    started, overheads = time.monotonic(), []  # overheads: minutes each run took beyond its training minutes
     for name, fold in runs:
         if finished(name, fold):
             log(f"{name} fold {fold}: already trained")
@@ -263,13 +265,17 @@ def run_plan_and_train(
             cascades.remove(name)
             run_preprocess(experiment, [name], workers)
             log(f"preprocessing {name}: done")
-        minutes = budget.run_minutes(len(remaining))
+        minutes = budget.run_minutes(
+            len(remaining) - len(overheads), (time.monotonic() - started) / 60, sum(overheads) / len(overheads) if overheads else 0.0
+        )
         run_options = replace(
             options, time_budget_s=minutes * 60 if minutes else options.time_budget_s,
             continue_training=(experiment.model_folder_path(name) / f"fold_{fold}" / "checkpoint_latest.pt").is_file(),
         )
         log(f"{name} fold {fold}:")
+        run_started = time.monotonic()
         run_train(experiment, name, fold, run_options, log)
+        overheads.append(max((time.monotonic() - run_started) / 60 - (minutes or 0.0), 0.0))
     reports = {}
     task = experiment.task
     if all(f != "all" for f in folds) and task.crossval is not None:

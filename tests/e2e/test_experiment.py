@@ -64,8 +64,11 @@ def test_a_five_fold_plan_and_train_parses_dataset_json_and_the_plans_once(tmp_p
 def test_the_budget_split():
     total = TrainingBudget(total_minutes=10)
     assert total.run_minutes(5) == 2 and total.run_minutes(2) == 5 and total.planned_run_seconds(5) == 120
+    # the total covers the final validations: what is spent is taken off, each run stops its overhead early
+    assert total.run_minutes(4, spent_minutes=3, run_overhead_minutes=0.5) == 1.25
+    assert total.run_minutes(2, spent_minutes=12, run_overhead_minutes=1) == 1.25  # overrun: a quarter of an even split
     per_run = TrainingBudget(per_run_minutes=3)
-    assert per_run.run_minutes(5) == per_run.run_minutes(1) == 3
+    assert per_run.run_minutes(5) == per_run.run_minutes(1) == per_run.run_minutes(1, spent_minutes=30, run_overhead_minutes=2) == 3
     assert TrainingBudget().run_minutes(3) is None and TrainingBudget().planned_run_seconds(3) is None
     with pytest.raises(MedsegError, match="not both"):
         TrainingBudget(total_minutes=10, per_run_minutes=3)

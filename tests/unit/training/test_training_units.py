@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from medseg.evaluation.metrics import case_metrics, dice, surface_metrics
 from medseg.tasks.segmentation.evaluation.postprocessing import keep_largest_component
-from medseg.tasks.segmentation.inference.sliding_window import gaussian_importance, predict_logits, window_starts
+from medseg.tasks.segmentation.inference.sliding_window import fastest_windows_per_batch, gaussian_importance, predict_logits, window_starts
 from medseg.tasks.segmentation.preprocessing.normalization import normalize_channel
 from medseg.tasks.segmentation.preprocessing.resampling import coarse_axis, resample_image, resample_labels
 from medseg.tasks.segmentation.training.augmentation import AugmentationSettings, spatial_transform
@@ -102,6 +104,25 @@ def test_sliding_window_covers_everything_and_is_exact_for_pointwise_nets():
     with torch.no_grad():
         expected = network(data[None])[0]
     assert logits.shape == (2, 7, 30, 50) and torch.allclose(logits, expected, atol=1e-5)
+
+
+def test_windows_per_forward_pass_are_measured_and_do_not_change_the_logits():
+    class SlowForOneWindow(torch.nn.Module):  # a batch of one pays a fixed cost, as PyTorch's slow 3D conv path does
+        calls: list[int] = []
+
+        def forward(self, x):
+            self.calls.append(x.shape[0])
+            if x.shape[0] == 1:
+                time.sleep(0.05)
+            return torch.cat([x, -x], dim=1)
+
+    network = SlowForOneWindow()
+    assert fastest_windows_per_batch(network, (1, 8, 16, 16)) == 2
+    assert network.calls == [1, 1, 2, 2]  # a warm-up and a timed call of each
+    assert fastest_windows_per_batch(network, (1, 8, 16, 16)) == 2 and len(network.calls) == 4  # measured once
+    data = torch.randn(1, 20, 30, 40)
+    one, two = (predict_logits(network, data, (8, 16, 16), 2, 0.5, (0, 2), windows_per_batch=n) for n in (1, 2))
+    assert torch.allclose(one, two, atol=1e-6)
 
 
 @pytest.mark.parametrize("patch", [(16, 20, 20), (7, 12, 9), (64, 64)])

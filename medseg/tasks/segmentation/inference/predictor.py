@@ -17,7 +17,7 @@ from medseg.precision import check_precision, resolve_precision
 from medseg.tasks.segmentation.preprocessing.case import CaseProperties, preprocess_case
 from medseg.tasks.segmentation.cascade import with_previous_stage
 from medseg.tasks.segmentation.preprocessing.resampling import coarse_axis, resample_probabilities
-from medseg.tasks.segmentation.inference.sliding_window import predict_logits
+from medseg.tasks.segmentation.inference.sliding_window import fastest_windows_per_batch, predict_logits
 
 
 def chosen_mirror_axes(mirror: bool | Sequence[int], allowed: tuple[int, ...], folder: Path) -> tuple[int, ...]:
@@ -105,8 +105,8 @@ class Predictor:
         self.model_folder, self.folder = model_folder, model_folder.path
         self.plans, self.configuration = model_folder.plans, model_folder.configuration
         self.mirror_axes = check_predictor_folder(model_folder, mirror)
-        if windows_per_batch is None:  # GPUs: 4 windows per forward ran 1.6x faster than 1 (bench/results/gpu_inference.json)
-            windows_per_batch = 4 if device.type == "cuda" else 1
+        if windows_per_batch is None and device.type == "cuda":  # 4 windows per forward ran 1.6x faster than 1 (bench/results/gpu_inference.json)
+            windows_per_batch = 4
         self.device, self.step_fraction, self.windows_per_batch = device, step_fraction, windows_per_batch
         self.networks = [n.eval() for n in networks]
         self.folds, self.precision, self.postprocess = list(folds), precision, list(postprocess)
@@ -135,6 +135,10 @@ class Predictor:
 
     def _window(self, network, tensor: torch.Tensor) -> torch.Tensor:
         axes = [a for a in self.mirror_axes if a < tensor.ndim - 1]
+        if self.windows_per_batch is None:  # CPU: measured once per network and window (sliding_window)
+            measurable = isinstance(network, torch.nn.Module) and self.precision == "float32"
+            window = (tensor.shape[0], *self.configuration.patch_size)
+            self.windows_per_batch = fastest_windows_per_batch(network, window) if measurable else 1
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
             return predict_logits(
                 network, tensor, self.configuration.patch_size, self.plans.num_classes,
