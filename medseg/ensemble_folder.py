@@ -57,8 +57,8 @@ class EnsembleModelFolder(ModelFolder):
             members.append(open_member(member_path))
         first = members[0]
         for member in members[1:]:
-            if member.info.labels != first.info.labels or member.plans.channel_names != first.plans.channel_names:
-                raise MedsegError(f"{source}: members {first.path.name} and {member.path.name} differ in labels or input channels")
+            if member.info.labels != first.info.labels or member.plans.channel_names != first.plans.channel_names or member.scoring() != first.scoring():
+                raise MedsegError(f"{source}: members {first.path.name} and {member.path.name} differ in labels, regions or input channels")
             if member.info.task != first.info.task:
                 raise MedsegError(f"{source}: members {first.path.name} and {member.path.name} are of different tasks ({first.info.task}, {member.info.task})")
         classes = decision.get("largest_component_classes", [])

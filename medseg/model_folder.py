@@ -187,6 +187,11 @@ class ModelFolder:
         return module_states(load_checkpoint(path), path)
 
     # ---------------------------------------------------------------------- cross-validation results
+    def scoring(self) -> dict:
+        """How its predictions are scored (medseg.evaluation.report.evaluate_folder): regions instead
+        of labels for a region-based model, and the reference's ignore label."""
+        return {"regions": self.plans.regions, "ignore_label": self.plans.ignore_label}
+
     def postprocessing(self) -> dict:
         path = self.path / "postprocessing.json"
         if not path.is_file():

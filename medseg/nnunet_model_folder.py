@@ -8,8 +8,9 @@ output format. Neither nnunetv2 nor dynamic_network_architectures is imported: t
 
 Supported: PlainConvUNet and ResidualEncoderUNet (the ResEnc presets) configurations (2d,
 3d_fullres, 3d_lowres, and 3d_cascade_fullres with its 3d_lowres folder beside it) read by
-SimpleITKIO, NaturalImage2DIO or NibabelIO. Refused, naming what is unsupported: other networks,
-region-based labels, other readers, custom normalisation or resampling. Like ``nnUNetv2_predict``,
+SimpleITKIO, NaturalImage2DIO or NibabelIO, region-based models (sigmoid outputs written in
+regions_class_order) and the ignore label included. Refused, naming what is unsupported: other
+networks, other readers, custom normalisation or resampling. Like ``nnUNetv2_predict``,
 no postprocessing is applied (nnU-Net keeps it in a pickle that ``nnUNetv2_apply_postprocessing``
 applies separately)."""
 
@@ -159,19 +160,25 @@ def _resampling(configuration: dict, source: Path) -> dict:
     }
 
 
-def _labels(dataset: dict, source: Path) -> dict[str, int]:
-    labels = dataset.get("labels")
-    if not isinstance(labels, dict) or not labels:
+def _labels(dataset: dict, source: Path) -> tuple[dict[str, int], dict[str, list[int]] | None, int | None]:
+    """(label map, regions, ignore label), read as medseg reads a raw dataset.json (medseg.data.layout):
+    a region-based model's sigmoid outputs write their regions_class_order values; the ignore
+    label is trained around, never predicted."""
+    from medseg.data.layout import parse_labels
+    from medseg.errors import DatasetError
+
+    if not isinstance(dataset.get("labels"), dict) or not dataset["labels"]:
         raise MedsegError(f"{source}: dataset.json has no labels")
-    if any(isinstance(v, (list, tuple)) for v in labels.values()) or "regions_class_order" in dataset:
-        raise MedsegError(f"{source}: region-based nnU-Net models (labels with lists of values) are not supported")
-    # the ignore label is trained around, never predicted
-    return {str(k): int(v) for k, v in labels.items() if str(k) != "ignore"}
+    try:
+        return parse_labels(dataset, source)
+    except DatasetError as error:
+        raise MedsegError(str(error)) from None
 
 
 def translate_plans(plans: dict, dataset: dict, configuration_name: str, source: Path) -> Plans:
     """nnU-Net plans.json (+ dataset.json) -> medseg Plans holding the one configuration."""
     reader = plans.get("image_reader_writer", "SimpleITKIO")
+    labels, regions, ignore_label = _labels(dataset, source)
     configuration = resolved_configuration(plans, configuration_name, source)
     forward = [int(a) for a in plans.get("transpose_forward", [0, 1, 2])]
     if reader in REVERSED_AXIS_ORDER_READERS:
@@ -222,7 +229,9 @@ def translate_plans(plans: dict, dataset: dict, configuration_name: str, source:
         transpose_backward=backward,
         original_median_spacing=[float(s) for s in plans.get("original_median_spacing_after_transp", [])],
         original_median_shape=[int(s) for s in plans.get("original_median_shape_after_transp", [])],
-        labels=_labels(dataset, source),
+        labels=labels,
+        regions=regions,
+        ignore_label=ignore_label,
         channel_names=channel_names,
         foreground_intensity_properties_per_channel=intensities,
         configurations={configuration_name: translated},

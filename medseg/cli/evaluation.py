@@ -39,12 +39,14 @@ def evaluate(
         print_report_tables(task_for_dataset(CLASSIFICATION_LAYOUT), {"evaluation": report})
         return
 
+    from medseg.data.layout import parse_labels
+
     try:
         content = json.loads(dataset_json.read_text())
-        labels = {k: int(v) for k, v in content["labels"].items()}
         ending = content["file_ending"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise MedsegError(f"{dataset_json}: cannot read labels and file_ending ({error})") from None
+    labels, regions, ignore_label = parse_labels(content, dataset_json)  # regions and the ignore label as training scores them
     tolerances = {}
     for item in tolerance:
         name, _, value = item.rpartition("=")
@@ -54,7 +56,7 @@ def evaluate(
             raise MedsegError(f"--nsd-tolerance {item!r}: expected MM or CLASS=MM") from None
     report = evaluate_folder(
         predictions, references, labels, ending, tolerances, output=output or predictions / "summary.json", progress=progress_printer("evaluate"),
-        allow_missing=allow_missing,
+        allow_missing=allow_missing, regions=regions, ignore_label=ignore_label,
     )
     print_report_tables(task_for_dataset(SEGMENTATION_LAYOUT), {"evaluation": report})
     for case_id, problem in report["scored_as_empty"].items():

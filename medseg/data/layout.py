@@ -49,7 +49,11 @@ class DatasetDescription:
     task_type: str  # the layout, one of DATASET_TYPES (not a task: several tasks learn from one layout)
     channel_names: dict[int, str]
     file_ending: str
-    labels: dict[str, int] = field(default_factory=dict)  # segmentation: name -> value
+    # segmentation: the label map a model outputs, name -> value (without "ignore"; for a
+    # region-based dataset each region's name -> its value in regions_class_order)
+    labels: dict[str, int] = field(default_factory=dict)
+    regions: dict[str, list[int]] | None = None  # region-based: region name -> the reference label values it covers
+    ignore_label: int | None = None  # reference voxels of this value are left out of training and scoring
     classes: list[str] = field(default_factory=list)  # classification
     multi_label: bool = False
     num_training: int | None = None
@@ -61,7 +65,11 @@ class DatasetDescription:
 
     @property
     def label_values(self) -> set[int]:
-        return set(self.labels.values())
+        """The values a reference label map may hold."""
+        values = set(self.labels.values()) | {0}
+        for region in (self.regions or {}).values():
+            values |= set(region)
+        return values | ({self.ignore_label} if self.ignore_label is not None else set())
 
 
 @dataclass
@@ -75,6 +83,66 @@ class Case:
 def _flatten_label_value(value) -> list[int]:
     # region-based datasets declare regions as lists of label values
     return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+IGNORE = "ignore"  # nnU-Net's name for the label of unannotated voxels
+
+
+def _parse_labels(description: DatasetDescription, labels: dict, class_order, path: Path, problems: list[str]) -> None:
+    """nnU-Net v2's labels: name -> value, or name -> list of values (a region) with
+    ``regions_class_order``; an ``ignore`` label (the highest value) marks unannotated voxels."""
+    flat = {name: _flatten_label_value(value) for name, value in labels.items()}
+    if IGNORE in flat:
+        ignore = flat.pop(IGNORE)
+        if len(ignore) != 1:
+            problems.append(f"{path}: the '{IGNORE}' label must be one value, got {labels[IGNORE]}")
+        else:
+            description.ignore_label = ignore[0]
+            highest = max(v for values in flat.values() for v in values) if flat else 0
+            if ignore[0] <= highest:
+                problems.append(f"{path}: the '{IGNORE}' label must have the highest value (nnU-Net's rule), got {ignore[0]} with labels up to {highest}")
+    if 0 not in {v for values in flat.values() for v in values}:
+        problems.append(f"{path}: 'labels' must declare background as 0")
+    regional = any(isinstance(value, (list, tuple)) for name, value in labels.items() if name != IGNORE)
+    if not regional:
+        if class_order is not None:
+            problems.append(f"{path}: 'regions_class_order' is given but no label is a region (a list of values)")
+        plain = [values[0] for values in flat.values()]
+        if len(plain) != len(set(plain)):
+            problems.append(f"{path}: two label names share one value: {labels}")
+        description.labels = {name: values[0] for name, values in flat.items()}
+        return
+    regions = {name: values for name, values in flat.items() if values != [0]}
+    background = [name for name, values in flat.items() if values == [0]]
+    if not isinstance(class_order, list) or len(class_order) != len(regions):
+        problems.append(
+            f"{path}: region-based labels need 'regions_class_order', one label value per region ({len(regions)}: {', '.join(regions)}), "
+            f"got {class_order!r}"
+        )
+        return
+    order = [int(v) for v in class_order]
+    if len(set(order)) != len(order) or 0 in order:
+        problems.append(f"{path}: 'regions_class_order' must give each region its own non-zero value, got {class_order}")
+        return
+    description.regions = regions
+    description.labels = {**{name: 0 for name in background[:1]}, **dict(zip(regions, order))}
+
+
+def parse_labels(content: dict, source: Path) -> tuple[dict[str, int], dict[str, list[int]] | None, int | None]:
+    """(label map, regions, ignore label) of a dataset.json's content; a problem is an error naming ``source``."""
+    description = DatasetDescription(Path(source).parent, "", SEGMENTATION_LAYOUT, {}, "")
+    problems: list[str] = []
+    labels = content.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        problems.append(f"{source}: 'labels' must map names to values, e.g. {{\"background\": 0, \"liver\": 1}}")
+    else:
+        try:
+            _parse_labels(description, labels, content.get("regions_class_order"), Path(source), problems)
+        except (TypeError, ValueError):
+            problems.append(f"{source}: label values must be integers, got {labels}")
+    if problems:
+        raise DatasetError("; ".join(problems))
+    return description.labels, description.regions, description.ignore_label
 
 
 def parse_dataset_json(folder: Path) -> tuple[DatasetDescription | None, list[str]]:
@@ -113,20 +181,8 @@ def parse_dataset_json(folder: Path) -> tuple[DatasetDescription | None, list[st
         if not isinstance(labels, dict) or not labels:
             problems.append(f"{path}: 'labels' must map names to values, e.g. {{\"background\": 0, \"liver\": 1}}")
         else:
-            unsupported = [name for name, value in labels.items() if isinstance(value, (list, tuple)) or name == "ignore"]
-            if unsupported:  # trained as plain classes they would give silently wrong models
-                problems.append(
-                    f"{path}: region-based labels (lists of values) and the 'ignore' label are not supported yet "
-                    f"({', '.join(unsupported)}); convert regions to plain labels or remove them"
-                )
             try:
-                flat = {name: _flatten_label_value(value) for name, value in labels.items()}
-                description.labels = {name: max(values) for name, values in flat.items()}
-                if 0 not in {v for values in flat.values() for v in values}:
-                    problems.append(f"{path}: 'labels' must declare background as 0")
-                plain = [values[0] for values in flat.values() if len(values) == 1]
-                if len(plain) != len(set(plain)):
-                    problems.append(f"{path}: two label names share one value: {labels}")
+                _parse_labels(description, labels, raw.get("regions_class_order"), path, problems)
             except (TypeError, ValueError):
                 problems.append(f"{path}: label values must be integers, got {labels}")
     else:

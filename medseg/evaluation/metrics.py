@@ -51,15 +51,27 @@ def surface_metrics(prediction: np.ndarray, reference: np.ndarray, spacing: Sequ
     return float(nsd), float(hd95)
 
 
+def scored_classes(labels: dict[str, int], regions: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
+    """What is scored: each foreground label (its value), or each region (the values it covers,
+    found in the reference and in the region model's label map alike)."""
+    if regions:
+        return {name: list(values) for name, values in regions.items()}
+    return {name: [value] for name, value in labels.items() if value != 0}
+
+
 def case_metrics(
-    prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float], labels: dict[str, int], tolerances_mm: dict[str, float]
+    prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float], labels: dict[str, int], tolerances_mm: dict[str, float],
+    regions: dict[str, list[int]] | None = None, ignore_label: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Label maps (*spatial) -> {class name: {"dice", "nsd", "hd95", "voxels_reference", "voxels_prediction"}}."""
+    """Label maps (*spatial) -> {class name: {"dice", "nsd", "hd95", "voxels_reference", "voxels_prediction"}}.
+    ``regions``: score regions (nnU-Net's region-based datasets) instead of labels; ``ignore_label``:
+    reference voxels of that value are left out (prediction and reference both count as background there)."""
+    if ignore_label is not None:
+        annotated = reference != ignore_label
+        prediction, reference = np.where(annotated, prediction, 0), np.where(annotated, reference, 0)
     result = {}
-    for name, value in labels.items():
-        if value == 0:
-            continue
-        p, r = prediction == value, reference == value
+    for name, values in scored_classes(labels, regions).items():
+        p, r = np.isin(prediction, values), np.isin(reference, values)
         nsd, hd95 = surface_metrics(p, r, spacing, tolerances_mm.get(name, tolerances_mm.get("default", 2.0)))
         result[name] = {"dice": dice(p, r), "nsd": nsd, "hd95": hd95, "voxels_reference": int(r.sum()), "voxels_prediction": int(p.sum())}
     return result

@@ -53,16 +53,28 @@ class Plans:
     foreground_intensity_properties_per_channel: dict[str, dict[str, float]]
     configurations: dict[str, ConfigurationPlan] = field(default_factory=dict)
     version: int = PLANS_VERSION
+    # region-based training (nnU-Net's): region name -> the reference values it covers, in
+    # regions_class_order; ``labels`` then maps each region to the value it writes in a label map
+    regions: dict[str, list[int]] | None = None
+    ignore_label: int | None = None  # reference value of unannotated voxels: no loss, no score there
 
     @property
     def num_classes(self) -> int:
-        """Network outputs: background plus every declared label value."""
+        """Network outputs: background plus every declared label value; one per region (sigmoid) for
+        a region-based model."""
+        if self.regions:
+            return len(self.regions)
         return max(self.labels.values()) + 1
 
     def input_channels(self, configuration: ConfigurationPlan) -> int:
         """The network's input channels: the image's, plus for a cascade stage one per foreground
         class of the previous stage's segmentation (medseg.tasks.segmentation.cascade)."""
-        return len(self.channel_names) + (self.num_classes - 1 if configuration.previous_stage else 0)
+        return len(self.channel_names) + (self.label_map_size - 1 if configuration.previous_stage else 0)
+
+    @property
+    def label_map_size(self) -> int:
+        """1 + the highest value of a predicted label map (a cascade's one-hot channels count these)."""
+        return max(self.labels.values()) + 1
 
     def configuration(self, name: str) -> ConfigurationPlan:
         try:

@@ -190,6 +190,32 @@ def test_nnunet_cascade_model_folder_predicts_as_nnunetv2_does(tmp_path):
 
 
 @pytest.mark.slow
+def test_nnunet_region_based_model_folder_predicts_as_nnunetv2_does(tmp_path):
+    """A region-based model (nested regions, sigmoid outputs, regions_class_order) trained by nnunetv2."""
+    require_peer("nnunetv2")
+    from tests.e2e.test_regions_and_ignore import _dataset
+
+    work = tmp_path / "work"
+    _dataset(work / "raw" / "Dataset994_Regions", {"background": 0, "whole": [1, 2], "core": 2}, {"regions_class_order": [1, 2]}, cases=6)
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.peers.nnunet_train", str(work / "raw"), "994", str(work), "3d_fullres", "30"],
+        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    model = Path([line for line in result.stdout.splitlines() if line.startswith("MODEL=")][-1][len("MODEL="):])
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "other_0000.nii.gz").symlink_to(work / "raw" / "Dataset994_Regions" / "imagesTr" / "case_001_0000.nii.gz")
+    _nnunet_predicts(work, model, inputs, tmp_path / "nnunet")
+    run_cli("predict", "-m", model, "-i", inputs, "-o", tmp_path / "medseg", "--save-probabilities", "--precision", "float32", check=True)
+    mine, reference = read_image(tmp_path / "medseg" / "other.nii.gz"), read_image(tmp_path / "nnunet" / "other.nii.gz")
+    assert len(np.unique(reference.array)) > 1 and set(np.unique(reference.array)) <= {0, 1, 2}
+    assert (mine.array == reference.array).mean() > 0.999
+    difference = np.abs(np.load(tmp_path / "medseg" / "other.probabilities.npz")["probabilities"] - np.load(tmp_path / "nnunet" / "other.npz")["probabilities"])
+    assert difference.mean() < 1e-3, difference.mean()
+
+
+@pytest.mark.slow
 def test_nnunet_resenc_model_folder_predicts_as_nnunetv2_does(tmp_path):
     """A ResEnc M model trained by nnunetv2 (nnUNetPlannerResEncM) runs as medseg's resenc_unet."""
     work = tmp_path / "work"

@@ -30,7 +30,9 @@ class SegmentationRun:
     def __init__(self, context: RunContext):
         from medseg.models.registry import build_model
         from medseg.tasks.segmentation.training.augmentation import augmentation_for
-        from medseg.tasks.segmentation.training.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_scales, deep_supervision_weights
+        from medseg.tasks.segmentation.training.losses import (
+            DeepSupervisionLoss, DiceCELoss, RegionDiceBCELoss, deep_supervision_scales, deep_supervision_weights,
+        )
 
         self.context = context
         plans, configuration, options = context.plans, context.configuration, context.options
@@ -38,7 +40,13 @@ class SegmentationRun:
         self.network = build_model(configuration.architecture, plans.input_channels(configuration), self.num_classes, deep_supervision=True)
         self.modules = {"network": self.network}
         self.scales = deep_supervision_scales(configuration.architecture["kwargs"]["strides"])
-        self.loss = DeepSupervisionLoss(DiceCELoss(configuration.batch_dice), deep_supervision_weights(len(self.scales)))
+        self.regions = list(plans.regions.values()) if plans.regions else None
+        self.ignore_label = plans.ignore_label
+        if self.regions:
+            loss = RegionDiceBCELoss(self.regions, configuration.batch_dice, ignore_label=self.ignore_label)
+        else:
+            loss = DiceCELoss(configuration.batch_dice, ignore_label=self.ignore_label)
+        self.loss = DeepSupervisionLoss(loss, deep_supervision_weights(len(self.scales)))
         optimizer = options.optimizer or configuration.training.get("optimizer", "sgd")
         planned_rate = configuration.training.get("learning_rate") if optimizer == configuration.training.get("optimizer") else None
         self.learning_rate = options.learning_rate or planned_rate or DEFAULT_LR[optimizer]
@@ -64,7 +72,7 @@ class SegmentationRun:
         sampler = PatchSampler(
             context.data_folder, cases, patch_size=context.configuration.patch_size, batch_size=self.batch_size,
             augmentation=self.augmentation if split == "train" else None, deep_supervision_scales=self.scales, seed=seed,
-            previous_stage_classes=self.num_classes if context.configuration.previous_stage else 0,
+            previous_stage_classes=context.plans.label_map_size if context.configuration.previous_stage else 0,
         )
         return batch_stream(sampler, seed, background)
 
@@ -83,11 +91,20 @@ class SegmentationRun:
         data, targets = self._to_device(batch)
         outputs = models["network"](data)
         loss = float(self.loss(outputs, targets).item())
-        prediction, reference = outputs[0].argmax(1), targets[0][:, 0]
-        counts = np.zeros((3, self.num_classes - 1))
-        for value in range(1, self.num_classes):
-            p, r = prediction == value, reference == value
-            counts[:, value - 1] = [(p & r).sum().item(), (p & ~r).sum().item(), (~p & r).sum().item()]
+        reference = targets[0][:, 0]
+        annotated = reference != self.ignore_label if self.ignore_label is not None else torch.ones_like(reference, dtype=torch.bool)
+        if self.regions:  # one sigmoid per region, each scored against the voxels its values cover
+            from medseg.tasks.segmentation.training.losses import region_targets
+
+            predicted, expected = outputs[0] > 0, region_targets(reference, self.regions) > 0
+            pairs = [(predicted[:, r], expected[:, r]) for r in range(len(self.regions))]
+        else:
+            prediction = outputs[0].argmax(1)
+            pairs = [(prediction == value, reference == value) for value in range(1, self.num_classes)]
+        counts = np.zeros((3, len(pairs)))
+        for index, (p, r) in enumerate(pairs):
+            p, r = p & annotated, r & annotated
+            counts[:, index] = [(p & r).sum().item(), (p & ~r).sum().item(), (~p & r).sum().item()]
         return loss, counts
 
     def score(self, totals: np.ndarray) -> tuple[float, dict]:

@@ -93,8 +93,6 @@ def test_broken_dataset_json_is_reported(tmp_path):
     assert any("background as 0" in m for m in messages)
     (folder / "dataset.json").write_text("{not json")
     assert "not valid JSON" in check_dataset(folder).problems[0].message
-    (folder / "dataset.json").write_text('{"channel_names": {"0": "MR"}, "file_ending": ".nii.gz", "labels": {"background": 0, "whole": [1, 2], "ignore": 3}}')
-    assert any("not supported yet (whole, ignore)" in p.message for p in check_dataset(folder).problems)
 
 
 def test_cli_check_exit_codes_and_listing(two_channel_dataset, tmp_path):

@@ -20,8 +20,9 @@ from medseg.inference.probabilities import PROBABILITIES_SUFFIX, load_probabilit
 from medseg.io import read_image, write_image
 from medseg.model_folder import ModelFolder
 from medseg.ensemble_folder import ENSEMBLE_FILE, ENSEMBLES_FOLDER, write_ensemble_folder
-from medseg.tasks.segmentation.evaluation.ensembles import mean_probabilities, most_likely_labels
-from medseg.tasks.segmentation.evaluation.postprocessing import apply_postprocessing, choose_postprocessing
+from medseg.tasks.segmentation.evaluation.ensembles import mean_probabilities
+from medseg.tasks.segmentation.inference.label_maps import labels_from_probabilities
+from medseg.tasks.segmentation.evaluation.postprocessing import apply_postprocessing, decide_postprocessing
 
 BEST_FILE = "best_configuration.json"
 
@@ -57,8 +58,8 @@ def _score_single(folder: ModelFolder) -> Candidate:
 
 
 def _why_not_ensemble(first: ModelFolder, second: ModelFolder, cases: tuple[dict, dict]) -> str | None:
-    if first.info.labels != second.info.labels:
-        return f"labels differ ({first.info.labels} vs {second.info.labels})"
+    if first.info.labels != second.info.labels or first.scoring() != second.scoring():
+        return f"labels, regions or ignore label differ ({first.info.labels} vs {second.info.labels})"
     if first.info.file_ending != second.info.file_ending or first.reference_labels != second.reference_labels:
         return "trained on different datasets"
     if set(cases[0]) != set(cases[1]):
@@ -91,8 +92,8 @@ def _score_ensemble(first: ModelFolder, second: ModelFolder, results: Path, log:
             for member, folds in zip((first, second), cases)
         ]
         geometry = read_image(first.fold_folder(cases[0][case_id]) / "validation" / f"{case_id}{ending}")
-        write_image(geometry.with_array(most_likely_labels(mean_probabilities(members))[None]), pooled / f"{case_id}{ending}")
-    report = evaluate_folder(pooled, first.reference_labels, first.info.labels, ending, case_ids=sorted(cases[0]))
+        write_image(geometry.with_array(labels_from_probabilities(mean_probabilities(members), first.plans)[None]), pooled / f"{case_id}{ending}")
+    report = evaluate_folder(pooled, first.reference_labels, first.info.labels, ending, case_ids=sorted(cases[0]), **first.scoring())
     dice = (report.get("foreground_mean") or {}).get("dice")
     log(f"{name}: cross-validation foreground Dice {dice:.4f}" if dice is not None else f"{name}: no foreground Dice")
     return Candidate(name, [first, second], dice, folder, report=report)
@@ -107,14 +108,14 @@ def _postprocessing_of(candidate: Candidate) -> dict:
     case_ids = [p.name[: -len(ending)] for p in sorted(pooled.glob(f"*{ending}"))]
     predictions = {c: read_image(pooled / f"{c}{ending}").array[0] for c in case_ids}
     references = {c: read_image(member.reference_labels / f"{c}{ending}").array[0] for c in case_ids}
-    decision = choose_postprocessing(predictions, references, [v for v in member.info.labels.values() if v != 0])
+    decision = decide_postprocessing(member, predictions, references)
     if decision["largest_component_classes"]:
         processed = {c: apply_postprocessing(p, decision["largest_component_classes"]) for c, p in predictions.items()}
         target = candidate.folder / "crossval_predictions_postprocessed"
         target.mkdir(exist_ok=True)
         for case_id, labels in processed.items():
             write_image(read_image(pooled / f"{case_id}{ending}").with_array(labels[None]), target / f"{case_id}{ending}")
-        after = evaluate_folder(target, member.reference_labels, member.info.labels, ending, case_ids=case_ids)
+        after = evaluate_folder(target, member.reference_labels, member.info.labels, ending, case_ids=case_ids, **member.scoring())
         candidate.report["postprocessed"] = {"mean": after["mean"], "foreground_mean": after["foreground_mean"]}
     return decision
 

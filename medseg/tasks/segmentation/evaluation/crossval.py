@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 
 from medseg.errors import MedsegError
-from medseg.tasks.segmentation.evaluation.postprocessing import apply_postprocessing, choose_postprocessing
+from medseg.tasks.segmentation.evaluation.postprocessing import apply_postprocessing, decide_postprocessing
 from medseg.evaluation.report import evaluate_folder, write_report
 from medseg.io import read_image, write_image
 from medseg.model_folder import ModelFolder
@@ -26,11 +26,11 @@ def collect_crossval(model_folder: ModelFolder, folds: list[str]) -> dict:
             shutil.copyfile(path, pooled / path.name)
     case_ids = [p.name[: -len(ending)] for p in sorted(pooled.glob(f"*{ending}"))]
     references_folder = model_folder.reference_labels
-    report = evaluate_folder(pooled, references_folder, labels, ending, case_ids=case_ids)
+    report = evaluate_folder(pooled, references_folder, labels, ending, case_ids=case_ids, **model_folder.scoring())
     # largest-component postprocessing, kept where it helps
     predictions = {c: read_image(pooled / f"{c}{ending}").array[0] for c in case_ids}
     references = {c: read_image(references_folder / f"{c}{ending}").array[0] for c in case_ids}
-    decision = choose_postprocessing(predictions, references, [v for v in labels.values() if v != 0])
+    decision = decide_postprocessing(model_folder, predictions, references)
     model_folder.write_postprocessing(decision)
     if decision["largest_component_classes"]:
         processed = model_folder.path / "crossval_predictions_postprocessed"
@@ -38,7 +38,7 @@ def collect_crossval(model_folder: ModelFolder, folds: list[str]) -> dict:
         for case_id in case_ids:
             image = read_image(pooled / f"{case_id}{ending}")
             write_image(image.with_array(apply_postprocessing(image.array[0], decision["largest_component_classes"])[None]), processed / f"{case_id}{ending}")
-        report_post = evaluate_folder(processed, references_folder, labels, ending, case_ids=case_ids)
+        report_post = evaluate_folder(processed, references_folder, labels, ending, case_ids=case_ids, **model_folder.scoring())
         report["postprocessed"] = {"mean": report_post["mean"], "foreground_mean": report_post["foreground_mean"]}
     report["folds"] = folds
     write_report(model_folder.crossval_summary_path(), report)

@@ -1,4 +1,4 @@
-"""Ensembles of segmentation models: the members' softmax
+"""Ensembles of segmentation models: the members' softmax (or region sigmoid)
 probabilities (in the image's original geometry) averaged, then the most likely label, as nnU-Net
 ensembles configurations."""
 
@@ -10,14 +10,10 @@ import numpy as np
 
 from medseg.errors import MedsegError
 
+
 def mean_probabilities(members: Sequence[np.ndarray]) -> np.ndarray:
     """members: each (K, *spatial) probabilities of one model -> their mean (K, *spatial)."""
     shapes = {m.shape for m in members}
     if len(shapes) != 1:
         raise MedsegError(f"ensemble members' probabilities differ in shape: {sorted(shapes)}")
     return np.mean(np.stack(members), axis=0)
-
-
-def most_likely_labels(probabilities: np.ndarray) -> np.ndarray:
-    """(K, *spatial) -> (*spatial) label values."""
-    return np.argmax(probabilities, axis=0).astype(np.uint8 if probabilities.shape[0] <= 256 else np.int16)

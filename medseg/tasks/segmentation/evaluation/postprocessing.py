@@ -28,8 +28,14 @@ def apply_postprocessing(labels: np.ndarray, classes: list[int]) -> np.ndarray:
     return labels
 
 
-def choose_postprocessing(predictions: dict[str, np.ndarray], references: dict[str, np.ndarray], label_values: list[int]) -> dict:
-    """Per class: mean Dice with and without largest-component filtering over the CV cases."""
+def choose_postprocessing(
+    predictions: dict[str, np.ndarray], references: dict[str, np.ndarray], label_values: list[int], ignore_label: int | None = None,
+) -> dict:
+    """Per class: mean Dice with and without largest-component filtering over the CV cases
+    (voxels the reference leaves unannotated, ``ignore_label``, count for neither)."""
+    if ignore_label is not None:
+        predictions = {c: np.where(references[c] == ignore_label, 0, p) for c, p in predictions.items()}
+        references = {c: np.where(r == ignore_label, 0, r) for c, r in references.items()}
     decisions = {}
     for value in label_values:
         before, after = [], []
@@ -40,3 +46,13 @@ def choose_postprocessing(predictions: dict[str, np.ndarray], references: dict[s
         mean_before, mean_after = np.nanmean(before), np.nanmean(after)
         decisions[str(value)] = {"dice_before": float(mean_before), "dice_after": float(mean_after), "apply": bool(mean_after > mean_before + 1e-4)}
     return {"largest_component_classes": [int(v) for v, d in decisions.items() if d["apply"]], "decisions": decisions}
+
+
+def decide_postprocessing(folder, predictions: dict[str, np.ndarray], references: dict[str, np.ndarray]) -> dict:
+    """A model folder's choice on its cross-validation predictions; none for a region-based model
+    (its label map's values are nested regions: keeping one value's largest component would cut
+    the regions inside it)."""
+    if folder.plans.regions:
+        return {"largest_component_classes": [], "decisions": {}, "not_decided": "region-based model"}
+    values = [v for v in folder.info.labels.values() if v != 0]
+    return choose_postprocessing(predictions, references, values, ignore_label=folder.plans.ignore_label)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from medseg.ensemble_folder import EnsembleModelFolder
 from medseg.errors import MedsegError
-from medseg.tasks.segmentation.evaluation.ensembles import mean_probabilities, most_likely_labels
+from medseg.tasks.segmentation.evaluation.ensembles import mean_probabilities
+from medseg.tasks.segmentation.inference.label_maps import labels_from_probabilities
 from medseg.tasks.segmentation.evaluation.postprocessing import apply_postprocessing
 from medseg.tasks.segmentation.inference.predictor import Prediction
 
@@ -23,7 +24,7 @@ class EnsemblePredictor:
     def predict_image(self, image, probabilities: bool = False, case_id: str = "case"):
         predictions = [member.predict_image(image, probabilities=True, case_id=case_id) for member in self.members]
         mean = mean_probabilities([p.probabilities for p in predictions])
-        labels = most_likely_labels(mean)
+        labels = labels_from_probabilities(mean, self.model_folder.plans)
         if self.postprocess:
             labels = apply_postprocessing(labels, self.postprocess)
         first = predictions[0]

@@ -16,6 +16,7 @@ from medseg.model_folder import ModelFolder
 from medseg.precision import check_precision, resolve_precision
 from medseg.tasks.segmentation.preprocessing.case import CaseProperties, preprocess_case
 from medseg.tasks.segmentation.cascade import with_previous_stage
+from medseg.tasks.segmentation.inference.label_maps import labels_from_probabilities
 from medseg.tasks.segmentation.preprocessing.resampling import coarse_axis, resample_probabilities
 from medseg.tasks.segmentation.inference.sliding_window import fastest_windows_per_batch, predict_logits
 
@@ -68,6 +69,12 @@ def check_segmentation_labels(folder: ModelFolder) -> None:
     if sorted(info_labels.values()) != sorted(plans_labels.values()):
         raise MedsegError(f"{source}: labels {info_labels} are not the labels the network was planned with ({plans_labels} in plans.json)")
     values = sorted(info_labels.values())
+    regions = folder.plans.regions
+    if regions:  # one output per region, each writing its own declared value
+        missing = [name for name in regions if name not in plans_labels or plans_labels[name] == 0]
+        if missing:
+            raise MedsegError(f"{folder.path / 'plans.json'}: regions {missing} have no label value (regions_class_order)")
+        return
     if len(values) < 2 or values != list(range(len(values))):
         raise MedsegError(f"{source}: labels {info_labels}: expected the values 0 (background) to {len(values) - 1}, one per network output")
 
@@ -153,14 +160,16 @@ class Predictor:
         logits = self._logits(data).numpy()
         axis = coarse_axis(props["target_spacing"], props["spacing_after_crop"], self.configuration.resampling["anisotropy_threshold"])
         logits = resample_probabilities(logits, props["shape_after_crop"], axis, self.configuration.resampling["out_of_plane_order"])
-        probs = torch.softmax(torch.from_numpy(logits), dim=0).numpy()
+        regions = bool(self.plans.regions)  # one sigmoid per region, else softmax over classes
+        probs = (torch.sigmoid if regions else lambda t: torch.softmax(t, dim=0))(torch.from_numpy(logits)).numpy()
         full = np.zeros((probs.shape[0], *props["shape_before_crop"]), dtype=np.float32)
-        full[0] = 1.0  # outside the crop box is background
+        if not regions:
+            full[0] = 1.0  # outside the crop box is background
         box = tuple(slice(a, b) for a, b in props["bbox"])
         full[(slice(None),) + box] = probs
         backward = self.plans.transpose_backward if full.ndim == 4 else list(range(full.ndim - 1))
         full = full.transpose([0, *[axis + 1 for axis in backward]])
-        labels = np.argmax(full, axis=0).astype(np.uint8 if full.shape[0] <= 256 else np.int16)
+        labels = labels_from_probabilities(full, self.plans)
         if self.postprocess:
             from medseg.tasks.segmentation.evaluation.postprocessing import apply_postprocessing
 
@@ -184,7 +193,7 @@ class Predictor:
         else:  # the cascade: the previous stage segments first; its labels, on this stage's grid, join the image
             previous = self.previous.predict_image(image, case_id=case_id).segmentation.array
             data, resampled, properties = preprocess_case(image, previous, self.plans, self.configuration, case_id)
-            data = with_previous_stage(data, resampled[0], self.plans.num_classes)
+            data = with_previous_stage(data, resampled[0], self.plans.label_map_size)
         return self.predict_preprocessed(data, properties, probabilities, source=image.metadata)
 
 

@@ -202,7 +202,7 @@ def plan_experiment(
     preset = preset or {}
     family = get_model_family(model)
     labels = {name: int(value) for name, value in description.labels.items()}
-    num_classes = max(labels.values()) + 1
+    num_classes = len(description.regions) if description.regions else max(labels.values()) + 1
     sizer = ConfigurationSizer(family, budget, description.num_channels, num_classes, model_options)
     target = fullres_target_spacing(fingerprint)
     if "min_spacing_mm" in preset:
@@ -275,6 +275,8 @@ def plan_experiment(
         original_median_spacing=[float(s) for s in np.median(spacings, axis=0)[forward]],
         original_median_shape=[int(round(s)) for s in np.median(np.array(fingerprint.shapes_after_crop), axis=0)[forward]],
         labels=labels,
+        regions={name: list(values) for name, values in description.regions.items()} if description.regions else None,
+        ignore_label=description.ignore_label,
         channel_names=list(fingerprint.channel_names),
         foreground_intensity_properties_per_channel=fingerprint.foreground_intensity_properties_per_channel,
         configurations=configurations,

@@ -111,12 +111,13 @@ def preprocess_cropped(
     return data, seg, properties
 
 
-def class_locations(seg: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-    """seg: (1, *S) -> per foreground value, up to MAX_LOCATIONS_PER_CLASS voxel coordinates (N, ndim)."""
+def class_locations(seg: np.ndarray, seed: int = 0, ignore_label: int | None = None) -> dict[str, np.ndarray]:
+    """seg: (1, *S) -> per foreground value (not the ignore label: patches are drawn towards
+    annotated structures), up to MAX_LOCATIONS_PER_CLASS voxel coordinates (N, ndim)."""
     rng = np.random.default_rng(seed)
     locations = {}
     for value in np.unique(seg[0]):
-        if value <= 0:
+        if value <= 0 or value == ignore_label:
             continue
         coordinates = np.argwhere(seg[0] == value)
         if len(coordinates) > MAX_LOCATIONS_PER_CLASS:

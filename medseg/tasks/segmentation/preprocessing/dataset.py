@@ -29,6 +29,7 @@ def data_signature(plans: Plans, configuration: ConfigurationPlan) -> dict:
     return {
         "transpose_forward": plans.transpose_forward,
         "labels": plans.labels,
+        **({"ignore_label": plans.ignore_label} if plans.ignore_label is not None else {}),
         "spacing": configuration.spacing,
         "normalization": configuration.normalization,
         "resampling": configuration.resampling,
@@ -81,7 +82,7 @@ def _preprocess_job(job: tuple[Case, Plans, ConfigurationPlan, Path, Path | None
             with atomic_path(folder / name) as temporary:
                 np.save(temporary, array)
         with atomic_path(folder / f"{case.case_id}_locations.npz") as temporary:
-            np.savez(temporary, **class_locations(seg))
+            np.savez(temporary, **class_locations(seg, ignore_label=plans.ignore_label))
         write_json_atomic(folder / f"{case.case_id}.json", properties.to_dict())  # last: marks the case done
         return case.case_id, None
     except MedsegError as error:

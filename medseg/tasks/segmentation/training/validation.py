@@ -34,14 +34,14 @@ def validate_fold(
     for case_id in val_cases:
         data, seg, properties = load_preprocessed_case(data_folder, case_id, mmap=False)
         if cascade:  # the previous stage's out-of-fold segmentation, as in training
-            data = with_previous_stage(data, seg[1], model_folder.plans.num_classes)
+            data = with_previous_stage(data, seg[1], model_folder.plans.label_map_size)
         prediction = predictor.predict_preprocessed(data, properties, probabilities=save_probabilities)
         write_image(prediction.segmentation, output / f"{case_id}{ending}")
         if save_probabilities:
             save_probabilities_npz(prediction.probabilities, output / f"{case_id}{PROBABILITIES_SUFFIX}")
     seconds = time.perf_counter() - started
     log(f"validation: predicted {len(val_cases)} held-out cases in {seconds:.1f} s")
-    report = evaluate_folder(output, model_folder.reference_labels, model_folder.info.labels, ending, case_ids=val_cases)
+    report = evaluate_folder(output, model_folder.reference_labels, model_folder.info.labels, ending, case_ids=val_cases, **model_folder.scoring())
     report["prediction_seconds_per_case"] = round(seconds / max(len(val_cases), 1), 3)
     write_report(output / "summary.json", report)
     return report
