@@ -13,8 +13,8 @@ from medseg.paths import DEFAULT_PLANS_NAME, configuration_model_folder, default
 
 @dataclass
 class TrainingBudget:
-    """How training minutes are shared: a total for every run (configuration x fold) still to
-    train, their final validations included, or the same training minutes for every run, resumed
+    """How training minutes are shared: a total for the whole run, shared by the runs
+    (configuration x fold) still to train, their final validations included, or the same training minutes for every run, resumed
     or not (what compare gives each family)."""
 
     total_minutes: float | None = None
@@ -26,10 +26,11 @@ class TrainingBudget:
 
     def run_minutes(self, remaining_runs: int, spent_minutes: float = 0.0, run_overhead_minutes: float = 0.0) -> float | None:
         """One run's training minutes when ``remaining_runs`` are still to train (None: no time
-        budget). A total covers the runs' final validations too: ``spent_minutes`` since the first
-        run started are taken off, and each run's training stops ``run_overhead_minutes`` (what a
-        finished run took beyond its training minutes) early, so the whole stage ends near the
-        total; a run never gets less than a quarter of an even split of the total."""
+        budget). A total covers the whole run (fingerprint, plans, preprocessing, the final
+        validations): ``spent_minutes`` since the run started are taken off, and each run's
+        training stops ``run_overhead_minutes`` (what a finished run took beyond its training
+        minutes) early, so the run ends near the total; a run never gets less than a quarter of
+        an even split of the total."""
         if self.per_run_minutes is not None:
             return self.per_run_minutes
         if not self.total_minutes:
