@@ -280,8 +280,11 @@ def run_plan_and_train(
     reports = {}
     task = experiment.task
     if all(f != "all" for f in folds) and task.crossval is not None:
+        from medseg.model_card import write_card
+
         for name in chosen:
             reports[name] = task.crossval(experiment.model_folder(name), list(folds))
+            write_card(experiment.model_folder(name))  # what is known now: data, cross-validation, checksums
     if len(reports) > 1:
         folders = [experiment.model_folder(name) for name in reports]
         choice = run_find_best(task, experiment.model_folder_path(chosen[0]).parent, folders, log)

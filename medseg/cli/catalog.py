@@ -42,8 +42,56 @@ def describe(
     if as_json:
         print(json.dumps(summary))
         return
+    card = summary.pop("card", None)
     for key, value in summary.items():
         console.print(f"{key}: {value}", highlight=False, soft_wrap=True, markup=False)
+    if card is None:
+        console.print("card: none (medseg card MODEL_FOLDER writes one)", highlight=False, markup=False)
+        return
+    for line in card_lines(card):
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+
+
+def card_lines(card: dict) -> list[str]:
+    """A model card as a person reads it."""
+    crossval = card.get("cross_validation", {})
+    foreground = crossval.get("foreground_mean", {})
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in foreground.items() if isinstance(v, (int, float))) or "not run"
+    data = card.get("training_data", {})
+    return [
+        f"card: {card.get('name')} version {card.get('version')}",
+        f"  licence: {card.get('licence')}",
+        f"  intended use: {card.get('intended_use')}",
+        f"  limits: {card.get('limits')}",
+        f"  authors: {card.get('authors')}",
+        f"  training data: {data.get('dataset')}, {data.get('cases')} cases, from {data.get('source')} (licence: {data.get('licence')})",
+        f"  cross-validation: {scores}" + (f" over {crossval['num_cases']} cases, folds {','.join(map(str, crossval.get('folds', [])))}" if "num_cases" in crossval else ""),
+        f"  made by: medseg {card.get('medseg', {}).get('version')} (commit {card.get('medseg', {}).get('commit')})",
+        f"  weights: {len(card.get('weights', {}))} file(s) with sha256, checked on every load",
+    ]
+
+
+@app.command()
+def card(
+    model: Path = typer.Argument(..., help="A medseg model folder."),
+    settings: list[str] = typer.Option([], "--set", help="key=value (repeatable): name, version, licence, intended_use, limits, authors, training_data.dataset|cases|source|licence."),
+    as_json: bool = typer.Option(False, "--json", help="Print the card as JSON."),
+) -> None:
+    """Write or update a model folder's card (card.json): what plan-and-train measured (training data,
+    cross-validation, medseg version and commit, a sha256 of every weight file) plus what --set gives;
+    fields set before are kept."""
+    import json
+
+    from medseg.model_card import parse_settings, write_card
+    from medseg.model_folder import ModelFolder
+
+    written = write_card(ModelFolder.open(model), parse_settings(settings))
+    if as_json:
+        print(json.dumps(written, indent=1))
+        return
+    for line in card_lines(written):
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+    console.print(f"wrote {model / 'card.json'}", highlight=False, markup=False)
 
 
 @app.command()
