@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -94,9 +95,16 @@ def card(
     console.print(f"wrote {model / 'card.json'}", highlight=False, markup=False)
 
 
-@app.command()
-def models() -> None:
-    """List the registered model families: task type, dimensions, kernels, self-configurable, options."""
+models_app = typer.Typer(help="Model families (no subcommand: list them) and installed model packages.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
+def models(context: typer.Context) -> None:
+    """List the registered model families: task type, dimensions, kernels, self-configurable, options
+    (subcommands: install, installed, catalogue)."""
+    if context.invoked_subcommand is not None:
+        return
     from rich.table import Table
 
     from medseg.models import list_models
@@ -141,3 +149,55 @@ def plans_command() -> None:
         table.add_row(preset.name, preset.task, ", ".join(preset.models) if preset.models else "all", settings, preset.summary)
     console.print(table)
 
+
+
+@models_app.command("install")
+def models_install(
+    source: str = typer.Argument(..., help="A package archive (medseg export --format package) or an http(s) URL of one."),
+    sha256: Optional[str] = typer.Option(None, "--sha256", help="The archive's expected sha256 (hex); a different archive is refused."),
+    name: Optional[str] = typer.Option(None, "--name", help="Install under this name [default: the package's]."),
+    force: bool = typer.Option(False, "--force", help="Replace an installed model of the same name."),
+) -> None:
+    """Install a model package into $MEDSEG_MODELS (default: ~/.local/share/medseg/models); then
+    `-m NAME` runs it wherever a model folder is taken."""
+    from medseg.model_packages import install_package
+
+    target = install_package(source, sha256, name, force)
+    console.print(f"installed {target.name} in {target} (use: -m {target.name})", highlight=False, soft_wrap=True, markup=False)
+
+
+@models_app.command("installed")
+def models_installed(as_json: bool = typer.Option(False, "--json", help="One JSON list.")) -> None:
+    """The installed model packages with their cards."""
+    import json
+
+    from medseg.model_packages import installed_models, models_root
+
+    found = installed_models()
+    if as_json:
+        print(json.dumps([{"name": n, "path": str(p), "card": c} for n, p, c in found]))
+        return
+    if not found:
+        console.print(f"no models installed in {models_root()}", highlight=False, markup=False)
+    for name, path, card in found:
+        console.print(f"{name}: {path}", highlight=False, soft_wrap=True, markup=False)
+        for line in card_lines(card) if card else ["  card: none"]:
+            console.print(f"  {line}", highlight=False, soft_wrap=True, markup=False)
+
+
+@models_app.command("catalogue")
+def models_catalogue(as_json: bool = typer.Option(False, "--json", help="The catalogue as JSON.")) -> None:
+    """Public pretrained models medseg knows of: source, licence, and what medseg runs of each."""
+    import json
+
+    from medseg.model_packages import catalogue
+
+    content = catalogue()
+    if as_json:
+        print(json.dumps(content, indent=1))
+        return
+    console.print(content["about"], highlight=False, soft_wrap=True, markup=False)
+    for entry in content["models"]:
+        console.print(f"\n{entry['name']} ({entry['kind']}, {entry['modality']}): {entry['task']}", highlight=False, soft_wrap=True, markup=False)
+        for key in ("network", "source", "licence", "medseg_runs"):
+            console.print(f"  {key.replace('_', ' ')}: {entry[key]}", highlight=False, soft_wrap=True, markup=False)
