@@ -13,9 +13,9 @@ from medseg.paths import DEFAULT_PLANS_NAME, configuration_model_folder, default
 
 @dataclass
 class TrainingBudget:
-    """How training minutes are shared: a total for every run (configuration x fold) still to
-    train, their final validations included, or the same training minutes for every run, resumed
-    or not (what compare gives each family)."""
+    """How training minutes are shared: a total for the whole run, shared by the runs
+    (configuration x fold) still to train, their final validations included, or the same
+    training minutes for every run, resumed or not (what compare gives each family)."""
 
     total_minutes: float | None = None
     per_run_minutes: float | None = None
@@ -26,17 +26,18 @@ class TrainingBudget:
 
     def run_minutes(self, remaining_runs: int, spent_minutes: float = 0.0, run_overhead_minutes: float = 0.0) -> float | None:
         """One run's training minutes when ``remaining_runs`` are still to train (None: no time
-        budget). A total covers the runs' final validations too: ``spent_minutes`` since the first
-        run started are taken off, and each run's training stops ``run_overhead_minutes`` (what a
-        finished run took beyond its training minutes) early, so the whole stage ends near the
-        total; a run never gets less than a quarter of an even split of the total."""
+        budget). A total covers the whole run (fingerprint, plans, preprocessing, the final
+        validations): ``spent_minutes`` since the run started are taken off, and each run's
+        training stops ``run_overhead_minutes`` (what a finished run took beyond its training
+        minutes) early, so the run ends near the total; a run never gets less than a quarter of
+        an even split of what is left (or 1% of the total, once it is spent)."""
         if self.per_run_minutes is not None:
             return self.per_run_minutes
         if not self.total_minutes:
             return None
         runs = max(remaining_runs, 1)
-        share = (self.total_minutes - spent_minutes) / runs - run_overhead_minutes
-        return max(share, self.total_minutes / runs / 4)
+        left = max(self.total_minutes - spent_minutes, 0.0)
+        return max(left / runs - run_overhead_minutes, left / runs / 4, self.total_minutes / 100)
 
     def planned_run_seconds(self, planned_runs: int) -> float | None:
         """One run's seconds as the planner sizes for them, before any run has trained."""

@@ -4,6 +4,7 @@
     dataset.json          the raw dataset's description (labels, channels, file ending)
     model.json            what inference needs besides the plans (ModelInfo below)
     postprocessing.json   what cross-validation decided to apply after prediction
+    card.json             the model card (medseg.model_card): use, licence, data, metrics, weight checksums
     crossval_summary.json the pooled cross-validation report
     fold_K/               checkpoint_{latest,best,final}.pt, log.json, progress.png, validation/
 
@@ -181,9 +182,11 @@ class ModelFolder:
 
     def load_module_states(self, fold: str, checkpoint: str = "auto") -> dict[str, dict]:
         """The trained modules' state dicts of a fold, by module name ("network", ...)."""
+        from medseg.model_card import verify_weights
         from medseg.training.checkpoint import load_checkpoint, module_states
 
         path = self.checkpoint_path(fold, checkpoint)
+        verify_weights(path)  # against the card's sha256, when the folder has a card listing it
         return module_states(load_checkpoint(path), path)
 
     # ---------------------------------------------------------------------- cross-validation results
@@ -213,6 +216,7 @@ def model_summary(name: str, folder: ModelFolder) -> dict:
     family, labels and their display colours (those of the DICOM SEG, RTSTRUCT and overlays), inputs."""
     import medseg
     from medseg.io.colours import label_colour
+    from medseg.model_card import read_card
 
     info = folder.info
     return {
@@ -221,4 +225,5 @@ def model_summary(name: str, folder: ModelFolder) -> dict:
         "colours": {label: "#%02x%02x%02x" % tuple(label_colour(value)) for label, value in info.labels.items() if value > 0},
         "input_channels": folder.plans.channel_names, "file_ending": info.file_ending,
         "version": info.medseg_version or medseg.__version__, "folds": folder.folds(),
+        "card": read_card(folder.path),
     }

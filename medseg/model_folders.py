@@ -32,10 +32,17 @@ def register_reader(reader: ModelFolderReader) -> ModelFolderReader:
 
 
 def open_model_folder(path: Path) -> ModelFolder:
-    """The model folder at ``path``, read by the first reader that recognises it."""
+    """The model folder at ``path`` (or the installed model of that name, medseg.model_packages),
+    read by the first reader that recognises it."""
+    from medseg.model_packages import installed_model, models_root
+
     path = Path(path)
     if not path.is_dir():
-        raise MedsegError(f"{path}: no such model folder")
+        installed = installed_model(str(path)) if len(path.parts) == 1 else None
+        if installed is None:
+            hint = f" nor a model installed in {models_root()} (medseg models installed)" if len(path.parts) == 1 else ""
+            raise MedsegError(f"{path}: no such model folder{hint}")
+        path = installed
     for reader in READERS.values():
         if reader.recognises(path):
             return reader.open(path)

@@ -229,6 +229,7 @@ def run_plan_and_train(
     ``budget``: how training minutes are shared by the runs (the plan sizes for one run's share)."""
     from dataclasses import replace
 
+    started = time.monotonic()  # a total budget covers the whole run: planning, preprocessing and validations too
     budget = budget or TrainingBudget()
     planned_runs = max(len(configurations or []), 1) * len(folds)  # the plan is made before the configurations are known
     precision = training_precision(options)
@@ -256,7 +257,7 @@ def run_plan_and_train(
     remaining = [(n, f) for n, f in runs if not finished(n, f)]
     if len(chosen) > 1 and experiment.task.keeps_probabilities:
         options = replace(options, save_probabilities=True)  # the configuration search scores ensembles on them
-    started, overheads = time.monotonic(), []  # overheads: minutes each run took beyond its training minutes
+    overheads = []  # minutes each run took beyond its training minutes
     for name, fold in runs:
         if finished(name, fold):
             log(f"{name} fold {fold}: already trained")
@@ -279,8 +280,11 @@ def run_plan_and_train(
     reports = {}
     task = experiment.task
     if all(f != "all" for f in folds) and task.crossval is not None:
+        from medseg.model_card import write_card
+
         for name in chosen:
             reports[name] = task.crossval(experiment.model_folder(name), list(folds))
+            write_card(experiment.model_folder(name))  # what is known now: data, cross-validation, checksums
     if len(reports) > 1:
         folders = [experiment.model_folder(name) for name in reports]
         choice = run_find_best(task, experiment.model_folder_path(chosen[0]).parent, folders, log)

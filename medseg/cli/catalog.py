@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -42,13 +43,68 @@ def describe(
     if as_json:
         print(json.dumps(summary))
         return
+    card = summary.pop("card", None)
     for key, value in summary.items():
         console.print(f"{key}: {value}", highlight=False, soft_wrap=True, markup=False)
+    if card is None:
+        console.print("card: none (medseg card MODEL_FOLDER writes one)", highlight=False, markup=False)
+        return
+    for line in card_lines(card):
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+
+
+def card_lines(card: dict) -> list[str]:
+    """A model card as a person reads it."""
+    crossval = card.get("cross_validation", {})
+    foreground = crossval.get("foreground_mean", {})
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in foreground.items() if isinstance(v, (int, float))) or "not run"
+    data = card.get("training_data", {})
+    return [
+        f"card: {card.get('name')} version {card.get('version')}",
+        f"  licence: {card.get('licence')}",
+        f"  intended use: {card.get('intended_use')}",
+        f"  limits: {card.get('limits')}",
+        f"  authors: {card.get('authors')}",
+        f"  training data: {data.get('dataset')}, {data.get('cases')} cases, from {data.get('source')} (licence: {data.get('licence')})",
+        f"  cross-validation: {scores}" + (f" over {crossval['num_cases']} cases, folds {','.join(map(str, crossval.get('folds', [])))}" if "num_cases" in crossval else ""),
+        f"  made by: medseg {card.get('medseg', {}).get('version')} (commit {card.get('medseg', {}).get('commit')})",
+        f"  weights: {len(card.get('weights', {}))} file(s) with sha256, checked on every load",
+    ]
 
 
 @app.command()
-def models() -> None:
-    """List the registered model families: task type, dimensions, kernels, self-configurable, options."""
+def card(
+    model: Path = typer.Argument(..., help="A medseg model folder."),
+    settings: list[str] = typer.Option([], "--set", help="key=value (repeatable): name, version, licence, intended_use, limits, authors, training_data.dataset|cases|source|licence."),
+    as_json: bool = typer.Option(False, "--json", help="Print the card as JSON."),
+) -> None:
+    """Write or update a model folder's card (card.json): what plan-and-train measured (training data,
+    cross-validation, medseg version and commit, a sha256 of every weight file) plus what --set gives;
+    fields set before are kept."""
+    import json
+
+    from medseg.model_card import parse_settings, write_card
+    from medseg.model_folder import ModelFolder
+
+    written = write_card(ModelFolder.open(model), parse_settings(settings))
+    if as_json:
+        print(json.dumps(written, indent=1))
+        return
+    for line in card_lines(written):
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+    console.print(f"wrote {model / 'card.json'}", highlight=False, markup=False)
+
+
+models_app = typer.Typer(help="Model families (no subcommand: list them) and installed model packages.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
+def models(context: typer.Context) -> None:
+    """List the registered model families: task type, dimensions, kernels, self-configurable, options
+    (subcommands: install, installed, catalogue)."""
+    if context.invoked_subcommand is not None:
+        return
     from rich.table import Table
 
     from medseg.models import list_models
@@ -93,3 +149,55 @@ def plans_command() -> None:
         table.add_row(preset.name, preset.task, ", ".join(preset.models) if preset.models else "all", settings, preset.summary)
     console.print(table)
 
+
+
+@models_app.command("install")
+def models_install(
+    source: str = typer.Argument(..., help="A package archive (medseg export --format package) or an http(s) URL of one."),
+    sha256: Optional[str] = typer.Option(None, "--sha256", help="The archive's expected sha256 (hex); a different archive is refused."),
+    name: Optional[str] = typer.Option(None, "--name", help="Install under this name [default: the package's]."),
+    force: bool = typer.Option(False, "--force", help="Replace an installed model of the same name."),
+) -> None:
+    """Install a model package into $MEDSEG_MODELS (default: ~/.local/share/medseg/models); then
+    `-m NAME` runs it wherever a model folder is taken."""
+    from medseg.model_packages import install_package
+
+    target = install_package(source, sha256, name, force)
+    console.print(f"installed {target.name} in {target} (use: -m {target.name})", highlight=False, soft_wrap=True, markup=False)
+
+
+@models_app.command("installed")
+def models_installed(as_json: bool = typer.Option(False, "--json", help="One JSON list.")) -> None:
+    """The installed model packages with their cards."""
+    import json
+
+    from medseg.model_packages import installed_models, models_root
+
+    found = installed_models()
+    if as_json:
+        print(json.dumps([{"name": n, "path": str(p), "card": c} for n, p, c in found]))
+        return
+    if not found:
+        console.print(f"no models installed in {models_root()}", highlight=False, markup=False)
+    for name, path, card in found:
+        console.print(f"{name}: {path}", highlight=False, soft_wrap=True, markup=False)
+        for line in card_lines(card) if card else ["  card: none"]:
+            console.print(f"  {line}", highlight=False, soft_wrap=True, markup=False)
+
+
+@models_app.command("catalogue")
+def models_catalogue(as_json: bool = typer.Option(False, "--json", help="The catalogue as JSON.")) -> None:
+    """Public pretrained models medseg knows of: source, licence, and what medseg runs of each."""
+    import json
+
+    from medseg.model_packages import catalogue
+
+    content = catalogue()
+    if as_json:
+        print(json.dumps(content, indent=1))
+        return
+    console.print(content["about"], highlight=False, soft_wrap=True, markup=False)
+    for entry in content["models"]:
+        console.print(f"\n{entry['name']} ({entry['kind']}, {entry['modality']}): {entry['task']}", highlight=False, soft_wrap=True, markup=False)
+        for key in ("network", "source", "licence", "medseg_runs"):
+            console.print(f"  {key.replace('_', ' ')}: {entry[key]}", highlight=False, soft_wrap=True, markup=False)

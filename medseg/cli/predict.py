@@ -95,14 +95,15 @@ def _print_batch_summary(result, output: Path) -> None:
 @app.command()
 def export(
     model: Path = typer.Argument(..., help="Model folder (medseg's or nnU-Net v2's)."),
-    format: str = typer.Option("onnx", "--format", help="onnx (the only format so far)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Export folder [default: MODEL/onnx]."),
+    format: str = typer.Option("onnx", "--format", help="onnx (networks for ONNX Runtime) or package (one archive for `medseg models install`)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Export folder [default: MODEL/onnx]; for a package the archive or its folder [default: beside MODEL]."),
     folds: Optional[str] = typer.Option(None, "--folds", help="Comma-separated folds [default: all trained]."),
     checkpoint: str = typer.Option("auto", "--checkpoint", help="final, best or auto (final, else best)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing export."),
 ) -> None:
     """Export a segmentation model's networks to ONNX with its plans, labels and postprocessing, so
-    `medseg predict --runtime onnx` runs it through ONNX Runtime."""
+    `medseg predict --runtime onnx` runs it through ONNX Runtime; or the whole model as one package
+    (weights, plans, card) that `medseg models install` installs."""
     from medseg.errors import MedsegError
     from medseg.inference.onnx_export import DEFAULT_SUBFOLDER, export_onnx
     from medseg.model_folders import open_model_folder
@@ -110,9 +111,18 @@ def export(
     from medseg.tasks.capabilities import ONNX
     from medseg.tasks.prediction import require_capabilities
 
-    if format != "onnx":
-        raise MedsegError(f"--format {format!r}: only onnx is supported")
+    if format not in ("onnx", "package"):
+        raise MedsegError(f"--format {format!r}: choose onnx or package")
     folder = open_model_folder(model)
+    if format == "package":
+        from medseg.model_folder import ModelFolder
+        from medseg.model_packages import export_package
+
+        if type(folder) is not ModelFolder:
+            raise MedsegError(f"{model}: only medseg's own model folders are packaged (this one is read by another reader)")
+        archive, digest = export_package(folder, output, folds.split(",") if folds else None, checkpoint)
+        console.print(f"wrote {archive}\nsha256 {digest} (also in {archive.name}.sha256)", highlight=False, soft_wrap=True, markup=False)
+        return
     require_capabilities(folder, get_task(folder.info.task), {ONNX}, "medseg export --format onnx")
     target = output or folder.path / DEFAULT_SUBFOLDER
     info = export_onnx(folder, target, folds.split(",") if folds else None, checkpoint, overwrite=overwrite)

@@ -131,7 +131,7 @@ def plan_and_train(
     demo: bool = typer.Option(False, "--demo", help="Use the built-in synthetic demo of the dataset (built if missing)."),
     configurations: list[str] = typer.Option([], "-c", "--configuration", help="Configurations to train [default: all on a GPU; 3d_fullres (or 2d) on a CPU]."),
     folds: str = typer.Option("0,1,2,3,4", "--folds", help="Comma-separated folds, or 'all'."),
-    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Total minutes for training and the final validations, shared by configurations x folds (each run gets what is left, less what a run took beyond its training) [default with --demo: 12]."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Total minutes of the whole run (planning, preprocessing, training, final validations), shared by configurations x folds: each run trains for what is left, less what a run took beyond its training [default with --demo: 12]."),
     run_budget: Optional[float] = typer.Option(
         None, "--time-budget-per-run", help="Or training minutes for each run (configuration x fold), also for runs left when resuming (what compare uses).",
     ),

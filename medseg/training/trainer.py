@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from medseg.atomic import write_json_atomic
 from medseg.errors import MedsegError
+from medseg.model_card import record_weights
 from medseg.precision import autocast, check_precision, resolve_precision
 from medseg.tasks.registry import RunContext, Task, TrainingRun
 from medseg.training.checkpoint import load_checkpoint, module_states, restore_rng_state, rng_state, save_checkpoint
@@ -266,6 +267,8 @@ class Trainer:
                 "configuration": self.configuration_name,
             },
         )
+        if name in ("final", "best"):
+            record_weights(self.fold_folder / f"checkpoint_{name}.pt")  # a model card, if any, follows
 
     def _resume(self) -> bool:
         path = self.fold_folder / "checkpoint_latest.pt"

@@ -66,7 +66,8 @@ def test_the_budget_split():
     assert total.run_minutes(5) == 2 and total.run_minutes(2) == 5 and total.planned_run_seconds(5) == 120
     # the total covers the final validations: what is spent is taken off, each run stops its overhead early
     assert total.run_minutes(4, spent_minutes=3, run_overhead_minutes=0.5) == 1.25
-    assert total.run_minutes(2, spent_minutes=12, run_overhead_minutes=1) == 1.25  # overrun: a quarter of an even split
+    assert total.run_minutes(1, spent_minutes=8, run_overhead_minutes=1.8) == 0.5  # a quarter of what is left at least
+    assert total.run_minutes(2, spent_minutes=12, run_overhead_minutes=1) == 0.1  # overrun: 1% of the total
     per_run = TrainingBudget(per_run_minutes=3)
     assert per_run.run_minutes(5) == per_run.run_minutes(1) == per_run.run_minutes(1, spent_minutes=30, run_overhead_minutes=2) == 3
     assert TrainingBudget().run_minutes(3) is None and TrainingBudget().planned_run_seconds(3) is None

@@ -224,7 +224,7 @@ def _blobs_2d(folder: Path, radius: int, num_cases: int = 12, size: int = 192) -
 def test_cpu_time_plan_trades_resolution_for_passes_while_objects_stay_large(tmp_path, radius, coarsened):
     """A short CPU budget at full resolution sees the data too few times: large objects are planned
     at a coarser spacing (more, cheaper samples), small ones keep the full resolution."""
-    from medseg.tasks.segmentation.planning.planner import MIN_OBJECT_VOXELS, MIN_PASSES, ConfigurationSizer, object_size_voxels
+    from medseg.tasks.segmentation.planning.planner import MIN_OBJECT_VOXELS, MIN_PASSES, MIN_STEPS, ConfigurationSizer, object_size_voxels
     from medseg.models.registry import get_model_family
 
     folder = tmp_path / "Dataset952_Blobs"
@@ -234,7 +234,8 @@ def test_cpu_time_plan_trades_resolution_for_passes_while_objects_stay_large(tmp
     extents = np.array([e for case in fingerprint.object_extents_mm for e in case])
     assert extents.shape == (12, 2) and abs(np.median(extents) - (2 * radius + 1)) <= 1
     rates = {2: 20e9, 3: 20e9}
-    unlimited = plan_experiment(fingerprint, description, Budget("time", flops_per_second=rates, base_features=16))
+    # the same step time as the 30-second budget (it buys MIN_STEPS steps): only the spacing may differ
+    unlimited = plan_experiment(fingerprint, description, Budget("time", flops_per_second=rates, base_features=16, step_seconds=30 / MIN_STEPS))
     short = plan_experiment(fingerprint, description, Budget("time", flops_per_second=rates, base_features=16, training_seconds=30))
     full, fitted = unlimited.configurations["2d"], short.configurations["2d"]
     assert full.spacing == [1.0, 1.0]
