@@ -96,12 +96,13 @@ def _cross_validation(folder: Path) -> dict:
     return {**scalars, **kept, "report": summary.name}
 
 
-def _training_data(folder: Path, dataset_name: str) -> dict:
-    path = Path(folder) / "dataset.json"
-    try:
-        dataset = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        dataset = {}
+def _training_data(folder: Path, dataset_name: str, dataset: dict | None) -> dict:
+    if dataset is None:
+        path = Path(folder) / "dataset.json"
+        try:
+            dataset = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, ValueError):
+            dataset = {}
     source = dataset.get("reference") or dataset.get("converted_from") or dataset.get("description") or NOT_STATED
     return {
         "dataset": str(dataset.get("name", dataset_name)), "cases": dataset.get("numTraining", NOT_STATED),
@@ -109,15 +110,16 @@ def _training_data(folder: Path, dataset_name: str) -> dict:
     }
 
 
-def write_card(model_folder, updates: dict[str, str] | None = None) -> dict:
+def write_card(model_folder, updates: dict[str, str] | None = None, dataset: dict | None = None) -> dict:
     """Write (or refresh) ``card.json`` of a medseg model folder: measured fields from the folder,
-    fields a person set kept, ``updates`` (``EDITABLE`` keys, dotted for training_data) applied."""
+    fields a person set kept, ``updates`` (``EDITABLE`` keys, dotted for training_data) applied.
+    ``dataset``: the raw dataset.json already parsed (else the folder's copy is read)."""
     import medseg
 
     folder = Path(model_folder.path)
     previous = read_card(folder) or {}
     info = model_folder.info
-    training_data = {**_training_data(folder, info.dataset_name), **previous.get("training_data", {})}
+    training_data = {**_training_data(folder, info.dataset_name, dataset), **previous.get("training_data", {})}
     card = {
         "name": previous.get("name", folder.name),
         "version": previous.get("version", "1"),
@@ -169,7 +171,8 @@ def parse_settings(settings: list[str]) -> dict[str, str]:
 
 
 def verify_weights(checkpoint: Path) -> None:
-    """Refuse a weight file whose sha256 differs from its model folder's card (naming the file);
+    """Refuse a weight file whose sha256 differs from its model folder's card (naming the file; a
+    damaged one as unreadable, a readable one as changed);
     files the card does not list, and folders without a card, pass."""
     checkpoint = Path(checkpoint)
     folder = checkpoint.parent.parent
@@ -182,6 +185,9 @@ def verify_weights(checkpoint: Path) -> None:
         return
     actual = sha256_of(checkpoint)
     if actual != expected:
+        from medseg.training.checkpoint import load_checkpoint
+
+        load_checkpoint(checkpoint)  # a damaged file is named as unreadable first (weights only: no code runs)
         raise MedsegError(
             f"{checkpoint}: sha256 {actual[:16]}... differs from {card_path(folder)} ({expected[:16]}...): "
             "the weights were changed or damaged after the card was written"

@@ -284,7 +284,7 @@ def run_plan_and_train(
 
         for name in chosen:
             reports[name] = task.crossval(experiment.model_folder(name), list(folds))
-            write_card(experiment.model_folder(name))  # what is known now: data, cross-validation, checksums
+            write_card(experiment.model_folder(name), dataset=experiment.description.raw)  # data, cross-validation, checksums
     if len(reports) > 1:
         folders = [experiment.model_folder(name) for name in reports]
         choice = run_find_best(task, experiment.model_folder_path(chosen[0]).parent, folders, log)
