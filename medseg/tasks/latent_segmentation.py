@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from medseg.data.autoencoder_images import autoencoder_image, decoded_mask, mask_as_image, mask_at
 from medseg.errors import DatasetError, MedsegError
+from medseg.model_card import sha256_of
 from medseg.preprocessing import images2d
 from medseg.tasks import autoencoder_pretraining as pretraining
 from medseg.tasks import masked_pretraining, segmentation
@@ -87,14 +88,6 @@ def preprocess(description, plans, configuration, folder: Path, workers, progres
 
 
 # ------------------------------------------------------------------------------------- the autoencoder
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def default_autoencoder(raw_folder: Path) -> Path:
     """Where ``medseg pretrain-ae`` leaves the dataset's own autoencoder."""
     from medseg.paths import configuration_model_folder, default_plans_name, load_plans
@@ -118,7 +111,7 @@ def model_autoencoder(model_folder, pretrained: str | None):
             incoming = autoencoder_folder(source) / WEIGHTS_FILE  # compared by content, not loaded
             if not incoming.is_file():
                 load_autoencoder(source)  # raises, naming what is wrong with the folder
-            if _digest(incoming) != _digest(kept / WEIGHTS_FILE):
+            if sha256_of(incoming) != sha256_of(kept / WEIGHTS_FILE):
                 raise MedsegError(f"{model_folder.path}: its folds were trained with the autoencoder in {kept}; --pretrained {source} is another one (use a new plans name or remove the model folder)")
         return load_autoencoder(kept)
     source = source or default_autoencoder(model_folder.raw_folder)
@@ -141,7 +134,7 @@ def encode_cases(autoencoder, data_folder: Path, case_ids: list[str], device: to
     in ``data_folder`` per autoencoder (its weights' digest) and case list."""
     from medseg.models.kl_autoencoder import WEIGHTS_FILE
 
-    key = hashlib.sha256((_digest(autoencoder.folder / WEIGHTS_FILE) + "|" + ",".join(case_ids)).encode()).hexdigest()[:16]
+    key = hashlib.sha256((sha256_of(autoencoder.folder / WEIGHTS_FILE) + "|" + ",".join(case_ids)).encode()).hexdigest()[:16]
     cache = data_folder / f"latents_{key}.pt"
     if cache.is_file():
         return torch.load(cache, weights_only=True)

@@ -85,6 +85,15 @@ def test_models_command_lists_families():
     assert "unet" in listing and "segmentation" in listing and "2D/3D" in listing
 
 
+def _nnunet_layers(ndim: int) -> dict:
+    """The layer choices nnU-Net's planners give dynamic_network_architectures' U-Nets."""
+    return {
+        "conv_op": torch.nn.Conv2d if ndim == 2 else torch.nn.Conv3d, "conv_bias": True,
+        "norm_op": torch.nn.InstanceNorm2d if ndim == 2 else torch.nn.InstanceNorm3d, "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+        "nonlin": torch.nn.LeakyReLU, "nonlin_kwargs": {"inplace": True},
+    }
+
+
 @pytest.mark.parametrize(("spacing", "patch"), [((5.0, 0.8, 0.8), (24, 160, 192)), ((1.0, 1.0), (256, 320)), ((1.0, 1.0, 1.0), (96, 96, 96))])
 def test_unet_memory_model_equals_nnunet(spacing, patch):
     require_peer("dynamic_network_architectures")
@@ -94,10 +103,9 @@ def test_unet_memory_model_equals_nnunet(spacing, patch):
     ndim = len(spacing)
     theirs = PlainConvUNet(
         input_channels=1, n_stages=len(kwargs["strides"]), features_per_stage=kwargs["features_per_stage"],
-        conv_op=torch.nn.Conv2d if ndim == 2 else torch.nn.Conv3d, kernel_sizes=kwargs["kernel_sizes"], strides=kwargs["strides"],
+        kernel_sizes=kwargs["kernel_sizes"], strides=kwargs["strides"],
         n_conv_per_stage=kwargs["n_conv_per_stage"], num_classes=3, n_conv_per_stage_decoder=kwargs["n_conv_per_stage_decoder"],
-        conv_bias=True, norm_op=torch.nn.InstanceNorm2d if ndim == 2 else torch.nn.InstanceNorm3d,
-        norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True},
+        **_nnunet_layers(ndim),
     )
     assert feature_map_size(topology.patch_size, 1, 3, kwargs) == int(theirs.compute_conv_feature_map_size(topology.patch_size))
     ours = build_model({"name": "unet", "kwargs": kwargs}, 1, 3)
@@ -117,10 +125,9 @@ def test_resenc_memory_model_equals_nnunet(spacing, patch):
     ndim = len(spacing)
     theirs = ResidualEncoderUNet(
         input_channels=1, n_stages=len(kwargs["strides"]), features_per_stage=kwargs["features_per_stage"],
-        conv_op=torch.nn.Conv2d if ndim == 2 else torch.nn.Conv3d, kernel_sizes=kwargs["kernel_sizes"], strides=kwargs["strides"],
+        kernel_sizes=kwargs["kernel_sizes"], strides=kwargs["strides"],
         n_blocks_per_stage=kwargs["n_blocks_per_stage"], num_classes=3, n_conv_per_stage_decoder=kwargs["n_conv_per_stage_decoder"],
-        conv_bias=True, norm_op=torch.nn.InstanceNorm2d if ndim == 2 else torch.nn.InstanceNorm3d,
-        norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True},
+        **_nnunet_layers(ndim),
     )
     assert resenc_unet.feature_map_size(topology.patch_size, 1, 3, kwargs) == int(theirs.compute_conv_feature_map_size(topology.patch_size))
     ours = build_model({"name": "resenc_unet", "kwargs": kwargs}, 1, 3)
