@@ -80,6 +80,9 @@ class EnsembleModelFolder(ModelFolder):
     def postprocessing(self) -> dict:
         return self._decision
 
+    def input_profile(self) -> dict | None:
+        return self.members[0].input_profile()  # members read the same inputs
+
     def write_postprocessing(self, decision: dict) -> None:
         raise MedsegError(f"{self.path}: an ensemble's postprocessing is chosen by `medseg find-best-configuration`")
 

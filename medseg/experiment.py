@@ -126,6 +126,15 @@ class Experiment:
         self._plans = plans
         self._model_folders.clear()
 
+    def _write_input_profile(self, folder, plan) -> None:
+        """What the training images looked like (medseg.audit.input_profile), for checking inputs."""
+        from medseg.audit.input_profile import profile_from_fingerprint, write_profile
+        from medseg.planning.fingerprint import Fingerprint
+
+        if self.fingerprint_file.is_file():
+            normalization = [channel.get("scheme") for channel in plan.normalization]
+            write_profile(folder.path, profile_from_fingerprint(Fingerprint.load(self.fingerprint_file), normalization))
+
     def model_folder(self, configuration: str):
         """The configuration's model folder, made self-describing (plans, dataset.json, model.json)
         the first time a stage asks for it; it keeps the plans in memory."""
@@ -141,5 +150,6 @@ class Experiment:
             )
             folder = ModelFolder.create(self.model_folder_path(configuration), self.plans, self.raw_folder / "dataset.json", info)
             folder.plans = self.plans  # kept, not read back
+            self._write_input_profile(folder, plan)
             self._model_folders[configuration] = folder
         return self._model_folders[configuration]

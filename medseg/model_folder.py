@@ -5,6 +5,7 @@
     model.json            what inference needs besides the plans (ModelInfo below)
     postprocessing.json   what cross-validation decided to apply after prediction
     card.json             the model card (medseg.model_card): use, licence, data, metrics, weight checksums
+    input_profile.json    what the training images looked like, to check inputs (medseg.audit.input_profile)
     crossval_summary.json the pooled cross-validation report
     fold_K/               checkpoint_{latest,best,final}.pt, log.json, progress.png, validation/
 
@@ -188,6 +189,12 @@ class ModelFolder:
         path = self.checkpoint_path(fold, checkpoint)
         verify_weights(path)  # against the card's sha256, when the folder has a card listing it
         return module_states(load_checkpoint(path), path)
+
+    def input_profile(self) -> dict | None:
+        """What its training images looked like (medseg.audit.input_profile); None when unknown."""
+        from medseg.audit.input_profile import read_profile
+
+        return read_profile(self.path)
 
     # ---------------------------------------------------------------------- cross-validation results
     def scoring(self) -> dict:

@@ -378,3 +378,10 @@ class NnunetModelFolder(ModelFolder):
 
     def write_postprocessing(self, decision: dict) -> None:
         raise MedsegError(f"{self.path}: nnU-Net model folders are read-only to medseg")
+
+    def input_profile(self) -> dict | None:
+        """From the dataset_fingerprint.json nnU-Net copies into the folder (spacings, cropped sizes)."""
+        from medseg.audit.input_profile import profile_from_nnunet_fingerprint
+
+        normalization = [channel.get("scheme") for channel in self.configuration.normalization]
+        return profile_from_nnunet_fingerprint(self.path / "dataset_fingerprint.json", self.plans.channel_names, normalization)

@@ -4,7 +4,8 @@
         [--minutes 2] [--models unet,umamba_bot,umamba_enc,xlstm_unet_bot,xlstm_unet_enc]
         [--work bench_work/compare] [--name NAME]
 
-Builds the dataset (the synthetic 3D demo, or DSB2018 / KvasirSEG converted from ../shared/data),
+Builds the dataset (the synthetic 3D demo, or DSB2018 / KvasirSEG / the MSD Hippocampus (real 3D MR)
+converted from ../shared/data),
 runs `medseg compare` in a fresh MEDSEG_ROOT under --work, and copies its table and JSON to
 bench/results/compare_<dataset>.{md,json} with the command and the machine. Run it alone: the
 budget is wall-clock time, and another heavy process takes iterations away from every family.
@@ -23,7 +24,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("MEDSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
-SOURCES = {"DSB2018": SHARED / "microscopy-dsb2018", "KvasirSEG": SHARED / "endoscopy-kvasir-seg"}
+SOURCES = {"DSB2018": SHARED / "microscopy-dsb2018", "KvasirSEG": SHARED / "endoscopy-kvasir-seg", "Hippocampus": SHARED / "mr3d-hippocampus-msd-train"}
+RECIPES = {"Hippocampus": "MSD"}  # the recipe converting a dataset, where it is not named after it
 FAMILIES = "unet,umamba_bot,umamba_enc,xlstm_unet_bot,xlstm_unet_enc"
 
 
@@ -47,7 +49,7 @@ def main() -> None:
         if not (root / "raw").is_dir():
             medseg("datasets", "synth", "AbdomenMRI-demo", root=root)
     elif not (root / "raw").is_dir():
-        medseg("datasets", "convert", args.dataset, "--src", str(SOURCES[args.dataset]), root=root)
+        medseg("datasets", "convert", RECIPES.get(args.dataset, args.dataset), "--src", str(SOURCES[args.dataset]), root=root)
     medseg("compare", "--dataset", args.dataset, "--models", args.models, "--folds", args.folds, "--time-budget", str(args.minutes), root=root)
     found = sorted((root / "results").glob("*/compare__*/compare.json"))
     if not found:

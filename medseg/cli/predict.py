@@ -22,9 +22,13 @@ def predict(
         help="Model folder: medseg's (results/DatasetXXX/unet__medsegPlans__3d_fullres) or nnU-Net v2's (nnUNetTrainer__nnUNetPlans__3d_fullres).",
     ),
     formats: Optional[str] = typer.Option(
-        None, "--format", help="Comma-separated outputs: label (the model's file format, default), nifti, png, dicom-seg, rtstruct, overlay.",
+        None, "--format", help="Comma-separated outputs: label (the model's file format, default), nifti, png, dicom-seg, rtstruct, overlay, slices, measurements (per-structure volume, components, box, intensities; the batch also gets measurements.csv).",
     ),
     resume: bool = typer.Option(False, "--resume", help="Skip cases the output folder's manifest.jsonl records as complete."),
+    qc: str = typer.Option(
+        "warn", "--qc", help="Check each input against the model's training images (spacing, field of view, slices, orientation, DICOM modality, "
+        "intensities): warn (record the findings and flag the case for review), refuse (fail the case) or off.",
+    ),
     workers: int = typer.Option(0, "--workers", help="Threads reading cases ahead and writing outputs behind the network (0: none); with --backend ray, Ray actors (0: CPUs / 2)."),
     folds: Optional[str] = typer.Option(None, "--folds", help="Comma-separated folds to ensemble [default: all trained]."),
     checkpoint: str = typer.Option("auto", "--checkpoint", help="final, best or auto (final, else best)."),
@@ -65,7 +69,7 @@ def predict(
     predictor = open_predictor(model, options, surface="medseg predict")
     request = BatchRequest(
         source=input, output=output, formats=formats, save_probabilities=save_probabilities, series=series, resume=resume, workers=workers,
-        progress=progress_printer("predict"),
+        progress=progress_printer("predict"), qc=qc,
     )
     result = predictor.predict_batch(request)
     _print_batch_summary(result, output)
@@ -86,10 +90,16 @@ def _print_batch_summary(result, output: Path) -> None:
     if ignored:
         shown = "; ".join(f"{path} ({why})" for path, why in ignored[:3])
         console.print(f"[yellow]ignored {len(ignored)} file(s)[/yellow] that are no image series: {shown}{' ...' if len(ignored) > 3 else ''}", highlight=False, soft_wrap=True)
+    for entry in getattr(result, "entries", []):
+        if entry.get("review", {}).get("flag") and not entry.get("error"):
+            reasons = entry["review"]["reasons"]
+            console.print(f"[yellow]review[/yellow] {entry['case']}: {one_line(reasons[0])}{f' (+{len(reasons) - 1} more)' if len(reasons) > 1 else ''}", highlight=False, soft_wrap=True)
     for case_id, error in result.failed.items():
         err_console.print(f"[red]failed[/red] {case_id}: {one_line(error)}", highlight=False, soft_wrap=True)
     if getattr(result, "manifest", None):
         console.print(f"manifest: {result.manifest}", highlight=False)
+    if getattr(result, "measurements_csv", None):
+        console.print(f"measurements: {result.measurements_csv}", highlight=False)
 
 
 @app.command()

@@ -73,7 +73,7 @@ def dicom_node(
     quiet_seconds: float = typer.Option(10.0, "--quiet-seconds", min=0.0, help="A series is complete when nothing of it arrived for this long."),
     send_to: Optional[str] = typer.Option(None, "--send-to", help="C-STORE the outputs to AET@HOST:PORT."),
     stow_url: Optional[str] = typer.Option(None, "--stow-url", help="STOW-RS the outputs to this DICOMweb root (URL/studies)."),
-    formats: str = typer.Option("dicom-seg", "--format", help="Outputs to send: dicom-seg, rtstruct or both (comma-separated)."),
+    formats: str = typer.Option("dicom-seg", "--format", help="Outputs to send (comma-separated): dicom-seg, rtstruct, dicom-sr (the measurement report with volumes, the review flag and input-check findings; its SEG is sent with it)."),
     tta: bool = typer.Option(True, "--tta/--no-tta", help="Test-time mirroring, as trained."),
     incomplete_wait: float = typer.Option(600.0, "--incomplete-wait", min=0.0, help="How long a quiet series whose headers say it is incomplete waits for the rest."),
     tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="DICOM TLS: this node's certificate (PEM); with --tls-key the SCP accepts TLS only."),

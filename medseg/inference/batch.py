@@ -58,6 +58,7 @@ class BatchResult:
     manifest: Path | None = None
     cases: int = 0
     entries: list[dict] = field(default_factory=list)  # this run's manifest lines, in the order recorded
+    measurements_csv: Path | None = None  # OUTPUT/measurements.csv, when measurements were asked for
     unpack_folder: str = ""  # where zips were unpacked: shown as 'zip:' in messages (a hidden folder, gone after the run)
 
 
@@ -146,22 +147,48 @@ def predict_folder(
                     progress(done[0], len(discovery.cases))
 
             runner(pending, output, formats, context, save_probabilities, record)
+        if "measurements" in formats:
+            result.measurements_csv = write_measurements_csv(manifest.path, output)
         return result
     finally:
         shutil.rmtree(unpack, ignore_errors=True)
+
+
+def write_measurements_csv(manifest_path: Path, output: Path) -> Path | None:
+    """OUTPUT/measurements.csv: every finished case's measurements (resumed ones too), from the
+    manifest's latest line per case, rewritten atomically at the end of each run."""
+    from medseg.atomic import write_text_atomic
+    from medseg.audit.measurements import BATCH_CSV, batch_csv
+    from medseg.inference.manifest import read_manifest
+
+    latest = {entry["case"]: entry for entry in read_manifest(manifest_path)}
+    pairs = [(case, Path(entry["outputs"]["measurements"])) for case, entry in latest.items()
+             if entry.get("status") == "done" and entry.get("outputs", {}).get("measurements")]
+    pairs = [(case, path) for case, path in pairs if path.is_file()]
+    if not pairs:
+        return None
+    target = output / BATCH_CSV
+    try:
+        write_text_atomic(target, batch_csv(pairs))
+    except OSError as error:
+        raise MedsegError(f"{target}: cannot be written ({error.strerror or error})") from None
+    return target
 
 
 def predict_cases(predictor, request, runner: Callable | None = None) -> BatchResult:
     """A per-case predictor's ``predict_batch``: every case read, predicted (``predictor.predict_image``)
     and written in the requested formats; ``runner``: as in ``predict_folder``.
     request: medseg.tasks.prediction.BatchRequest."""
+    from medseg.audit.input_checks import parse_qc
     from medseg.inference.outputs import parse_formats
 
     if request.workers < 0:
         raise MedsegError(f"--workers must be 0 or more, got {request.workers}")
     formats = parse_formats(",".join(request.formats) if isinstance(request.formats, list) else request.formats)
     info = predictor.model_folder.info
-    context = OutputContext(info.labels, info.file_ending, predictor.model_folder.path, info.algorithm_name, medseg.__version__)
+    qc = parse_qc(request.qc)
+    profile = predictor.model_folder.input_profile() if qc != "off" else None
+    context = OutputContext(info.labels, info.file_ending, predictor.model_folder.path, info.algorithm_name, medseg.__version__, qc, profile)
     result = predict_folder(
         predictor, request.source, request.output, formats, context, save_probabilities=request.save_probabilities, progress=request.progress,
         series=request.series, resume=request.resume, workers=request.workers, runner=runner, confine=request.confine,
@@ -178,6 +205,9 @@ def process_case(predictor, case: InputCase, output: Path, formats, context: Out
     entry["timings"]["read_s"] = round(loaded.seconds, 3)
     if loaded.error:
         return complete_entry(entry, None, loaded.error)
+    refused = check_case_input(loaded.image, case, context, entry)
+    if refused:
+        return complete_entry(entry, None, refused)
     start = time.perf_counter()
     try:
         prediction = predictor.predict_image(loaded.image, probabilities=save_probabilities, case_id=case.inputs[0] if case.inputs else case.case_id)
@@ -187,6 +217,32 @@ def process_case(predictor, case: InputCase, output: Path, formats, context: Out
         return complete_entry(entry, None, unexpected(case.case_id, error))
     entry["timings"]["predict_s"] = round(time.perf_counter() - start, 3)
     return _completed_write(case, _immediate(_write, prediction, loaded.image, case, output, formats, context, save_probabilities), entry)
+
+
+NO_PROFILE_NOTE = ("inputs not checked: the model folder keeps no input profile (trained before input checks, "
+                   "or an nnU-Net folder without dataset_fingerprint.json)")
+
+
+def check_case_input(image: MedicalImage, case: InputCase, context: OutputContext, entry: dict) -> str | None:
+    """Compare the input with the model's training inputs (medseg.audit.input_checks) and record
+    the findings and the review flag in ``entry``; the case's error when ``--qc refuse`` and one fired."""
+    from medseg.audit.input_checks import check_input, findings_text
+
+    if context.qc == "off":
+        return None
+    if context.input_profile is None:
+        if NO_PROFILE_NOTE not in entry["notes"]:
+            entry["notes"].append(NO_PROFILE_NOTE)
+        return None
+    findings = check_input(context.input_profile, image)
+    entry["input_checks"] = [finding.to_dict() for finding in findings]
+    image.metadata["audit"] = entry  # what the report writers (DICOM SR) state about the case: its review flag and findings
+    if not findings:
+        return None
+    if context.qc == "refuse":
+        return f"{case.case_id}: refused by the input checks (--qc refuse): {findings_text(findings)}"
+    entry["review"] = {"flag": True, "reasons": [f"input {finding.check}: {finding.message}" for finding in findings]}
+    return None
 
 
 def _run(predictor, cases, output, formats, context, save_probabilities, manifest, result, workers, progress, already_done) -> None:
@@ -206,8 +262,9 @@ def _run(predictor, cases, output, formats, context, save_probabilities, manifes
             loaded: _Read = reads.pop(index).result()
             entry = new_entry(case, predictor, context, formats)
             entry["timings"]["read_s"] = round(loaded.seconds, 3)
-            if loaded.error:
-                _finish(entry, None, loaded.error, manifest, result)
+            refused = None if loaded.error else check_case_input(loaded.image, case, context, entry)
+            if loaded.error or refused:
+                _finish(entry, None, loaded.error or refused, manifest, result)
             else:
                 start = time.perf_counter()
                 try:
@@ -287,6 +344,7 @@ def new_entry(case: InputCase, predictor, context: OutputContext, formats) -> di
         "case": case.case_id, "status": None, "inputs": case.inputs, "formats": list(formats), "outputs": {}, "skipped": {}, "error": None,
         "notes": list(case.notes), "timings": {}, "model": str(context.model_folder), "model_name": context.algorithm_name,
         "folds": list(getattr(predictor, "folds", [])), "precision": getattr(predictor, "precision", None), "medseg_version": medseg.__version__,
+        "input_checks": None, "review": {"flag": False, "reasons": []},
     }
 
 

@@ -2,7 +2,9 @@
 
     {"case": "...", "status": "done" | "failed", "inputs": [...], "outputs": {"nifti": "...", ...},
      "skipped": {"dicom-seg": "why"}, "error": null, "notes": [...], "timings": {"read_s": .., ...},
-     "model": "...", "model_name": "...", "folds": [...], "medseg_version": "...", "finished": "ISO time"}
+     "model": "...", "model_name": "...", "folds": [...], "medseg_version": "...", "finished": "ISO time",
+     "input_checks": [{"check": "spacing", "message": "...", "values": {...}}] | null (not checked),
+     "review": {"flag": true | false, "reasons": ["..."]}}
 
 Lines are appended and flushed to disk one case at a time, so a run killed at any moment leaves
 every finished case recorded and at most one torn last line, which reading ignores. ``--resume``

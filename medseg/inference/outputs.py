@@ -6,9 +6,14 @@
 - ``png``       CASE.png (2D inputs)
 - ``dicom-seg`` CASE.seg.dcm: DICOM SEG (highdicom) referencing the source series (DICOM inputs)
 - ``rtstruct``  CASE.rtstruct.dcm: RT structure set (rt-utils) on the source series (DICOM volumes)
+- ``dicom-sr``  CASE.sr.dcm: a TID 1500 measurement report (medseg.io.dicom.report) referencing the
+                SEG's segments (asking for it writes the DICOM SEG too): volumes, mean intensities,
+                the review flag and the input-check findings
 - ``overlay``   CASE.overlay.png: the image with the labels in colour (3D: a grid of slices
                 through the labelled region) for a quick look
 - ``slices``    CASE.slices/0000.png ...: every slice's overlay (what ``medseg serve``'s page slides through)
+- ``measurements`` CASE.measurements.json: each structure's size, components, box and intensities
+                (medseg.audit.measurements); the batch also gets one measurements.csv
 
 Every file is written atomically. A format that does not apply to an input (a DICOM SEG of a NIfTI
 file) is skipped with the reason, which the manifest records; a format that applies but fails is
@@ -28,8 +33,11 @@ import numpy as np
 from medseg.errors import MedsegError
 from medseg.io import MedicalImage, write_image
 
-FORMATS = ("label", "nifti", "png", "dicom-seg", "rtstruct", "overlay", "slices")
-FILE_NAMES = {"label": "{case}{ending}", "nifti": "{case}.nii.gz", "png": "{case}.png", "dicom-seg": "{case}.seg.dcm", "rtstruct": "{case}.rtstruct.dcm", "overlay": "{case}.overlay.png", "slices": "{case}.slices"}
+FORMATS = ("label", "nifti", "png", "dicom-seg", "rtstruct", "dicom-sr", "overlay", "slices", "measurements")
+FILE_NAMES = {
+    "label": "{case}{ending}", "nifti": "{case}.nii.gz", "png": "{case}.png", "dicom-seg": "{case}.seg.dcm", "rtstruct": "{case}.rtstruct.dcm",
+    "dicom-sr": "{case}.sr.dcm", "overlay": "{case}.overlay.png", "slices": "{case}.slices", "measurements": "{case}.measurements.json",
+}
 
 
 class NotApplicable(Exception):
@@ -43,13 +51,16 @@ class NoSegment(NotApplicable):
 
 @dataclass
 class OutputContext:
-    """What the writers need besides the prediction: the model's labels, codes and identity."""
+    """The batch's context: what the writers need besides the prediction (the model's labels, codes
+    and identity) and how each input is checked before it is predicted."""
 
     labels: dict[str, int]
     file_ending: str  # the model's label file format ('.nii.gz', '.png', ...)
     model_folder: Path
     algorithm_name: str
     version: str
+    qc: str = "warn"  # input checks (medseg.audit.input_checks): warn, refuse or off
+    input_profile: dict | None = None  # the model's training inputs, which the checks compare with
     _codes: dict = field(default_factory=dict)
 
     def codes(self) -> dict:
@@ -68,7 +79,13 @@ def parse_formats(text: str | None) -> list[str]:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise MedsegError(f"--format {text!r}: unknown format(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(FORMATS)}")
-    return list(dict.fromkeys(formats))
+    if "dicom-sr" in formats and "dicom-seg" not in formats:  # the report references the SEG's segments
+        formats.insert(formats.index("dicom-sr"), "dicom-seg")
+    formats = list(dict.fromkeys(formats))
+    if "dicom-sr" in formats and formats.index("dicom-sr") < formats.index("dicom-seg"):
+        formats.remove("dicom-sr")
+        formats.insert(formats.index("dicom-seg") + 1, "dicom-sr")
+    return formats
 
 
 def output_path(output: Path, case_id: str, fmt: str, file_ending: str) -> Path:
@@ -120,6 +137,20 @@ def _write_derived(writer_name: str) -> Callable:
     return write
 
 
+def _write_report(segmentation: MedicalImage, image: MedicalImage, context: OutputContext, target: Path) -> Written:
+    from medseg.audit.measurements import measure_structures
+    from medseg.io.dicom import derived
+    from medseg.io.dicom.report import write_dicom_sr
+
+    sources = _sources(segmentation, target.name)
+    seg = target.with_name(FILE_NAMES["dicom-seg"].format(case=target.name.removesuffix(".sr.dcm")))
+    if not seg.is_file():
+        raise NoSegment("no DICOM SEG was made for this case (no label was found), so the report has no segment to reference")
+    measurements = measure_structures(_label_map(segmentation), image, context.labels)
+    audit = image.metadata.get("audit", {})
+    return write_dicom_sr(seg, measurements, audit, sources, derived.Algorithm(context.algorithm_name, context.version), target), sources.notes
+
+
 def _write_overlay(segmentation: MedicalImage, image: MedicalImage, context: OutputContext, target: Path) -> Written:
     from medseg.inference.overlay import overlay_png
 
@@ -132,9 +163,18 @@ def _write_slices(segmentation: MedicalImage, image: MedicalImage, context: Outp
     return overlay_slice_pngs(image.array, _label_map(segmentation), target), []
 
 
+def _write_measurements(segmentation: MedicalImage, image: MedicalImage, context: OutputContext, target: Path) -> Written:
+    from medseg.atomic import write_text_atomic
+    from medseg.audit.measurements import measure_structures, measurements_json
+
+    measurements = measure_structures(_label_map(segmentation), image, context.labels)
+    write_text_atomic(target, measurements_json(measurements))
+    return target, []
+
+
 WRITERS: dict[str, Callable] = {
     "label": _write_label_image, "nifti": _write_label_image, "png": _write_label_image, "dicom-seg": _write_derived("write_dicom_seg"),
-    "rtstruct": _write_derived("write_rtstruct"), "overlay": _write_overlay, "slices": _write_slices,
+    "rtstruct": _write_derived("write_rtstruct"), "dicom-sr": _write_report, "overlay": _write_overlay, "slices": _write_slices, "measurements": _write_measurements,
 }
 
 

@@ -30,6 +30,9 @@ class Fingerprint:
     median_relative_size_after_cropping: float
     foreground_intensity_properties_per_channel: dict[str, dict[str, float]]
     version: int = FINGERPRINT_VERSION
+    # per case, per channel: whole-image intensity statistics (medseg.audit.input_profile), which
+    # the model folder's input profile keeps for checking new inputs; None in older fingerprints
+    image_intensities: list[list[dict[str, float]]] | None = None
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

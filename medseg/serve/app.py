@@ -4,13 +4,15 @@
     POST   /jobs                multipart: ``model``, ``formats`` (default nifti), ``tta``, and either
                                 ``file`` (NIfTI, NRRD, MHA, PNG, or a zip of DICOM/images) or ``path``
                                 (a server-side file or folder under an allowed root)
-    GET    /jobs/{id}           state, progress, error, outputs
+    GET    /jobs/{id}           state, progress, error, outputs; per case the review flag with its
+                                reasons and, with the ``measurements`` format, each structure's size
     GET    /jobs/{id}/result    one output file (``?format=nifti``), or a zip of them all
     GET    /jobs/{id}/slices    the jobs' ``slices`` outputs: [{key, count}]
     GET    /jobs/{id}/slices/{i}.png?key=K   slice i's overlay
     DELETE /jobs/{id}           forget a job and its files (not while it runs)
     GET    /                    the web page (medseg/serve/static/index.html): pick a model, upload,
-                                watch progress, slide through the overlays, download the outputs
+                                watch progress, slide through the overlays beside the review flag and the
+                                measurements table, download the outputs
 
 Auth: a bearer token (``MEDSEG_TOKEN`` or ``--token-file``); with no token configured only
 loopback clients are served. Bad requests get a 4xx with a one-line ``detail``: no or wrong token

@@ -30,7 +30,7 @@ from medseg.serve.node_store import SeriesStore, incomplete_reason
 __all__ = ["Destination", "DicomNode", "NodeConfig", "TlsSettings"]
 
 NODE = "medseg dicom-node"
-DICOM_FORMATS = ("dicom-seg", "rtstruct")
+DICOM_FORMATS = ("dicom-seg", "rtstruct", "dicom-sr")  # dicom-sr: the measurement report, sent with its SEG
 # A UID as PS3.5 9.1 defines it: numeric components separated by single dots, at most 64 characters
 # (leading zeros tolerated: real devices write them). It is also a safe file name; '.', '..', '1..2'
 # and anything else are refused, so no instance can land outside its series folder.

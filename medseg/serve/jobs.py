@@ -36,6 +36,8 @@ class Job:
     progress: float = 0.0
     error: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)  # format -> file (single case) or case/format -> file
+    review: dict[str, dict] = field(default_factory=dict)  # case -> {"flag", "reasons"}: whether a reader should look (medseg.audit)
+    measurements: dict[str, list[dict]] = field(default_factory=dict)  # case -> one row per structure, when measurements were asked for
     created: float = field(default_factory=time.time)
     finished: float | None = None
 
@@ -163,8 +165,22 @@ class Worker:
         job.outputs = {
             (fmt if single else f"{entry['case']}/{fmt}"): path for entry in entries for fmt, path in entry["outputs"].items()
         }
+        job.review = {entry["case"]: entry.get("review", {"flag": False, "reasons": []}) for entry in entries if entry["status"] == "done"}
+        job.measurements = {entry["case"]: _measurement_rows(Path(entry["outputs"]["measurements"])) for entry in entries if "measurements" in entry["outputs"]}
         if result.failed:
             job.state = "failed"
             job.error = "; ".join(f"{case}: {error}" for case, error in result.failed.items())
         else:
             job.state, job.progress = "done", 1.0
+
+
+def _measurement_rows(path: Path) -> list[dict]:
+    """What the web page's table shows of a case's measurements (medseg.audit.measurements)."""
+    content = json.loads(path.read_text())
+    rows = []
+    for structure in content["structures"]:
+        mean = structure["intensity"].get("0", {}).get("mean")
+        size = {"volume_ml": structure["volume_ml"]} if "volume_ml" in structure else {"area_mm2": structure["area_mm2"]}
+        rows.append({"label": structure["label"], "voxels": structure["voxels"], **size, "components": structure["components"],
+                     "mean_intensity": mean, "intensity_unit": content["intensity_unit"]})
+    return rows

@@ -35,6 +35,7 @@ SAMPLES_PER_CASE = 4096  # intensity sample per image for the fingerprint
 
 def analyze_image(case) -> dict:
     """Shape, spacing and an intensity sample of one training image (runs in a worker)."""
+    from medseg.audit.input_profile import image_intensity_statistics
     from medseg.data.cases import load_case_images
 
     try:
@@ -51,7 +52,7 @@ def analyze_image(case) -> dict:
     chosen = rng.integers(flat.shape[1], size=min(SAMPLES_PER_CASE, flat.shape[1]))
     return {
         "case_id": case.case_id, "spacing": [float(s) for s in image.spacing], "shape": list(image.spatial_shape),
-        "samples": [channel[chosen] for channel in flat],
+        "samples": [channel[chosen] for channel in flat], "image_intensities": image_intensity_statistics(array),
     }
 
 
@@ -82,6 +83,7 @@ def fingerprint(description, workers, progress, analyses=None):  # analyses: the
         shapes_before_crop=[r["shape"] for r in results], shapes_after_crop=[r["shape"] for r in results],
         left_right_axes=[None for _ in results], object_extents_mm=[[] for _ in results],
         median_relative_size_after_cropping=1.0, foreground_intensity_properties_per_channel=properties,
+        image_intensities=[r["image_intensities"] for r in results],
     )
 
 

@@ -51,6 +51,7 @@ class BatchRequest:
     workers: int = 0  # threads reading ahead and writing behind the forward; with Ray, actors (0: CPUs / 2)
     progress: Callable[[int, int], None] | None = None
     confine: list[Path] | None = None  # folders every input file must resolve into (a server's allowed roots)
+    qc: str = "warn"  # input checks against the model's training inputs: warn (flag for review), refuse (fail the case) or off
 
     def __post_init__(self) -> None:
         self.source, self.output = Path(self.source), Path(self.output)

@@ -125,9 +125,10 @@ class MedSegWidget(ScriptedLoadableModuleWidget):
             self.timer.stop()
             self.ui.runButton.enabled, self.ui.cancelButton.enabled = True, False
             if kind == "done":
-                label_path, model, volume = payload
-                node = self.logic.loadResult(label_path, model, volume)
+                result, model, volume = payload
+                node = self.logic.loadResult(result.label, model, volume)
                 self.ui.statusLabel.text = f"Loaded {node.GetName()}"
+                self.ui.resultLabel.text = result.summary()  # the review flag and each structure's measurements
             elif isinstance(payload, Cancelled):
                 self.ui.statusLabel.text = str(payload)
             else:
@@ -177,8 +178,8 @@ class MedSegTest(ScriptedLoadableModuleTest):
         backend = logic.backend(SOURCES[1], url)
         model = logic.listModels(backend, url)[0]
         volume = slicer.util.loadVolume(image)
-        label = backend.segment(model, logic.exportVolume(volume, tempfile.mkdtemp()), Path(tempfile.mkdtemp()))
-        node = logic.loadResult(label, model, volume)
+        result = backend.segment(model, logic.exportVolume(volume, tempfile.mkdtemp()), Path(tempfile.mkdtemp()))
+        node = logic.loadResult(result.label, model, volume)
         names = [node.GetSegmentation().GetNthSegment(i).GetName() for i in range(node.GetSegmentation().GetNumberOfSegments())]
         self.assertEqual(sorted(names), sorted(name for name, value in model["labels"].items() if value > 0))
         self.delayDisplay("MedSeg server round trip passed")

@@ -186,11 +186,12 @@ def test_orthanc_round_trip_survives_a_killed_node(bright_model, shared_data, pa
 
 
 def test_stow_rs_delivery_and_a_bad_series_failed_with_its_reason(bright_model, shared_data, pacs, tmp_path):
-    """Outputs go back by STOW-RS to Orthanc's DICOMweb; a tilted series fails alone, named, and the node goes on.
-    The node runs with its default (relative) store from a working folder, as a user starts it."""
+    """Outputs (the SEG and its measurement report, a DICOM SR) go back by STOW-RS to Orthanc's
+    DICOMweb; a tilted series fails alone, named, and the node goes on. The node runs with its
+    default (relative) store from a working folder, as a user starts it."""
     _, model = bright_model
     orthanc, node_port = pacs
-    node = Node(model, None, node_port, "--quiet-seconds", "1", "--stow-url", f"{orthanc.url}/dicom-web", cwd=tmp_path)
+    node = Node(model, None, node_port, "--quiet-seconds", "1", "--stow-url", f"{orthanc.url}/dicom-web", "--format", "dicom-sr", cwd=tmp_path)
     try:
         tilted = storescu(sorted(series(shared_data, "gantry_tilt").iterdir()), node_port, "MODALITY", "MEDSEG")
         assert tilted.returncode == 0, tilted.stderr
@@ -202,9 +203,10 @@ def test_stow_rs_delivery_and_a_bad_series_failed_with_its_reason(bright_model, 
         source = series(shared_data, "ge")
         good = storescu(sorted(source.iterdir()), node_port, "MODALITY", "MEDSEG")
         assert good.returncode == 0, good.stderr
-        wait_for(lambda: orthanc.series_of_modality("SEG"), 180, f"no SEG reached Orthanc by STOW-RS; node log: {node.events()}")
+        wait_for(lambda: orthanc.series_of_modality("SEG") and orthanc.series_of_modality("SR"), 180, f"no SEG and SR reached Orthanc by STOW-RS; node log: {node.events()}")
         assert_seg_references(orthanc, source)
-        assert [e["via"] for e in node.events("sent")] == ["STOW-RS"]
+        sent = sorted((e["file"].removesuffix(".dcm").rsplit(".", 1)[-1], e["via"]) for e in node.events("sent"))
+        assert sent == [("seg", "STOW-RS"), ("sr", "STOW-RS")], sent
     finally:
         node.stop()
 

@@ -44,16 +44,25 @@ def _predicted_by_cli(root: Path, model: Path, image: Path, output: Path) -> np.
     return read_image(next(output.glob("*.nii.gz"))).array
 
 
+def _check_audit(result, labels: np.ndarray) -> None:
+    """What the module's panel shows: the review flag (a training image: none) and the measurements."""
+    assert result.review == {"flag": False, "reasons": []}
+    [liver] = result.measurements
+    assert liver["label"] == "liver" and liver["voxels"] == int((labels == 1).sum()) and liver["volume_ml"] > 0
+    assert result.summary().splitlines() == ["No review flag.", f"liver: {liver['volume_ml']:.2f} mL, {liver['components']} component(s), mean {liver['mean_intensity']:.1f} image units"]
+
+
 def test_medseglib_against_a_real_server(server, medseglib, tmp_path):  # noqa: F811
     client = medseglib.MedSegServer(server.url, TOKEN)
     [model] = client.models()
     assert model["name"] == "bright" and model["colours"] == {"liver": "#e6194b"}
     assert medseglib.segment_specs(model) == [{"value": 1, "name": "liver", "colour": (230 / 255, 25 / 255, 75 / 255)}]
     messages = []
-    label = client.segment(model, _image(server.root), tmp_path, progress=lambda f, m: messages.append((f, m)))
+    result = client.segment(model, _image(server.root), tmp_path, progress=lambda f, m: messages.append((f, m)))
     assert messages[-1] == (1.0, "done")
     expected = _predicted_by_cli(server.root, server.model, _image(server.root), tmp_path / "cli")
-    assert np.array_equal(read_image(label).array, expected)
+    assert np.array_equal(read_image(result.label).array, expected)
+    _check_audit(result, expected)
     with pytest.raises(medseglib.MedSegError, match="401"):
         medseglib.MedSegServer(server.url, "wrong").models()
 
@@ -70,9 +79,11 @@ def test_medseglib_runs_local_medseg_with_progress_and_cancel(bright_model, meds
     output = tmp_path / "out"
     output.mkdir()
     messages = []
-    label = local.segment(model, _image(root), output, progress=lambda f, m: messages.append((f, m)))
+    result = local.segment(model, _image(root), output, progress=lambda f, m: messages.append((f, m)))
     assert (1.0, "predict: 1/1") in messages and messages[-1] == (1.0, "done")
-    assert np.array_equal(read_image(label).array, _predicted_by_cli(root, model_folder, _image(root), tmp_path / "cli"))
+    expected = _predicted_by_cli(root, model_folder, _image(root), tmp_path / "cli")
+    assert np.array_equal(read_image(result.label).array, expected)
+    _check_audit(result, expected)
 
     cancelled = tmp_path / "cancelled"
     cancelled.mkdir()

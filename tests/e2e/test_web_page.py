@@ -35,7 +35,7 @@ def browser():
     driver.quit()
 
 
-def test_web_page_uploads_a_case_and_slides_through_the_overlays(server, browser, tmp_path):  # noqa: F811
+def test_web_page_uploads_a_case_and_slides_through_the_overlays(server, browser, tmp_path, shared_data):  # noqa: F811
     from PIL import Image
     from selenium.webdriver.common.by import By
 
@@ -69,7 +69,15 @@ def test_web_page_uploads_a_case_and_slides_through_the_overlays(server, browser
     shown = element("slice-image")
     wait_for(lambda: shown.get_attribute("data-slice") == "3" and browser.execute_script("return arguments[0].naturalWidth", shown) > 0, 20, "slice 3 not shown")
     assert element("slice-label").text == f"slice 4 of {depth}"
-    assert [b.text for b in element("downloads").find_elements(By.TAG_NAME, "button")] == ["nifti", "all (zip)"]
+    assert [b.text for b in element("downloads").find_elements(By.TAG_NAME, "button")] == ["measurements", "nifti", "all (zip)"]
+    # the review flag and the measurements table beside the overlays, as GET /jobs/{id} has them
+    assert element("review").text == "no review flag: the input resembles the training images"
+    [job_id] = [j.name for j in (tmp_path / "data" / "jobs").iterdir()]
+    job = httpx.get(f"{server.url}/jobs/{job_id}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
+    [rows] = job["measurements"].values()
+    cells = [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")] for row in element("measurements").find_elements(By.TAG_NAME, "tr")[1:]]
+    assert cells == [[row["label"], f"{row['volume_ml']:.2f}", str(row["components"]), f"{row['mean_intensity']:.1f}"] for row in rows]
+    assert rows[0]["label"] == "liver" and rows[0]["voxels"] > 0
     screenshot = tmp_path / "web_page.png"
     assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
     if os.environ.get("MEDSEG_SCREENSHOTS"):  # keep it where a person can look at it
@@ -77,7 +85,6 @@ def test_web_page_uploads_a_case_and_slides_through_the_overlays(server, browser
 
     # what the page shows is the prediction: coloured where the label is, grey elsewhere
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    [job_id] = [j.name for j in (tmp_path / "data" / "jobs").iterdir()]
     png = httpx.get(f"{server.url}/jobs/{job_id}/slices/3.png", headers=headers, timeout=30)
     label = httpx.get(f"{server.url}/jobs/{job_id}/result?format=nifti", headers=headers, timeout=30)
     assert png.status_code == 200 and label.status_code == 200
@@ -87,3 +94,10 @@ def test_web_page_uploads_a_case_and_slides_through_the_overlays(server, browser
     coloured = (rgb[..., 0] != rgb[..., 1]) | (rgb[..., 1] != rgb[..., 2])
     assert labels.any() and np.array_equal(coloured, labels > 0)
     assert httpx.get(f"{server.url}/jobs/{job_id}/slices/{depth}.png", headers=headers, timeout=30).status_code == 404
+
+    # an input unlike the training images: the flag and its reason are shown
+    element("file").clear()
+    element("file").send_keys(str(shared_data / "ct-mr-totalsegmentator" / "example_mr_sm.nii.gz"))
+    element("run").click()
+    wait_for(lambda: "review recommended" in element("review").text, 180, f"no review flag shown: {element('review').text!r} {element('error').text!r}")
+    assert "input field_of_view: field of view 273 mm along axis 1 (91 voxels)" in element("review").text

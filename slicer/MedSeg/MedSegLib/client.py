@@ -4,7 +4,8 @@ through a `medseg serve` URL (HTTP).
 
 Both backends take ``progress(fraction, message)`` (fraction in 0..1, or negative for a message
 alone, such as a line of medseg's output) and a ``cancelled()`` callable polled while they wait;
-cancelling raises ``Cancelled`` and leaves no output behind."""
+cancelling raises ``Cancelled`` and leaves no output behind. Both return a ``Result``: the label
+image, whether medseg recommends a review (and why), and each structure's measurements."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +32,37 @@ class MedSegError(RuntimeError):
 
 class Cancelled(MedSegError):
     pass
+
+
+def _no_review() -> dict:
+    return {"flag": False, "reasons": []}
+
+
+@dataclass
+class Result:
+    label: Path  # the label image (NIfTI)
+    review: dict = field(default_factory=_no_review)  # {"flag", "reasons"}: should a reader look first
+    measurements: list[dict] = field(default_factory=list)  # per structure: label, voxels, volume_ml or area_mm2, components, mean_intensity
+
+    def summary(self) -> str:
+        """What the module's panel shows under the result."""
+        lines = [("Review recommended: " + "; ".join(self.review["reasons"])) if self.review.get("flag") else "No review flag."]
+        for row in self.measurements:
+            size = f"{row['volume_ml']:.2f} mL" if "volume_ml" in row else f"{row['area_mm2']:.1f} mm²"
+            mean = "" if row.get("mean_intensity") is None else f", mean {row['mean_intensity']:.1f} {row.get('intensity_unit', '')}".rstrip()
+            lines.append(f"{row['label']}: {size}, {row['components']} component(s){mean}")
+        return "\n".join(lines)
+
+
+def _rows(measurements: dict) -> list[dict]:
+    """A measurements JSON (medseg's CASE.measurements.json) as the rows the server's jobs show."""
+    rows = []
+    for structure in measurements.get("structures", []):
+        size = {key: structure[key] for key in ("volume_ml", "area_mm2") if key in structure}
+        mean = structure.get("intensity", {}).get("0", {}).get("mean")
+        rows.append({"label": structure["label"], "voxels": structure["voxels"], **size, "components": structure["components"],
+                     "mean_intensity": mean, "intensity_unit": measurements.get("intensity_unit", "")})
+    return rows
 
 
 def _never() -> bool:
@@ -65,10 +98,10 @@ class LocalMedSeg:
             raise MedSegError(f"{models_dir}: no model folders in it")
         return found
 
-    def segment(self, model: dict, image: Path, output_dir: Path, tta: bool = True, progress: Progress = _ignore, cancelled=_never) -> Path:
-        """Run ``medseg predict`` on one image; returns the label image (NIfTI) in ``output_dir``."""
+    def segment(self, model: dict, image: Path, output_dir: Path, tta: bool = True, progress: Progress = _ignore, cancelled=_never) -> Result:
+        """Run ``medseg predict`` on one image; the label image (NIfTI) lands in ``output_dir``."""
         work = Path(tempfile.mkdtemp(prefix="medseg-run-", dir=output_dir))
-        command = [*self.command, "predict", "-i", str(image), "-o", str(work), "-m", model["path"], "--format", "nifti"]
+        command = [*self.command, "predict", "-i", str(image), "-o", str(work), "-m", model["path"], "--format", "nifti,measurements"]
         if not tta:
             command.append("--no-tta")
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -94,8 +127,11 @@ class LocalMedSeg:
                 raise MedSegError(f"medseg predict wrote {len(labels)} label images in {work}, expected 1")
             target = Path(output_dir) / f"{Path(image).name.split('.')[0]}_medseg.nii.gz"
             shutil.move(str(labels[0]), target)
+            [entry] = [json.loads(line) for line in (work / "manifest.jsonl").read_text().splitlines() if line.strip()]
+            measured = entry["outputs"].get("measurements")
             progress(1.0, "done")
-            return target
+            return Result(target, entry.get("review") or _no_review(),
+                          _rows(json.loads(Path(measured).read_text())) if measured else [])
         finally:
             if process.poll() is None:
                 process.kill()
@@ -145,8 +181,8 @@ class MedSegServer:
     def models(self) -> list[dict]:
         return json.loads(self._request("GET", "/models"))
 
-    def segment(self, model: dict, image: Path, output_dir: Path, tta: bool = True, progress: Progress = _ignore, cancelled=_never) -> Path:
-        fields = {"model": model["name"], "formats": "nifti", "tta": "true" if tta else "false"}
+    def segment(self, model: dict, image: Path, output_dir: Path, tta: bool = True, progress: Progress = _ignore, cancelled=_never) -> Result:
+        fields = {"model": model["name"], "formats": "nifti,measurements", "tta": "true" if tta else "false"}
         body, content_type = _multipart(fields, Path(image))
         job = json.loads(self._request("POST", "/jobs", body, {"Content-Type": content_type}))
         progress(0.0, f"job {job['id']} queued")
@@ -163,7 +199,9 @@ class MedSegServer:
         partial.write_bytes(self._request("GET", f"/jobs/{job['id']}/result?format=nifti"))
         partial.replace(target)
         progress(1.0, "done")
-        return target
+        [review] = job.get("review", {}).values() or [None]
+        [rows] = job.get("measurements", {}).values() or [[]]
+        return Result(target, review or _no_review(), rows)
 
 
 def _multipart(fields: dict[str, str], file: Path) -> tuple[bytes, str]:

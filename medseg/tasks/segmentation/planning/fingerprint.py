@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
+from medseg.audit.input_profile import image_intensity_statistics
 from medseg.data.layout import SEGMENTATION_LAYOUT, Case, DatasetDescription, list_cases
 from medseg.errors import DatasetError, MedsegError
 from medseg.parallel import map_parallel
@@ -83,6 +84,7 @@ def analyze_loaded_case(case: Case, image, label, num_samples: int, cropped: Cro
         "left_right_axis": left_right_axis(image.direction),
         "object_extents_mm": object_extents_mm(label.array[0], image.spacing),
         "samples": samples,
+        "image_intensities": image_intensity_statistics(image.array),
     }
 
 
@@ -126,4 +128,5 @@ def extract_fingerprint(
         object_extents_mm=[r["object_extents_mm"] for r in results],
         median_relative_size_after_cropping=float(np.median(relative)),
         foreground_intensity_properties_per_channel=properties,
+        image_intensities=[r["image_intensities"] for r in results] if all("image_intensities" in r for r in results) else None,
     )
