@@ -6,6 +6,7 @@
     postprocessing.json   what cross-validation decided to apply after prediction
     card.json             the model card (medseg.model_card): use, licence, data, metrics, weight checksums
     input_profile.json    what the training images looked like, to check inputs (medseg.audit.input_profile)
+    calibration.json      expected Dice per structure and review thresholds, fitted by cross-validation
     crossval_summary.json the pooled cross-validation report
     fold_K/               checkpoint_{latest,best,final}.pt, log.json, progress.png, validation/
 
@@ -196,6 +197,12 @@ class ModelFolder:
 
         return read_profile(self.path)
 
+    def calibration(self) -> dict | None:
+        """The expected Dice's calibration, fitted by cross-validation (medseg.audit.calibration)."""
+        from medseg.audit.calibration import read_calibration
+
+        return read_calibration(self.path)
+
     # ---------------------------------------------------------------------- cross-validation results
     def scoring(self) -> dict:
         """How its predictions are scored (medseg.evaluation.report.evaluate_folder): regions instead
@@ -233,4 +240,5 @@ def model_summary(name: str, folder: ModelFolder) -> dict:
         "input_channels": folder.plans.channel_names, "file_ending": info.file_ending,
         "version": info.medseg_version or medseg.__version__, "folds": folder.folds(),
         "card": read_card(folder.path),
+        "calibration": folder.calibration(),  # expected Dice and review thresholds, with their cross-validated quality
     }

@@ -3,8 +3,8 @@ installed into ``$MEDSEG_MODELS`` by ``medseg models install PATH|URL [--sha256 
 ``medseg models installed``, and found by name wherever ``-m`` takes a model folder.
 
 An archive (``NAME-VERSION.medseg.tar.gz``) holds one top folder: model.json, plans.json,
-dataset.json, card.json (with the sha256 of each weight file), postprocessing.json and
-crossval_summary.json when present, and one checkpoint per fold. Installing refuses, naming the
+dataset.json, card.json (with the sha256 of each weight file), postprocessing.json,
+crossval_summary.json and input_profile.json when present, and one checkpoint per fold. Installing refuses, naming the
 archive and the entry: a checksum other than ``--sha256``, members outside the top folder
 (absolute paths, ``..``), links and device files, and weights whose sha256 differs from the card
 (a tampered archive). Nothing is left half-installed: the archive unpacks beside the target and
@@ -24,7 +24,7 @@ from medseg.errors import MedsegError
 from medseg.model_card import read_card, sha256_of, write_card
 
 PACKAGE_SUFFIX = ".medseg.tar.gz"
-PACKAGED_FILES = ("model.json", "plans.json", "dataset.json", "card.json", "postprocessing.json", "crossval_summary.json")
+PACKAGED_FILES = ("model.json", "plans.json", "dataset.json", "card.json", "postprocessing.json", "crossval_summary.json", "input_profile.json")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DOWNLOAD_TIMEOUT_S = 60
 

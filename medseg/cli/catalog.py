@@ -43,14 +43,33 @@ def describe(
     if as_json:
         print(json.dumps(summary))
         return
-    card = summary.pop("card", None)
+    card, calibration = summary.pop("card", None), summary.pop("calibration", None)
     for key, value in summary.items():
         console.print(f"{key}: {value}", highlight=False, soft_wrap=True, markup=False)
+    for line in calibration_lines(calibration) if calibration else ["calibration: none (`medseg calibrate MODEL_FOLDER` fits one on its cross-validation)"]:
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
     if card is None:
         console.print("card: none (medseg card MODEL_FOLDER writes one)", highlight=False, markup=False)
         return
     for line in card_lines(card):
         console.print(line, highlight=False, soft_wrap=True, markup=False)
+
+
+def calibration_lines(calibration: dict) -> list[str]:
+    """A calibration's quality as a person reads it: per structure, how well its expected Dice finds
+    the poor out-of-fold cases against the plain baseline, and its error."""
+    lines = [f"calibration: expected Dice from the {calibration['feature']}, a review below each structure's threshold "
+             f"(poor: Dice under {calibration['poor_dice']})"]
+    for name, fitted in calibration["labels"].items():
+        quality = calibration["quality"].get(name, {})
+        auroc, baseline = quality.get("auroc"), quality.get("baseline_auroc")
+        shown = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        lines.append(
+            f"  {name}: threshold {fitted['threshold']:.3f}, {fitted['cases']} cases ({fitted['poor_cases']} poor), "
+            f"AUROC {shown(auroc)} vs {shown(baseline)} (mean max softmax), mean absolute error {shown(quality.get('mean_absolute_error'))}"
+            + ("" if fitted["fitted"] else " [too few cases to fit: the soft Dice itself]")
+        )
+    return lines
 
 
 def card_lines(card: dict) -> list[str]:
@@ -97,6 +116,32 @@ def card(
 
 models_app = typer.Typer(help="Model families (no subcommand: list them) and installed model packages.")
 app.add_typer(models_app, name="models")
+
+
+@app.command()
+def calibrate(model: Path = typer.Argument(..., help="A medseg model folder.")) -> None:
+    """Write what a model folder needs to audit its predictions (also for folders trained before
+    medseg kept it): input_profile.json (the training images' spacing, size, orientation and
+    intensities, which `medseg predict --qc` checks every input against) and calibration.json (the
+    expected Dice per structure and its review threshold, fitted on the cross-validation's
+    out-of-fold predictions; folds validated before are predicted again for it)."""
+    from medseg.audit.input_profile import refit_profile
+    from medseg.model_folder import ModelFolder
+    from medseg.tasks.segmentation.evaluation.crossval import recalibrate
+
+    folder = ModelFolder.open(model)
+    written, source = refit_profile(folder)
+    console.print(f"wrote {written} (from {source})", highlight=False, markup=False)
+    if folder.info.task != "segmentation":
+        console.print(f"no calibration: the expected Dice is for segmentation models (this is a {folder.info.task} model)", highlight=False, markup=False)
+        return
+    calibration = recalibrate(folder, log=lambda line: console.print(line, highlight=False, markup=False))
+    if calibration is None:
+        console.print(f"no calibration: {folder.path} was not cross-validated (plan-and-train writes crossval_summary.json)", highlight=False, markup=False)
+        return
+    console.print(f"wrote {folder.path / 'calibration.json'}", highlight=False, markup=False)
+    for line in calibration_lines(calibration):
+        console.print(line, highlight=False, markup=False)
 
 
 @models_app.callback(invoke_without_command=True)

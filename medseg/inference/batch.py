@@ -23,6 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 
 import medseg
 from medseg.atomic import prepare_output_folder, process_alive, remove_stale_temporaries
@@ -188,7 +190,10 @@ def predict_cases(predictor, request, runner: Callable | None = None) -> BatchRe
     info = predictor.model_folder.info
     qc = parse_qc(request.qc)
     profile = predictor.model_folder.input_profile() if qc != "off" else None
-    context = OutputContext(info.labels, info.file_ending, predictor.model_folder.path, info.algorithm_name, medseg.__version__, qc, profile)
+    context = OutputContext(
+        info.labels, info.file_ending, predictor.model_folder.path, info.algorithm_name, medseg.__version__, qc, profile,
+        predictor.model_folder.calibration(), predictor.model_folder.plans,
+    )
     result = predict_folder(
         predictor, request.source, request.output, formats, context, save_probabilities=request.save_probabilities, progress=request.progress,
         series=request.series, resume=request.resume, workers=request.workers, runner=runner, confine=request.confine,
@@ -210,7 +215,8 @@ def process_case(predictor, case: InputCase, output: Path, formats, context: Out
         return complete_entry(entry, None, refused)
     start = time.perf_counter()
     try:
-        prediction = predictor.predict_image(loaded.image, probabilities=save_probabilities, case_id=case.inputs[0] if case.inputs else case.case_id)
+        prediction = predictor.predict_image(loaded.image, probabilities=save_probabilities or context.calibration is not None, case_id=case.inputs[0] if case.inputs else case.case_id)
+        assess_prediction(prediction, context, entry)
     except MedsegError as error:
         return complete_entry(entry, None, str(error))
     except Exception as error:  # noqa: BLE001 - recorded, the batch goes on
@@ -228,6 +234,7 @@ def check_case_input(image: MedicalImage, case: InputCase, context: OutputContex
     the findings and the review flag in ``entry``; the case's error when ``--qc refuse`` and one fired."""
     from medseg.audit.input_checks import check_input, findings_text
 
+    image.metadata["audit"] = entry  # what the report writers (DICOM SR) state about the case: review flag, findings, expected Dice
     if context.qc == "off":
         return None
     if context.input_profile is None:
@@ -236,13 +243,29 @@ def check_case_input(image: MedicalImage, case: InputCase, context: OutputContex
         return None
     findings = check_input(context.input_profile, image)
     entry["input_checks"] = [finding.to_dict() for finding in findings]
-    image.metadata["audit"] = entry  # what the report writers (DICOM SR) state about the case: its review flag and findings
     if not findings:
         return None
     if context.qc == "refuse":
         return f"{case.case_id}: refused by the input checks (--qc refuse): {findings_text(findings)}"
     entry["review"] = {"flag": True, "reasons": [f"input {finding.check}: {finding.message}" for finding in findings]}
     return None
+
+
+def assess_prediction(prediction, context: OutputContext, entry: dict) -> None:
+    """The expected Dice of each structure (medseg.audit.calibration), when the model has a
+    calibration; a structure under its review threshold sets the review flag, naming both."""
+    from medseg.audit.calibration import expected_dice
+    from medseg.audit.confidence import prediction_confidence
+
+    if context.calibration is None or prediction.probabilities is None:
+        return
+    confidence = prediction_confidence(prediction.probabilities, np.asarray(prediction.segmentation.array[0]), context.plans)
+    entry["expected_dice"] = expected_dice(context.calibration, confidence)
+    low = [(name, value) for name, value in entry["expected_dice"].items() if value["review"] and confidence[name]["voxels"]]
+    if low:
+        entry["review"] = {"flag": True, "reasons": entry["review"]["reasons"] + [
+            f"{name}: expected Dice {value['expected_dice']:.2f}, at or below its review threshold {value['threshold']:.2f}" for name, value in low
+        ]}
 
 
 def _run(predictor, cases, output, formats, context, save_probabilities, manifest, result, workers, progress, already_done) -> None:
@@ -268,7 +291,10 @@ def _run(predictor, cases, output, formats, context, save_probabilities, manifes
             else:
                 start = time.perf_counter()
                 try:
-                    prediction = predictor.predict_image(loaded.image, probabilities=save_probabilities, case_id=case.inputs[0] if case.inputs else case.case_id)
+                    prediction = predictor.predict_image(
+                        loaded.image, probabilities=save_probabilities or context.calibration is not None, case_id=case.inputs[0] if case.inputs else case.case_id,
+                    )
+                    assess_prediction(prediction, context, entry)
                 except MedsegError as error:
                     _finish(entry, None, str(error), manifest, result)
                 except Exception as error:  # noqa: BLE001 - recorded, the batch goes on
@@ -344,7 +370,7 @@ def new_entry(case: InputCase, predictor, context: OutputContext, formats) -> di
         "case": case.case_id, "status": None, "inputs": case.inputs, "formats": list(formats), "outputs": {}, "skipped": {}, "error": None,
         "notes": list(case.notes), "timings": {}, "model": str(context.model_folder), "model_name": context.algorithm_name,
         "folds": list(getattr(predictor, "folds", [])), "precision": getattr(predictor, "precision", None), "medseg_version": medseg.__version__,
-        "input_checks": None, "review": {"flag": False, "reasons": []},
+        "input_checks": None, "review": {"flag": False, "reasons": []}, "expected_dice": None,
     }
 
 

@@ -1,7 +1,8 @@
 """ONNX export of a segmentation model folder, and the ONNX Runtime network that replaces PyTorch's.
 
 ``export_onnx`` writes a self-contained model folder: plans.json, dataset.json, model.json and
-postprocessing.json (the preprocessing and postprocessing metadata, as in any medseg model folder)
+postprocessing.json (the preprocessing and postprocessing metadata, as in any medseg model folder),
+input_profile.json when the source has one (inputs are checked whatever the runtime)
 plus ``fold_K/network.onnx`` per fold and ``onnx.json`` (opset, input/output names, the largest
 difference to PyTorch measured at export). ``medseg predict --runtime onnx -m FOLDER`` runs it with
 ONNX Runtime through the same predictor; FOLDER may be that export or a model folder holding one
@@ -75,6 +76,9 @@ def export_onnx(
     shutil.copyfile(folder.path / "dataset.json", staging / "dataset.json")
     write_json_atomic(staging / "model.json", asdict(folder.info))
     write_json_atomic(staging / "postprocessing.json", folder.postprocessing())
+    profile = folder.input_profile()  # inputs are checked against the training images whatever the runtime
+    if profile is not None:
+        write_json_atomic(staging / "input_profile.json", profile)
     info = {
         "format": "onnx", "opset": opset, "folds": folds, "source_model_folder": str(folder.path), "checkpoint": checkpoint,
         "input": {"name": "image", "shape": ["batch", channels, *configuration.patch_size], "dtype": "float32"},

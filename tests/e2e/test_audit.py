@@ -201,3 +201,52 @@ def test_dicom_sr_reports_the_measurements_and_the_review(bright_model, shared_d
     comments = [item.TextValue for item in case_group[0].ContentSequence if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.Comment.value]
     assert comments == [f"input {c['check']}: {c['message']}" for c in entry["input_checks"]]
     assert any("the DICOM series is CT; the model's input (MR) is MR" in text for text in comments)
+
+
+def test_calibrate_gives_a_folder_trained_before_profiles_its_profile(bright_model, tmp_path):
+    root, model = bright_model
+    older = tmp_path / "older_model"
+    shutil.copytree(model, older)
+    (older / "input_profile.json").unlink()
+    result = run_cli("predict", "-i", str(copy_bright_images(root, tmp_path / "in", 1)), "-o", str(tmp_path / "out"), "-m", str(older), "--no-tta", root=root)
+    [entry] = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert result.returncode == 0 and entry["input_checks"] is None and any(n.startswith("inputs not checked") for n in entry["notes"])
+
+    calibrated = run_cli("calibrate", str(older), root=root)
+    assert calibrated.returncode == 0, calibrated.stdout + calibrated.stderr
+    assert "fingerprint.json" in calibrated.stdout
+    assert json.loads((older / "input_profile.json").read_text()) == json.loads((model / "input_profile.json").read_text())
+
+
+def test_cross_validation_calibrates_the_expected_dice_and_calibrate_refits_it(tmp_path):
+    """plan-and-train fits calibration.json on the out-of-fold predictions; predict reports each
+    structure's expected Dice; `medseg calibrate` rebuilds it for a folder whose validations predate it."""
+    from tests.conftest import BRIGHT_DATASET, build_bright_dataset
+
+    root = tmp_path / "root"
+    build_bright_dataset(root / "raw" / BRIGHT_DATASET, cases=10)
+    run_cli("plan-and-train", "--dataset", BRIGHT_DATASET, "--epochs", "2", "--iterations-per-epoch", "5", "--workers", "1", root=root, check=True)
+    model = root / "results" / BRIGHT_DATASET / "unet__medsegPlans__3d_fullres"
+    calibration = json.loads((model / "calibration.json").read_text())
+    liver = calibration["labels"]["liver"]
+    assert calibration["poor_dice"] == 0.85 and liver["fitted"] and liver["cases"] == 10
+    assert set(calibration["quality"]["liver"]) == {"auroc", "baseline_auroc", "mean_absolute_error"}
+    confidence = json.loads((model / "fold_0" / "validation" / "confidence.json").read_text())
+    assert len(confidence) == 2 and all(0 <= c["liver"]["soft_dice"] <= 1 for c in confidence.values())
+    described = run_cli("describe", str(model), root=root, check=True).stdout
+    assert "calibration: expected Dice from the soft_dice" in described and "liver: threshold" in described
+
+    predicted = run_cli("predict", "-i", str(copy_bright_images(root, tmp_path / "in", 1)), "-o", str(tmp_path / "out"), "-m", str(model), "--no-tta", root=root)
+    [entry] = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert predicted.returncode == 0 and set(entry["expected_dice"]) == {"liver"}
+    expected = entry["expected_dice"]["liver"]
+    assert 0 <= expected["expected_dice"] <= 1 and expected["threshold"] == liver["threshold"]
+    assert expected["review"] == (expected["expected_dice"] <= liver["threshold"]) == any(r.startswith("liver: expected Dice") for r in entry["review"]["reasons"])
+
+    (model / "calibration.json").unlink()
+    for path in model.glob("fold_*/validation/confidence.json"):
+        path.unlink()
+    refitted = run_cli("calibrate", str(model), root=root)
+    assert refitted.returncode == 0, refitted.stdout + refitted.stderr
+    assert refitted.stdout.count("predicting its 2 held-out cases again") == 5
+    assert json.loads((model / "calibration.json").read_text()) == calibration

@@ -1,11 +1,13 @@
 """DICOM SR of a prediction: a TID 1500 Measurement Report (highdicom's Comprehensive 3D SR) whose
 measurement groups reference the DICOM SEG's segments and, through them, the source series.
 
-Per structure present in the SEG: its volume (mL; area in mm² for a projection image) and the mean
-intensity inside it (the attenuation coefficient in HU for CT). For the case: whether medseg
+Per structure present in the SEG: its volume (mL; area in mm² for a projection image), the mean
+intensity inside it (the attenuation coefficient in HU for CT) and, for a calibrated model, its
+expected Dice. For the case: whether medseg
 recommends a review (a qualitative evaluation, yes or no) and each input-check finding as a comment
 with its numbers. Codes: SNOMED CT and DICOM where they exist; the review item uses medseg's own
-coding scheme ``99MEDSEG`` (declared in the object), as DICOM allows for local concepts."""
+coding scheme ``99MEDSEG`` (declared in the object), as do the expected Dice and the mean intensity
+of a non-CT image, as DICOM allows for local concepts."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ def _local_codes():
     return {
         "review": Code("REVIEW", LOCAL_SCHEME, "Review recommended"),
         "mean_intensity": Code("MEANINT", LOCAL_SCHEME, "Mean image intensity"),
+        "expected_dice": Code("EXPDICE", LOCAL_SCHEME, "Expected Dice similarity coefficient"),
     }
 
 
@@ -41,7 +44,8 @@ def _segment_numbers(seg) -> dict[str, int]:
 
 def write_dicom_sr(seg_path: Path, measurements: dict, audit: dict, sources: DicomSources, algorithm: Algorithm, target: Path) -> Path:
     """``measurements``: medseg.audit.measurements.measure_structures of the case; ``audit``: the
-    case's ``review`` ({"flag", "reasons"}) and ``input_checks`` (findings or None)."""
+    case's ``review`` ({"flag", "reasons"}), ``input_checks`` (findings or None) and
+    ``expected_dice`` (label -> {"expected_dice", ...} or None)."""
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
@@ -67,6 +71,9 @@ def write_dicom_sr(seg_path: Path, measurements: dict, audit: dict, sources: Dic
                 name=codes.DCM.AttenuationCoefficient if ct else local["mean_intensity"], value=structure["intensity"]["0"]["mean"],
                 unit=codes.UCUM.HounsfieldUnit if ct else codes.UCUM.NoUnits, derivation=codes.SCT.Mean, algorithm_id=algorithm_id,
             ))
+        expected = (audit.get("expected_dice") or {}).get(structure["label"])
+        if expected:  # the calibrated estimate of this structure's Dice (medseg.audit.calibration)
+            items.append(hd.sr.Measurement(name=local["expected_dice"], value=expected["expected_dice"], unit=codes.UCUM.NoUnits, algorithm_id=algorithm_id))
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{structure['label']} (label {structure['value']})"[:64]),
             referenced_segment=_referenced_segment(seg, numbers[structure["label"][:64]]),
