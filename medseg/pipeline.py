@@ -368,3 +368,30 @@ def run_compare(
     comparison = compare_families(folders, list(folds), BASELINE)
     target = results_root() / raw_folder.name / f"compare__{name}"
     return comparison, write_comparison(target, comparison, f"{raw_folder.name} {name}")
+
+
+def refit_input_profile(folder) -> tuple[Path, str]:
+    """``medseg calibrate``'s first part: the profile of a medseg model folder trained before
+    profiles were kept, from its dataset's fingerprint when that has whole-image intensities, else
+    from a fingerprint of the raw training images (read again). Returns the file and where it came from."""
+    from medseg.audit.input_profile import profile_from_fingerprint, write_profile
+    from medseg.data.layout import load_dataset_description
+    from medseg.planning.fingerprint import Fingerprint
+
+    normalization = [channel.get("scheme") for channel in folder.configuration.normalization]
+    fingerprint_file = Path(folder.info.preprocessed_folder).parent / "fingerprint.json"
+    source = None
+    if fingerprint_file.is_file():
+        fingerprint = Fingerprint.load(fingerprint_file)
+        if fingerprint.image_intensities:
+            source = str(fingerprint_file)
+    if source is None:
+        raw = Path(folder.info.raw_folder)
+        if not (raw / "dataset.json").is_file():
+            raise MedsegError(f"{folder.path}: its raw dataset {raw} is not here and its fingerprint has no whole-image intensities; "
+                              "an input profile cannot be made (train again, or copy the raw dataset back)")
+        from medseg.tasks.registry import get_task
+
+        fingerprint = get_task(folder.info.task).fingerprint(load_dataset_description(raw), None, None)
+        source = f"the training images in {raw}"
+    return write_profile(folder.path, profile_from_fingerprint(fingerprint, normalization)), source

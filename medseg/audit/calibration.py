@@ -96,7 +96,7 @@ def fit_calibration(rows: list[dict], ndim: int) -> dict:
 def validation_rows(model_folder, folds: list[str], per_case: dict) -> tuple[list[dict], list[str]]:
     """One row per out-of-fold case and label with its confidence and true Dice (``per_case``: the
     cross-validation report's); and the folds whose validation kept no confidence (trained before)."""
-    from medseg.tasks.segmentation.training.validation import CONFIDENCE_FILE
+    from medseg.audit.confidence import CONFIDENCE_FILE
 
     rows, missing = [], []
     for fold in folds:

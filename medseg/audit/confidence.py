@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medseg.tasks.segmentation.inference.label_maps import REGION_THRESHOLD
-
+CONFIDENCE_FILE = "confidence.json"  # a fold's validation/: case -> label -> these features
 CONFIDENCE_FEATURES = ("soft_dice", "mean_probability", "max_softmax", "entropy")
 
 
@@ -26,17 +25,20 @@ def _entropy(probabilities: np.ndarray, axis: int = 0) -> np.ndarray:
     return -(probabilities * np.log(clipped)).sum(axis=axis)
 
 
-def structure_confidence(probabilities: np.ndarray, label_map: np.ndarray, channels: dict[str, int], regions: bool = False) -> dict[str, dict[str, float]]:
+def structure_confidence(
+    probabilities: np.ndarray, label_map: np.ndarray, channels: dict[str, tuple[int, int]], regions: bool = False, region_threshold: float = 0.5,
+) -> dict[str, dict[str, float]]:
     """probabilities: (K, *spatial) softmax, or one sigmoid per region with ``regions``; label_map:
     (*spatial) the label values written; channels: foreground label name -> (its value in the label
-    map, its probability channel), as ``label_channels`` gives them."""
+    map, its probability channel), as ``label_channels`` gives them; ``region_threshold``: where a
+    region's sigmoid makes it present (the model's own rule)."""
     probabilities = np.asarray(probabilities, dtype=np.float32)
     normaliser = np.log(2.0) if regions else np.log(max(probabilities.shape[0], 2))
     result = {}
     for name, (value, channel) in channels.items():
         p = probabilities[channel]
         # a region is where its sigmoid passes one half (nested regions overwrite each other's values in the label map)
-        mask = p > REGION_THRESHOLD if regions else label_map == value
+        mask = p > region_threshold if regions else label_map == value
         voxels, expected = int(mask.sum()), float(p.sum())
         inside = float(p[mask].sum()) if voxels else 0.0
         denominator = expected + voxels
@@ -62,10 +64,3 @@ def label_channels(labels: dict[str, int], regions: list[str] | None = None) -> 
         return {name: (labels[name], index) for index, name in enumerate(regions)}
     return {name: (value, value) for name, value in labels.items() if value > 0}
 
-
-def prediction_confidence(probabilities: np.ndarray, label_map: np.ndarray, plans) -> dict[str, dict[str, float]]:
-    """``structure_confidence`` of a model's prediction (``plans``: its medseg.planning.plans.Plans)."""
-    regions = list(plans.regions) if plans.regions else None
-    channels = label_channels(plans.labels, regions)
-    channels = {name: pair for name, pair in channels.items() if regions or pair[0] != plans.ignore_label}  # the ignore label is no class
-    return structure_confidence(probabilities, label_map, channels, regions=bool(regions))

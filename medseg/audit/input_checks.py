@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 from medseg.audit.input_profile import image_intensity_statistics
 from medseg.io import MedicalImage
+from medseg.io.image import left_right_axis
 
 QC_MODES = ("warn", "refuse", "off")
 SPACING_FACTOR = 2.0
@@ -80,8 +81,6 @@ def check_geometry(profile: dict, image: MedicalImage) -> list[Finding]:
             findings.append(Finding("field_of_view", f"field of view {_fmt(size)} mm along {name} ({count} voxels) is far outside the training range {_fmt(low)}-{_fmt(high)} mm",
                                     {"axis": axis, "value": size, "voxels": count, "training_min": low, "training_max": high}))
     if image.ndim == 3 and profile.get("left_right_axes"):
-        from medseg.tasks.segmentation.planning.fingerprint import left_right_axis
-
         axis = left_right_axis(image.direction)
         if axis is not None and axis not in profile["left_right_axes"]:
             findings.append(Finding("orientation", f"the image's right-left direction runs along array axis {axis}; in the training images along axis "

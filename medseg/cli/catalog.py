@@ -125,17 +125,18 @@ def calibrate(model: Path = typer.Argument(..., help="A medseg model folder.")) 
     intensities, which `medseg predict --qc` checks every input against) and calibration.json (the
     expected Dice per structure and its review threshold, fitted on the cross-validation's
     out-of-fold predictions; folds validated before are predicted again for it)."""
-    from medseg.audit.input_profile import refit_profile
     from medseg.model_folder import ModelFolder
-    from medseg.tasks.segmentation.evaluation.crossval import recalibrate
+    from medseg.pipeline import refit_input_profile
+    from medseg.tasks.registry import get_task
 
     folder = ModelFolder.open(model)
-    written, source = refit_profile(folder)
+    written, source = refit_input_profile(folder)
     console.print(f"wrote {written} (from {source})", highlight=False, markup=False)
-    if folder.info.task != "segmentation":
-        console.print(f"no calibration: the expected Dice is for segmentation models (this is a {folder.info.task} model)", highlight=False, markup=False)
+    task = get_task(folder.info.task)
+    if task.calibrate is None:
+        console.print(f"no calibration: {task.name} models have no expected-quality calibration", highlight=False, markup=False)
         return
-    calibration = recalibrate(folder, log=lambda line: console.print(line, highlight=False, markup=False))
+    calibration = task.calibrate(folder, lambda line: console.print(line, highlight=False, markup=False))
     if calibration is None:
         console.print(f"no calibration: {folder.path} was not cross-validated (plan-and-train writes crossval_summary.json)", highlight=False, markup=False)
         return

@@ -23,8 +23,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 
 import medseg
 from medseg.atomic import prepare_output_folder, process_alive, remove_stale_temporaries
@@ -192,7 +190,7 @@ def predict_cases(predictor, request, runner: Callable | None = None) -> BatchRe
     profile = predictor.model_folder.input_profile() if qc != "off" else None
     context = OutputContext(
         info.labels, info.file_ending, predictor.model_folder.path, info.algorithm_name, medseg.__version__, qc, profile,
-        predictor.model_folder.calibration(), predictor.model_folder.plans,
+        predictor.model_folder.calibration(),
     )
     result = predict_folder(
         predictor, request.source, request.output, formats, context, save_probabilities=request.save_probabilities, progress=request.progress,
@@ -216,7 +214,7 @@ def process_case(predictor, case: InputCase, output: Path, formats, context: Out
     start = time.perf_counter()
     try:
         prediction = predictor.predict_image(loaded.image, probabilities=save_probabilities or context.calibration is not None, case_id=case.inputs[0] if case.inputs else case.case_id)
-        assess_prediction(prediction, context, entry)
+        assess_prediction(predictor, prediction, context, entry)
     except MedsegError as error:
         return complete_entry(entry, None, str(error))
     except Exception as error:  # noqa: BLE001 - recorded, the batch goes on
@@ -251,15 +249,14 @@ def check_case_input(image: MedicalImage, case: InputCase, context: OutputContex
     return None
 
 
-def assess_prediction(prediction, context: OutputContext, entry: dict) -> None:
+def assess_prediction(predictor, prediction, context: OutputContext, entry: dict) -> None:
     """The expected Dice of each structure (medseg.audit.calibration), when the model has a
     calibration; a structure under its review threshold sets the review flag, naming both."""
     from medseg.audit.calibration import expected_dice
-    from medseg.audit.confidence import prediction_confidence
 
-    if context.calibration is None or prediction.probabilities is None:
+    if context.calibration is None or prediction.probabilities is None or not hasattr(predictor, "confidence"):
         return
-    confidence = prediction_confidence(prediction.probabilities, np.asarray(prediction.segmentation.array[0]), context.plans)
+    confidence = predictor.confidence(prediction)
     entry["expected_dice"] = expected_dice(context.calibration, confidence)
     low = [(name, value) for name, value in entry["expected_dice"].items() if value["review"] and confidence[name]["voxels"]]
     if low:
@@ -294,7 +291,7 @@ def _run(predictor, cases, output, formats, context, save_probabilities, manifes
                     prediction = predictor.predict_image(
                         loaded.image, probabilities=save_probabilities or context.calibration is not None, case_id=case.inputs[0] if case.inputs else case.case_id,
                     )
-                    assess_prediction(prediction, context, entry)
+                    assess_prediction(predictor, prediction, context, entry)
                 except MedsegError as error:
                     _finish(entry, None, str(error), manifest, result)
                 except Exception as error:  # noqa: BLE001 - recorded, the batch goes on

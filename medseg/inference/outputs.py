@@ -62,7 +62,6 @@ class OutputContext:
     qc: str = "warn"  # input checks (medseg.audit.input_checks): warn, refuse or off
     input_profile: dict | None = None  # the model's training inputs, which the checks compare with
     calibration: dict | None = None  # expected Dice per structure and review thresholds (medseg.audit.calibration)
-    plans: object = None  # the model's plans: which probability channel is which structure
     _codes: dict = field(default_factory=dict)
 
     def codes(self) -> dict:

@@ -137,6 +137,16 @@ def orientation_code(direction: np.ndarray) -> str:
     return "".join(letters)
 
 
+def left_right_axis(direction: np.ndarray) -> int | None:
+    """Array axis whose world direction is mostly along x (patient right-left), if clearly one."""
+    direction = np.asarray(direction, dtype=float)
+    if direction.shape[0] < 3:
+        return None  # 2D images carry no patient orientation
+    along_x = np.abs(direction[0])
+    axis = int(np.argmax(along_x))
+    return axis if along_x[axis] > 0.8 else None
+
+
 def to_canonical(image: MedicalImage) -> MedicalImage:
     """Permute and flip array axes (no resampling) so axis i points along the closest world axis.
 

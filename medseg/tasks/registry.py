@@ -123,6 +123,9 @@ class Task:
     # best_configuration.json, ensembles of the folders included; None: the best report_score wins
     find_best: Callable[..., dict] | None = None
     keeps_probabilities: bool = False  # its final validation can keep out-of-fold probabilities (for find_best's ensembles)
+    # optional: (ModelFolder, log) -> the expected-quality calibration fitted on its cross-validation
+    # (medseg.audit.calibration), None when the folder was not cross-validated; None: its models have none
+    calibrate: Callable[..., dict | None] | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.capabilities) - set(CAPABILITIES))

@@ -200,6 +200,12 @@ def crossval(folder, folds) -> dict:
     return collect_crossval(folder, folds)
 
 
+def calibrate(folder, log) -> dict | None:
+    from medseg.tasks.segmentation.evaluation.crossval import recalibrate
+
+    return recalibrate(folder, log)
+
+
 def _number(value) -> str:
     return "-" if value is None else f"{value:.4f}" if value <= 1.0 else f"{value:.2f}"
 
@@ -238,5 +244,6 @@ register_task(
         report_score=report_score,
         find_best=find_best,
         keeps_probabilities=True,
+        calibrate=calibrate,
     )
 )

@@ -66,7 +66,8 @@ def recalibrate(model_folder: ModelFolder, log=print) -> dict | None:
     import json
 
     from medseg.tasks.prediction import PredictorOptions, open_predictor
-    from medseg.tasks.segmentation.training.validation import CONFIDENCE_FILE, validate_fold
+    from medseg.audit.confidence import CONFIDENCE_FILE
+    from medseg.tasks.segmentation.training.validation import validate_fold
 
     summary = model_folder.crossval_summary_path()
     if not summary.is_file():

@@ -30,6 +30,11 @@ class EnsemblePredictor:
         first = predictions[0]
         return Prediction(first.segmentation.with_array(labels[None]), mean if probabilities else None, first.source)
 
+    def confidence(self, prediction: Prediction) -> dict[str, dict[str, float]]:
+        from medseg.tasks.segmentation.inference.label_maps import prediction_confidence
+
+        return prediction_confidence(prediction.probabilities, prediction.segmentation.array[0], self.model_folder.plans)
+
     def predict_batch(self, request):
         from medseg.inference.batch import predict_cases
 

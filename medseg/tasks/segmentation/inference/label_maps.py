@@ -32,3 +32,13 @@ def labels_from_probabilities(probabilities: np.ndarray, plans) -> np.ndarray:
     if plans.regions:
         return region_labels(probabilities, [plans.labels[name] for name in plans.regions])
     return most_likely_labels(probabilities)
+
+
+def prediction_confidence(probabilities: np.ndarray, label_map: np.ndarray, plans) -> dict[str, dict[str, float]]:
+    """What a model's probabilities (K, *spatial) say of each structure of its label map
+    (medseg.audit.confidence), the ignore label left out (it is no class)."""
+    from medseg.audit.confidence import label_channels, structure_confidence
+
+    regions = list(plans.regions) if plans.regions else None
+    channels = {name: pair for name, pair in label_channels(plans.labels, regions).items() if regions or pair[0] != plans.ignore_label}
+    return structure_confidence(probabilities, label_map, channels, regions=bool(regions), region_threshold=REGION_THRESHOLD)

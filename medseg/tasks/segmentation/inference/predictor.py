@@ -119,6 +119,12 @@ class Predictor:
         self.folds, self.precision, self.postprocess = list(folds), precision, list(postprocess)
         self.previous = previous
 
+    def confidence(self, prediction: "Prediction") -> dict[str, dict[str, float]]:
+        """Each structure's confidence features (medseg.audit.confidence) of a prediction made with probabilities."""
+        from medseg.tasks.segmentation.inference.label_maps import prediction_confidence
+
+        return prediction_confidence(prediction.probabilities, prediction.segmentation.array[0], self.plans)
+
     def predict_batch(self, request):
         """request: medseg.tasks.prediction.BatchRequest -> medseg.inference.batch.BatchResult."""
         from medseg.inference.batch import predict_cases

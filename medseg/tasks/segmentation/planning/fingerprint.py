@@ -13,22 +13,13 @@ from scipy import ndimage
 from medseg.audit.input_profile import image_intensity_statistics
 from medseg.data.layout import SEGMENTATION_LAYOUT, Case, DatasetDescription, list_cases
 from medseg.errors import DatasetError, MedsegError
+from medseg.io.image import left_right_axis
 from medseg.parallel import map_parallel
 from medseg.planning.fingerprint import Fingerprint, intensity_statistics
 from medseg.tasks.segmentation.preprocessing.cropping import CroppedCase, crop_case
 
 TOTAL_FOREGROUND_SAMPLES = 1_000_000  # spread over the cases; enough for stable percentiles
 OBJECTS_PER_CASE = 32  # connected components kept per case for the object-size statistics
-
-
-def left_right_axis(direction: np.ndarray) -> int | None:
-    """Array axis whose world direction is mostly along x (patient right-left), if clearly one."""
-    direction = np.asarray(direction, dtype=float)
-    if direction.shape[0] < 3:
-        return None  # 2D images carry no patient orientation
-    along_x = np.abs(direction[0])
-    axis = int(np.argmax(along_x))
-    return axis if along_x[axis] > 0.8 else None
 
 
 def object_extents_mm(label: np.ndarray, spacing) -> list[list[float]]:

@@ -10,16 +10,15 @@ from typing import Callable
 import torch
 
 from medseg.atomic import write_json_atomic
-from medseg.audit.confidence import prediction_confidence
+from medseg.audit.confidence import CONFIDENCE_FILE
 from medseg.evaluation.report import evaluate_folder, write_report
 from medseg.tasks.segmentation.inference.predictor import Predictor
 from medseg.io import write_image
 from medseg.inference.probabilities import PROBABILITIES_SUFFIX, save_probabilities_npz
 from medseg.model_folder import ModelFolder
 from medseg.tasks.segmentation.cascade import with_previous_stage
+from medseg.tasks.segmentation.inference.label_maps import prediction_confidence
 from medseg.tasks.segmentation.preprocessing.dataset import load_preprocessed_case
-
-CONFIDENCE_FILE = "confidence.json"  # validation/: case -> label -> medseg.audit.confidence features
 
 
 def validate_fold(
