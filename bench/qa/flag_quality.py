@@ -9,7 +9,9 @@ For each dataset (converted from ../shared/data): `medseg plan-and-train` with 5
 fold's validation keeps every held-out case's confidence (medseg.audit.confidence) and the
 cross-validation its true Dice. Then, for each fold in turn, the calibration is fitted on the four
 other folds' cases (medseg.audit.calibration.fit_calibration, as plan-and-train fits it on all five)
-and applied to this fold's: every case is scored once, by a calibration that never saw it.
+and applied to this fold's: every case is scored once, by a calibration that never saw it. Each
+confidence feature (soft Dice, mean probability, mean max softmax, entropy) is calibrated in turn,
+so the JSON says which one finds the poor cases best; the default (``FEATURE``) must be that one.
 Reported per dataset: for catching structures (and cases: the lowest expected Dice of the case
 against its mean Dice) under the poor line (Dice 0.8 in 2D, 0.85 in 3D), the AUROC of the expected
 Dice and of the baseline, and the mean absolute error of the expected Dice. Run it alone: the
@@ -27,6 +29,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from medseg.audit.confidence import CONFIDENCE_FEATURES
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("MEDSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -56,8 +60,8 @@ def cross_validated_folder(dataset: str, root: Path, minutes: float) -> Path:
     return folder
 
 
-def held_out_scores(folder: Path) -> dict:
-    """Every out-of-fold structure scored by a calibration fitted on the other folds."""
+def held_out_scores(folder: Path, feature: str) -> dict:
+    """Every out-of-fold structure scored by a calibration (from ``feature``) fitted on the other folds."""
     from medseg.audit.calibration import apply_map, fit_calibration, flag_quality, validation_rows
     from medseg.model_folder import ModelFolder
 
@@ -74,7 +78,7 @@ def held_out_scores(folder: Path) -> dict:
     scored = []
     for fold in folds:
         training = [row for other in folds if other != fold for row in per_fold[other]]
-        calibration = fit_calibration(training, ndim)
+        calibration = fit_calibration(training, ndim, feature)
         for row in per_fold[fold]:
             fitted = calibration["labels"].get(row["label"])
             expected = apply_map(fitted["x"], fitted["y"], row[calibration["feature"]]) if fitted else row[calibration["feature"]]
@@ -110,7 +114,7 @@ def main() -> None:
         if dataset not in SOURCES:
             raise SystemExit(f"unknown dataset {dataset!r} (choose {', '.join(SOURCES)})")
         folder = cross_validated_folder(dataset, args.work / dataset, args.minutes)
-        results[dataset] = held_out_scores(folder)
+        results[dataset] = {feature: held_out_scores(folder, feature) for feature in CONFIDENCE_FEATURES}
         print(dataset, json.dumps(results[dataset], indent=1))
     previous = json.loads(args.output.read_text()) if args.output.is_file() else {}
     content = {

@@ -67,7 +67,7 @@ def calibration_lines(calibration: dict) -> list[str]:
         lines.append(
             f"  {name}: threshold {fitted['threshold']:.3f}, {fitted['cases']} cases ({fitted['poor_cases']} poor), "
             f"AUROC {shown(auroc)} vs {shown(baseline)} (mean max softmax), mean absolute error {shown(quality.get('mean_absolute_error'))}"
-            + ("" if fitted["fitted"] else " [too few cases to fit: the soft Dice itself]")
+            + ("" if fitted["fitted"] else f" [too few cases to fit: the {calibration['feature']} itself]")
         )
     return lines
 

@@ -234,7 +234,7 @@ def test_cross_validation_calibrates_the_expected_dice_and_calibrate_refits_it(t
     confidence = json.loads((model / "fold_0" / "validation" / "confidence.json").read_text())
     assert len(confidence) == 2 and all(0 <= c["liver"]["soft_dice"] <= 1 for c in confidence.values())
     described = run_cli("describe", str(model), root=root, check=True).stdout
-    assert "calibration: expected Dice from the soft_dice" in described and "liver: threshold" in described
+    assert "calibration: expected Dice from the max_softmax" in described and "liver: threshold" in described
 
     predicted = run_cli("predict", "-i", str(copy_bright_images(root, tmp_path / "in", 1)), "-o", str(tmp_path / "out"), "-m", str(model), "--no-tta", root=root)
     [entry] = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]

@@ -59,7 +59,7 @@ def test_calibration_maps_soft_dice_to_dice_and_flags_the_poor_cases():
     soft = rng.uniform(0.5, 1.0, 200)
     dice = np.clip(soft - 0.1 + rng.normal(0, 0.02, 200), 0, 1)  # the soft Dice is optimistic by 0.1
     rows = [{"label": "organ", "soft_dice": s, "max_softmax": 0.9, "dice": d} for s, d in zip(soft, dice)]
-    calibration = fit_calibration(rows, ndim=3)
+    calibration = fit_calibration(rows, ndim=3, feature="soft_dice")
     organ = calibration["labels"]["organ"]
     assert organ["fitted"] and organ["cases"] == 200 and organ["poor_cases"] == int((dice < 0.85).sum())
     assert calibration["quality"]["organ"]["mean_absolute_error"] < 0.03
