@@ -139,13 +139,6 @@ def write_calibration(folder: Path, calibration: dict) -> Path:
 
 
 def read_calibration(folder: Path) -> dict | None:
-    path = Path(folder) / CALIBRATION_NAME
-    if not path.is_file():
-        return None
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise MedsegError(f"{path}: unreadable ({error})") from None
-    if not isinstance(content, dict) or content.get("version") != CALIBRATION_VERSION or not isinstance(content.get("labels"), dict):
-        raise MedsegError(f"{path}: not a calibration of version {CALIBRATION_VERSION}; rerun `medseg calibrate {Path(folder)}`")
-    return content
+    from medseg.audit import read_audit_file
+
+    return read_audit_file(folder, CALIBRATION_NAME, CALIBRATION_VERSION, "labels", "a calibration")

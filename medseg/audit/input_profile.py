@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from medseg.atomic import write_json_atomic
-from medseg.errors import MedsegError
 
 PROFILE_NAME = "input_profile.json"
 PROFILE_VERSION = 1
@@ -96,16 +95,9 @@ def write_profile(folder: Path, profile: dict) -> Path:
 
 def read_profile(folder: Path) -> dict | None:
     """The folder's profile; None when it has none (trained before profiles were kept)."""
-    path = Path(folder) / PROFILE_NAME
-    if not path.is_file():
-        return None
-    try:
-        profile = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise MedsegError(f"{path}: unreadable ({error})") from None
-    if not isinstance(profile, dict) or profile.get("version") != PROFILE_VERSION or not isinstance(profile.get("channels"), list):
-        raise MedsegError(f"{path}: not an input profile of version {PROFILE_VERSION}; rerun `medseg calibrate {Path(folder)}`")
-    return profile
+    from medseg.audit import read_audit_file
+
+    return read_audit_file(folder, PROFILE_NAME, PROFILE_VERSION, "channels", "an input profile")
 
 
 def profile_from_nnunet_fingerprint(path: Path, channel_names: list[str], normalization: list[str]) -> dict | None:
