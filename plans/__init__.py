@@ -13,7 +13,8 @@ step time or for GPU memory, on any machine), ``memory_gb``, ``step_seconds``, `
 memory plans ``reference_activations`` ({"2": N, "3": N}: activations per sample that fit
 ``reference_gb`` at nnU-Net's reference batch; default: the family's own) and
 ``max_dataset_fraction`` (a batch covers at most this share of the dataset's voxels; default
-0.05). A preset naming one model family plans that family when no model is given. A plug-in adds
+0.05). The 2D autoencoder tasks (GMS, autoencoder pretraining) understand ``input_size`` (the square
+side images are resized to). A preset naming one model family plans that family when no model is given. A plug-in adds
 presets with ``register_preset``."""
 
 if __name__ != "medseg_plans":  # imported as the repository folder
@@ -29,7 +30,7 @@ from medseg.registry import Registry  # noqa: E402
 PRESET_DIR = Path(__file__).resolve().parent
 SETTINGS = {
     "mode": str, "memory_gb": float, "step_seconds": float, "base_features": int, "min_spacing_mm": float,
-    "reference_activations": dict, "reference_gb": float, "max_dataset_fraction": float,
+    "reference_activations": dict, "reference_gb": float, "max_dataset_fraction": float, "input_size": int,
 }
 
 

@@ -1,11 +1,13 @@
 """GMS against the U-Net on Kvasir-SEG under the same total CPU training budget; JSON out.
 
     .venv/bin/python bench/pipeline/gms_vs_unet.py [--minutes 30] [--ae-share 0.4] [--folds 0,1,2]
-        [--out bench/results/gms_vs_unet_kvasir.json]
+        [--arms unet,gms,gms_taef2] [--out bench/results/gms_vs_unet_kvasir.json]
 
-Both get ``--minutes`` of training in all. GMS spends ``--ae-share`` of it on `medseg pretrain-ae`
-(its autoencoder learns the dataset's images; no pretrained one can be downloaded here) and the rest
-on its folds; the U-Net spends all of it on its folds. Both run the real CLI (`plan-and-train
+Every arm gets ``--minutes`` of training in all. ``gms`` spends ``--ae-share`` of it on `medseg
+pretrain-ae` (its autoencoder learns the dataset's images) and the rest on its folds; ``gms_taef2``
+segments in the frozen natural-image TAEF2 of ../shared/data (``--autoencoder``, as GMS's paper
+intends: nothing to pretrain, so all of it goes to its folds; its own MEDSEG_ROOT beside the
+others, the raw dataset shared); the U-Net spends all of it on its folds. Both run the real CLI (`plan-and-train
 --time-budget-per-run`) on the same 5-fold split, and each fold's Dice is its held-out cases'
 foreground Dice from the final validation (original image size). Wall-clock seconds of every
 command are recorded too (planning, preprocessing, GMS's latent encoding and validation come on top
@@ -48,6 +50,7 @@ def main():
     parser.add_argument("--minutes", type=float, default=30.0, help="total training minutes for each method")
     parser.add_argument("--ae-share", type=float, default=0.4, help="GMS: the share of its budget spent pretraining the autoencoder")
     parser.add_argument("--folds", default="0,1,2")
+    parser.add_argument("--arms", default="unet,gms,gms_taef2")
     parser.add_argument("--work", type=Path, default=REPO / "bench_work" / "gms_vs_unet")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "gms_vs_unet_kvasir.json")
     args = parser.parse_args()
@@ -57,25 +60,36 @@ def main():
     seconds = {}
     if not raw.is_dir():
         seconds["convert"] = medseg("datasets", "convert", "KvasirSEG", "--src", SHARED / "endoscopy-kvasir-seg", root=root)
+    arms = args.arms.split(",")
     ae_minutes = args.minutes * args.ae_share
-    gms_per_fold = (args.minutes - ae_minutes) / len(folds)
-    unet_per_fold = args.minutes / len(folds)
-    seconds["pretrain_ae"] = medseg("pretrain-ae", "--dataset", DATASET, "--time-budget", ae_minutes, root=root)
-    seconds["gms"] = medseg("plan-and-train", "--dataset", DATASET, "--model", "gms", "--folds", args.folds, "--time-budget-per-run", gms_per_fold, root=root)
-    seconds["unet"] = medseg("plan-and-train", "--dataset", DATASET, "--model", "unet", "-c", "2d", "--folds", args.folds, "--time-budget-per-run", unet_per_fold, root=root)
-    results = root / "results" / DATASET
-    gms = fold_dice(results / "gms__medsegPlans_gms__2d", folds)
-    unet = fold_dice(results / "unet__medsegPlans__2d", folds)
-    report = {
-        "machine": machine_info(), "command": "python bench/pipeline/gms_vs_unet.py " + " ".join(sys.argv[1:]), "dataset": DATASET,
-        "budget_minutes_each": args.minutes, "gms": {"autoencoder_minutes": ae_minutes, "minutes_per_fold": gms_per_fold, "fold_dice": gms,
-                                                     "mean_dice": round(sum(gms.values()) / len(gms), 4)},
-        "unet": {"minutes_per_fold": unet_per_fold, "fold_dice": unet, "mean_dice": round(sum(unet.values()) / len(unet), 4)},
-        "wall_seconds": seconds,
-    }
+    per_fold = args.minutes / len(folds)
+    report = {"machine": machine_info(), "command": "python bench/pipeline/gms_vs_unet.py " + " ".join(sys.argv[1:]), "dataset": DATASET, "budget_minutes_each": args.minutes}
+    if "gms" in arms:
+        gms_per_fold = (args.minutes - ae_minutes) / len(folds)
+        seconds["pretrain_ae"] = medseg("pretrain-ae", "--dataset", DATASET, "--time-budget", ae_minutes, root=root)
+        seconds["gms"] = medseg("plan-and-train", "--dataset", DATASET, "--model", "gms", "--folds", args.folds, "--time-budget-per-run", gms_per_fold, root=root)
+        dice = fold_dice(root / "results" / DATASET / "gms__medsegPlans_gms__2d", folds)
+        report["gms"] = {"autoencoder_minutes": ae_minutes, "minutes_per_fold": gms_per_fold, "fold_dice": dice, "mean_dice": round(sum(dice.values()) / len(dice), 4)}
+    if "gms_taef2" in arms:
+        own = root / "taef2"  # a model folder keeps one autoencoder: this arm plans and trains in a root of its own
+        (own / "raw").mkdir(parents=True, exist_ok=True)
+        if not (own / "raw" / DATASET).exists():
+            (own / "raw" / DATASET).symlink_to(raw.resolve(), target_is_directory=True)
+        seconds["gms_taef2"] = medseg(
+            "plan-and-train", "--dataset", DATASET, "--model", "gms", "--autoencoder", SHARED / "ae-natural-taef2", "--folds", args.folds,
+            "--time-budget-per-run", per_fold, root=own,
+        )
+        dice = fold_dice(own / "results" / DATASET / "gms__medsegPlans_gms__2d", folds)
+        report["gms_taef2"] = {"autoencoder": "TAEF2 (../shared/data/ae-natural-taef2), frozen", "minutes_per_fold": per_fold, "fold_dice": dice,
+                               "mean_dice": round(sum(dice.values()) / len(dice), 4)}
+    if "unet" in arms:
+        seconds["unet"] = medseg("plan-and-train", "--dataset", DATASET, "--model", "unet", "-c", "2d", "--folds", args.folds, "--time-budget-per-run", per_fold, root=root)
+        dice = fold_dice(root / "results" / DATASET / "unet__medsegPlans__2d", folds)
+        report["unet"] = {"minutes_per_fold": per_fold, "fold_dice": dice, "mean_dice": round(sum(dice.values()) / len(dice), 4)}
+    report["wall_seconds"] = seconds
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("gms", "unet")}, indent=1))
+    print(json.dumps({k: report[k] for k in arms}, indent=1))
 
 
 if __name__ == "__main__":

@@ -55,7 +55,11 @@ def model_for(model: str | None, preset: str | None) -> str:
         if families and len(families) == 1:
             return families[0]
     return "unet"
-PRETRAINED_HELP = "Start from a pretrained encoder (the encoder.pt `medseg pretrain` writes; ViT classifiers), or GMS's autoencoder folder (diffusers' AutoencoderKL layout; default: the one `medseg pretrain-ae` trained on the dataset)."
+PRETRAINED_HELP = "Start from a pretrained encoder (the encoder.pt `medseg pretrain` writes; ViT classifiers); for GMS the same as --autoencoder."
+AUTOENCODER_HELP = (
+    "GMS: the frozen autoencoder to segment in: a KL autoencoder folder (diffusers' AutoencoderKL layout) or a TAESD-family folder "
+    "(NAME_encoder.pth + NAME_decoder.pth, e.g. the natural-image TAEF2) [default: the one `medseg pretrain-ae` trained on the dataset]."
+)
 EPOCHS_HELP = "Epochs [default: 1000, or what --time-budget buys]."
 BUDGET_HELP = "Training time budget in minutes: epochs are fitted to it from the measured step time."
 

@@ -3,7 +3,10 @@
 Shared by autoencoder pretraining and GMS (medseg.tasks.autoencoder_pretraining,
 medseg.tasks.latent_segmentation): both must present images the same way, or the latent space the
 mapper learns in is not the one the autoencoder learned. Masks go through the same encoder as
-3-channel images (foreground +1, background -1), as in GMS."""
+3-channel images (foreground +1, background -1), as in GMS. Several foreground labels (multi-class
+GMS) are painted in distinct corners of the RGB cube (label 1 white as in the binary case, then red,
+green, blue, yellow, magenta, cyan; background black) and read back per pixel by the nearest colour
+(a softmax over negative squared distances, so the loss has gradients)."""
 
 from __future__ import annotations
 
@@ -46,6 +49,36 @@ def mask_at(mask: np.ndarray, size: int) -> np.ndarray:
     """(H, W) binary -> (size, size) uint8 (nearest neighbour)."""
     tensor = torch.from_numpy(np.ascontiguousarray(mask > 0, dtype=np.float32))[None, None]
     return (F.interpolate(tensor, size=[size, size], mode="nearest")[0, 0] > 0.5).numpy().astype(np.uint8)
+
+
+def labels_at(labels: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) integer labels -> (size, size) uint8 (nearest neighbour)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32))[None, None]
+    return F.interpolate(tensor, size=[size, size], mode="nearest")[0, 0].round().numpy().astype(np.uint8)
+
+
+# label k's colour is row k: background black, label 1 white (as a binary mask), then the other corners
+LABEL_COLOURS = torch.tensor([
+    [-1, -1, -1], [1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1],
+], dtype=torch.float32)
+MAX_LABELS = len(LABEL_COLOURS) - 1
+COLOUR_TEMPERATURE = 0.5  # squared distance between neighbouring corners is 4: exp(-8) for a clean colour's rivals
+
+
+def labels_as_image(labels: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) integer labels 0..7 -> (B, 3, H, W) colours in {-1, 1}: what the encoder takes."""
+    return LABEL_COLOURS.to(labels.device)[labels[:, 0].long()].permute(0, 3, 1, 2)
+
+
+def decoded_probabilities(decoded: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, 3, H, W) decoder output -> (B, num_classes, H, W) class probabilities (background first).
+    Two classes read the binary way (GMS's: the channel mean as foreground probability)."""
+    if num_classes == 2:
+        foreground = decoded_mask(decoded)
+        return torch.cat([1 - foreground, foreground], dim=1)
+    colours = LABEL_COLOURS[:num_classes].to(decoded)  # (K, 3)
+    distances = ((decoded[:, None] - colours[None, :, :, None, None]) ** 2).sum(dim=2)  # (B, K, H, W)
+    return torch.softmax(-distances / COLOUR_TEMPERATURE, dim=1)
 
 
 def mask_as_image(mask: torch.Tensor) -> torch.Tensor:

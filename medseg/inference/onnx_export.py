@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,16 @@ OPSET = 18
 TOLERANCE = 1e-3  # largest |logit difference| to PyTorch accepted at export (float32 both; measured ~1e-5)
 
 
+@dataclass
+class ExportGraph:
+    """What one fold exports: a task's own graph (``Task.onnx_graph``) where it is not the plan's network."""
+
+    build: Callable[[str], torch.nn.Module]  # fold -> the float32 module, in eval mode
+    example: torch.Tensor  # (2, C, *S): the input the export traces and checks with
+    output_channels: int
+    values: str = "logits"  # what the output holds
+
+
 def _require_onnx():
     try:
         import onnx  # noqa: F401
@@ -40,13 +50,31 @@ def _require_onnx():
     return onnxruntime
 
 
-def export_onnx(
-    folder: ModelFolder, output: Path, folds: Sequence[str] | None = None, checkpoint: str = "auto", opset: int = OPSET, overwrite: bool = False
-) -> dict:
-    """Export every (or the given) fold's network; return the onnx.json content. The folder's task
-    must export to ONNX (its caller checks the capability: medseg.tasks.capabilities.ONNX)."""
+def plan_network_graph(folder: ModelFolder, checkpoint: str) -> ExportGraph:
+    """The segmentation default: the plan's network, (B, C, *patch) -> (B, K, *patch) logits."""
     from medseg.models.registry import build_model
 
+    plans, configuration = folder.plans, folder.configuration
+    if configuration.previous_stage:
+        raise MedsegError(f"{folder.path}: exporting a cascade stage ({configuration.name}) to ONNX is not supported yet; its first stage can be exported")
+    channels, classes = len(plans.channel_names), plans.num_classes
+
+    def build(fold: str) -> torch.nn.Module:
+        network = build_model(configuration.architecture, channels, classes).eval()
+        network.load_state_dict(folder.load_module_states(fold, checkpoint)["network"])
+        return network
+
+    example = torch.randn(2, channels, *configuration.patch_size, generator=torch.Generator().manual_seed(0))
+    return ExportGraph(build, example, classes)
+
+
+def export_onnx(
+    folder: ModelFolder, output: Path, folds: Sequence[str] | None = None, checkpoint: str = "auto", opset: int = OPSET, overwrite: bool = False,
+    graph: ExportGraph | None = None,
+) -> dict:
+    """Export every (or the given) fold's network (``graph``: a task's own; default the plan's
+    network); return the onnx.json content. The folder's task must export to ONNX (its caller
+    checks the capability: medseg.tasks.capabilities.ONNX)."""
     runtime = _require_onnx()
     folds = list(folds) if folds else [f for f in folder.folds() if _has_checkpoint(folder, f, checkpoint)]
     if not folds:
@@ -54,18 +82,15 @@ def export_onnx(
     output = Path(output)
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise MedsegError(f"{output}: exists and is not empty; pass --overwrite to replace the export")
-    plans, configuration = folder.plans, folder.configuration
-    if configuration.previous_stage:
-        raise MedsegError(f"{folder.path}: exporting a cascade stage ({configuration.name}) to ONNX is not supported yet; its first stage can be exported")
-    channels, classes = len(plans.channel_names), plans.num_classes
-    example = torch.randn(2, channels, *configuration.patch_size, generator=torch.Generator().manual_seed(0))
+    plans = folder.plans
+    graph = graph or plan_network_graph(folder, checkpoint)
+    example = graph.example
     staging = output.with_name(output.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     differences = {}
     for fold in folds:
-        network = build_model(configuration.architecture, channels, classes).eval()
-        network.load_state_dict(folder.load_module_states(fold, checkpoint)["network"])
+        network = graph.build(fold)
         target = staging / f"fold_{fold}" / ONNX_FILE
         target.parent.mkdir(parents=True)
         export_network(network, example, target, opset, folder.info.model)
@@ -81,8 +106,8 @@ def export_onnx(
         write_json_atomic(staging / "input_profile.json", profile)
     info = {
         "format": "onnx", "opset": opset, "folds": folds, "source_model_folder": str(folder.path), "checkpoint": checkpoint,
-        "input": {"name": "image", "shape": ["batch", channels, *configuration.patch_size], "dtype": "float32"},
-        "output": {"name": "logits", "shape": ["batch", classes, *configuration.patch_size], "dtype": "float32"},
+        "input": {"name": "image", "shape": ["batch", *example.shape[1:]], "dtype": "float32"},
+        "output": {"name": "logits", "shape": ["batch", graph.output_channels, *example.shape[2:]], "dtype": "float32", "values": graph.values},
         "max_abs_difference_vs_torch": differences, "tolerance": TOLERANCE,
     }
     write_json_atomic(staging / EXPORT_INFO, info)

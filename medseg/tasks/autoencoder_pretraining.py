@@ -63,7 +63,7 @@ def planned_side(fingerprint_file, request: PlanRequest, family: str) -> int:
     fingerprint = Fingerprint.load(fingerprint_file)
     if fingerprint.ndim != 2:
         raise MedsegError(f"{family} is 2D; the dataset holds {fingerprint.ndim}D images")
-    settings = request.settings or {}
+    settings = {**(request.preset or {}), **(request.settings or {})}  # a preset's input_size (gms_paper), or the task's own
     wanted = settings.get("input_size") or (GPU_SIDE if request.memory_gb is not None or torch.cuda.is_available() else CPU_SIDE)
     median_side = int(min(np.median(np.array(fingerprint.shapes_before_crop), axis=0)))
     return max(MIN_SIDE, min(int(wanted), median_side) // 8 * 8)
@@ -232,7 +232,7 @@ def reconstruction_png(path: Path, images: torch.Tensor, reconstructed: torch.Te
 def instead(folder: Path) -> str:
     return (
         "it encodes images, it does not segment. "
-        f"Train GMS in its latent space: `medseg plan-and-train --model gms --pretrained {folder / 'fold_all' / 'autoencoder'}`"
+        f"Train GMS in its latent space: `medseg plan-and-train --model gms --autoencoder {folder / 'fold_all' / 'autoencoder'}`"
     )
 
 

@@ -14,6 +14,7 @@ OPENVINO = "openvino"
 RAY = "ray"
 PRETRAINS = "pretrains"
 PATCH_PLANNING = "patch_planning"
+LATENT_SPACE = "latent_space"
 
 CAPABILITIES = {  # as "does not ..." reads it
     LABEL_MAPS: "produce label maps (NIfTI, PNG, DICOM SEG, RTSTRUCT, overlays)",
@@ -24,6 +25,7 @@ CAPABILITIES = {  # as "does not ..." reads it
     RAY: "run cases on a Ray cluster (--backend ray)",
     PRETRAINS: "pretrain on every image (fold 'all') for another task's model",
     PATCH_PLANNING: "size each family's network from the planned patch (families without a planner run from presets)",
+    LATENT_SPACE: "segment in a frozen autoencoder's latent space (--autoencoder)",
 }
 
 

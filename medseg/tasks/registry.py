@@ -126,6 +126,9 @@ class Task:
     # optional: (ModelFolder, log) -> the expected-quality calibration fitted on its cross-validation
     # (medseg.audit.calibration), None when the folder was not cross-validated; None: its models have none
     calibrate: Callable[..., dict | None] | None = None
+    # optional: (ModelFolder, checkpoint) -> medseg.inference.onnx_export.ExportGraph, what each fold
+    # exports to ONNX when it is not the plan's network alone (GMS: encoder, mapper and decoder)
+    onnx_graph: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.capabilities) - set(CAPABILITIES))

@@ -164,8 +164,8 @@ def test_gms_trains_on_a_tiny_autoencoder_kl_folder(tmp_path):
     assert list((root / "preprocessed" / DATASET / "medsegPlans_gms_2d").glob("latents_*.pt"))  # latents computed once, cached
 
 
-def test_gms_refuses_multi_label_datasets(tmp_path):
+def test_gms_refuses_3d_datasets(tmp_path):
     root = tmp_path / "root"
     run_cli("datasets", "synth", "AbdomenMRI-demo", "--num-cases", "2", root=root, check=True)
     result = run_cli("plan-and-train", "--dataset", "AbdomenMRI-demo", "--model", "gms", "--folds", "0", "--epochs", "1", root=root)
-    assert result.returncode != 0 and ("one foreground label" in result.stderr or "2D" in result.stderr)
+    assert result.returncode != 0 and "gms is 2D; the dataset holds 3D images" in result.stderr
