@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from medseg.errors import MedsegError
 from medseg.tasks.capabilities import ONNX, OPENVINO, RAY, capability_list
 
-RUNTIMES = ("torch", "onnx", "openvino")
+RUNTIMES = ("torch", "onnx", "openvino", "auto")
 
 
 @dataclass
@@ -32,7 +32,7 @@ class PredictorOptions:
     overlap: float = 0.5  # sliding-window overlap, where the task slides a window
     mirror: bool | list[int] = True  # test-time mirroring where the task allows it: all allowed axes, none, or these
     windows_per_batch: int | None = None  # None: the predictor's default for its device
-    runtime: str = "torch"  # or "onnx": an ONNX export run by ONNX Runtime (medseg.inference.onnx_export); or "openvino" (medseg.inference.openvino_runtime)
+    runtime: str = "torch"  # or "onnx": an ONNX export run by ONNX Runtime (medseg.inference.onnx_export); "openvino" (medseg.inference.openvino_runtime); "auto" (medseg.inference.runtime_choice)
     precision: str = "auto"  # float32, bfloat16 (bf16 autocast forward) or auto (medseg.tasks.segmentation.inference.predictor)
     backend: str = "local"  # or "ray": cases spread over a Ray cluster (medseg.inference.ray_backend)
     address: str | None = None  # the Ray cluster (None: a local one started for the batch)
@@ -114,7 +114,20 @@ def open_predictor(model, options: PredictorOptions | None = None, needs: Iterab
     if task.predictor is None:
         why = task.instead(folder.path) if task.instead else "its task does not predict"
         raise MedsegError(f"{folder.path} is a {task.name} model ({folder.info.model}): {why}")
+    choice = None
+    if options.runtime == "auto":  # measured once per model and machine, before any actor starts
+        from medseg.inference.runtime_choice import choose_runtime
+
+        runtime, precision, choice = choose_runtime(folder, OPENVINO in task.capabilities, replace(options, backend="local"), lambda f, o: task.predictor(f, o))
+        options = replace(options, runtime=runtime, precision=precision or options.precision)
     require_capabilities(folder, task, {*needs, *implied_needs(options)}, surface)
+    predictor = _open(folder, task, options)
+    if choice is not None:
+        predictor.runtime_choice = choice
+    return predictor
+
+
+def _open(folder, task, options: PredictorOptions) -> TaskPredictor:
     if options.backend == "ray":
         from medseg.inference.ray_backend import RayPredictor
 

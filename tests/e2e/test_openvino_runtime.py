@@ -61,5 +61,46 @@ def test_the_runtime_is_a_capability_and_an_unknown_runtime_is_named(tmp_path):
     from medseg.tasks.prediction import implied_needs
 
     assert OPENVINO in implied_needs(PredictorOptions(runtime="openvino"))
-    with pytest.raises(MedsegError, match="--runtime 'tensorrt': choose torch or onnx or openvino"):
+    with pytest.raises(MedsegError, match="--runtime .tensorrt.: choose torch or onnx or openvino or auto"):
         open_predictor(tmp_path, PredictorOptions(runtime="tensorrt"))
+
+
+def test_runtime_auto_measures_on_the_validation_case_then_remembers(bright_model, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from tests.conftest import BRIGHT_DATASET
+
+    root = tmp_path / "root"
+    shutil.copytree(bright_model[0], root)
+    model = root / "results" / BRIGHT_DATASET / "unet__medsegPlans__3d_fullres"
+    validation = model / "fold_0" / "validation"  # the fixture trained without it: the held-out case's prediction file names the case
+    validation.mkdir(exist_ok=True)
+    shutil.copy(root / "raw" / BRIGHT_DATASET / "labelsTr" / "case_001.nii.gz", validation / "case_001.nii.gz")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    images = copy_bright_images(root, tmp_path / "in")
+    first = run_cli("predict", "-i", images, "-o", tmp_path / "auto", "-m", model, "--no-tta", "--runtime", "auto", "--precision", "float32", root=root, check=True)
+    assert "runtime auto: " in first.stdout and "on case_001" in first.stdout and "measured" in first.stdout, first.stdout
+    (record_file,) = (tmp_path / "cache" / "medseg" / "runtime_choice").glob("*.json")
+    record = json.loads(record_file.read_text())
+    assert set(record["tried"]) == {"torch", "openvino"} and record["case"] == "case_001"
+    assert all(entry["passes"] and min(entry["dice"].values()) >= 0.999 for entry in record["tried"].values())
+    assert record["runtime"] == min(record["tried"], key=lambda name: record["tried"][name]["seconds"])
+    reference = _predict(root, model, images, tmp_path / "torch", "--precision", "float32")
+    for name, labels in reference.items():
+        assert np.array_equal(read_image(tmp_path / "auto" / name).array, labels), name
+    second = run_cli("predict", "-i", images, "-o", tmp_path / "again", "-m", model, "--no-tta", "--runtime", "auto", "--precision", "float32", root=root, check=True)
+    assert f"runtime auto: {record['runtime']}" in second.stdout and "remembered" in second.stdout
+    assert list((tmp_path / "cache" / "medseg" / "runtime_choice").glob("*.json")) == [record_file]
+
+
+def test_runtime_auto_without_a_validation_case_checks_a_synthetic_image(bright_model, tmp_path, monkeypatch):
+    from medseg.inference.runtime_choice import validation_case
+    from medseg.model_folders import open_model_folder
+
+    root, model = bright_model
+    monkeypatch.setenv("MEDSEG_ROOT", str(root))
+    assert validation_case(open_model_folder(model)) is None  # trained with --no-validate
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    result = run_cli("predict", "-i", copy_bright_images(root, tmp_path / "in", 1), "-o", tmp_path / "out", "-m", model, "--no-tta", "--runtime", "auto", root=root, check=True)
+    assert "runtime auto: " in result.stdout and "on synthetic" in result.stdout, result.stdout
