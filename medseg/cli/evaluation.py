@@ -79,6 +79,7 @@ def compare(
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Training minutes per run (one family, one fold), the same for every family."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Or the same number of epochs for every family."),
     iterations: Optional[int] = typer.Option(None, "--iterations-per-epoch"),
+    precision: str = typer.Option("auto", "--precision", help="Every family's training forward, as `plan-and-train --precision` (families that stay float32 say so)."),
 ) -> None:
     """Train model families on identical splits under the same budget and compare them (markdown, JSON, PNG)."""
     from medseg.errors import MedsegError
@@ -96,7 +97,7 @@ def compare(
     if run_dataset_check(folder, strict=False, workers=None) is None:
         raise typer.Exit(1)
     # the same minutes for every run, also for a run left over when resuming
-    options = training_options(epochs, iterations or 250, None, None, None, None, None, True, 0)
+    options = training_options(epochs, iterations or 250, None, None, None, None, None, True, 0, precision=precision)
     comparison, outputs = run_compare(
         folder, families, fold_list, configuration, options, TrainingBudget(per_run_minutes=time_budget),
         log=lambda m: console.print(m, highlight=False, markup=False),
