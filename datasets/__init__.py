@@ -7,6 +7,6 @@ if __name__ != "medseg_datasets":  # imported as the repository folder `datasets
 
 from medseg_datasets.registry import Recipe, get_recipe, list_recipes
 
-from medseg_datasets import abdomen_mri_demo, amos_mri, chestxray14, dsb2018, kvasir_polyp_size, kvasir_seg, msd, polyp_size  # noqa: E402,F401
+from medseg_datasets import abdomen_mri_demo, amos_mri, chestxray14, dsb2018, kermany_pneumonia, kvasir_polyp_size, kvasir_seg, msd, polyp_size  # noqa: E402,F401
 
 __all__ = ["Recipe", "get_recipe", "list_recipes"]

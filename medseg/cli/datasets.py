@@ -131,11 +131,25 @@ def datasets_check(
     path: Path = typer.Argument(..., help="Raw dataset folder (DatasetXXX_Name) or its name/id under $MEDSEG_ROOT/raw."),
     strict: bool = typer.Option(False, "--strict", help="Fail on warnings (e.g. empty labels) too."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Parallel readers [default: all cores]."),
+    fix_duplicates: bool = typer.Option(
+        False, "--fix-duplicates",
+        help="Set exact duplicate cases aside (the first of each set stays): their files and table rows move to DATASET/duplicates_removed/ "
+        "(listed in removed.csv; nothing is deleted), numTraining follows; then check again.",
+    ),
 ) -> None:
     """Validate a dataset and list ALL problems with file names; exit 1 if any error."""
+    from medseg.data.check import check_dataset
     from medseg.paths import find_raw_dataset
 
     folder = path if path.is_dir() else find_raw_dataset(str(path))
+    if fix_duplicates:
+        from medseg.data.duplicates import FOLDER, set_aside_duplicates
+
+        found = check_dataset(folder, workers=workers).duplicates
+        for entry in set_aside_duplicates(folder, found) if found else []:
+            console.print(f"set aside {entry['case']} ({entry['split']}): the same image as {entry['kept_case']}", highlight=False, soft_wrap=True)
+        if found:
+            console.print(f"{len(found)} duplicate case(s) moved to {folder / FOLDER} (removed.csv lists them)", highlight=False, soft_wrap=True)
     if run_dataset_check(folder, strict, workers) is None:
         raise typer.Exit(1)
 

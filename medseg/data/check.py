@@ -36,6 +36,7 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
     description: DatasetDescription | None = None  # dataset.json as parsed, for the stages after the check
     analyses: dict[str, dict] = field(default_factory=dict)  # case id -> its fingerprint analysis, when asked for
+    duplicates: list[tuple[Case, str]] = field(default_factory=list)  # (a case, the earlier case with the same image content)
 
     @property
     def errors(self) -> list[Problem]:
@@ -211,8 +212,9 @@ def check_dataset(
             continue
         if result.image_digest in seen:
             report.problems.append(
-                _error(f"{case.images[0]}: duplicate case: same image content as case {seen[result.image_digest]!r}")
+                _error(f"{case.images[0]}: duplicate case: same image content as case {seen[result.image_digest]!r} (`medseg datasets check --fix-duplicates` sets such cases aside)")
             )
+            report.duplicates.append((case, seen[result.image_digest]))
         else:
             seen[result.image_digest] = case.case_id
     return report

@@ -26,7 +26,7 @@ def subset(source, target, names):
 
 def test_every_recipe_is_listed():
     names = {r.name for r in list_recipes()}
-    assert {"AbdomenMRI", "AbdomenMRI-demo", "DSB2018", "KvasirSEG", "ChestXray14", "PolypSize"} <= names
+    assert {"AbdomenMRI", "AbdomenMRI-demo", "DSB2018", "KvasirSEG", "ChestXray14", "PolypSize", "KermanyPneumonia", "KermanyPneumonia3"} <= names
     listing = run_cli("datasets", "list", check=True).stdout
     assert all(name in listing for name in names)
 
@@ -204,3 +204,60 @@ def test_kvasir_polyp_size_proxy_bins_by_area_tertile(shared_data, tmp_path):
         fraction = float(row["area_fraction"])
         assert row["label"] == ("small_area" if fraction < low else "medium_area" if fraction < high else "large_area")
     assert run_cli("datasets", "check", out, check=True).returncode == 0
+
+
+def _kermany_subset(shared_data, tmp_path):
+    """A few real files in the release layout, with a planted duplicate and a duplicate that disagrees on the class."""
+    import shutil
+
+    source = shared_data / "xray-pneumonia-kermany-train" / "train"
+    normal, pneumonia = sorted((source / "NORMAL").iterdir())[:4], sorted((source / "PNEUMONIA").iterdir())
+    chosen = [p for p in pneumonia if "bacteria" in p.name][:3] + [p for p in pneumonia if "virus" in p.name][:3]
+    src = tmp_path / "kermany"
+    for split, files in (("train", normal[:3] + chosen[:5]), ("test", [normal[3], chosen[5]])):
+        for path in files:
+            (src / split / path.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, src / split / path.parent.name / path.name)
+    shutil.copy(normal[0], src / "train" / "NORMAL" / "IM-9999-0001.jpeg")  # the same pixels again, another name
+    shutil.copy(normal[1], src / "train" / "PNEUMONIA" / "person9999_virus_1.jpeg")  # the same pixels, the other class
+    return src, normal, chosen
+
+
+def test_kermany_pneumonia_groups_patients_and_keeps_each_duplicate_once(shared_data, tmp_path):
+    src, normal, chosen = _kermany_subset(shared_data, tmp_path)
+    out = tmp_path / "Dataset007_KermanyPneumonia"
+    result = run_cli("datasets", "convert", "KermanyPneumonia", "--src", src, "--out", out, check=True)
+    assert "skipped 3 source case(s)" in result.stdout and "IM-9999-0001.jpeg" in result.stdout
+    with (out / "labelsTr.csv").open() as handle:
+        rows = {row["case"]: row for row in csv.DictReader(handle)}
+    assert len(rows) == 2 + 5  # normal[1] and its twin in PNEUMONIA disagree: both dropped; IM-9999 is normal[0] again
+    assert rows[f"normal_{normal[0].stem}"]["group"] == normal[0].stem.rsplit("-", 1)[0] and rows[f"normal_{normal[0].stem}"]["label"] == "normal"
+    first = chosen[0]
+    assert rows[f"pneumonia_{first.stem}"]["group"] == first.stem.split("_")[0] and rows[f"pneumonia_{first.stem}"]["label"] == "pneumonia"
+    with (out / "duplicates.csv").open() as handle:
+        dropped = {row["dropped_file"]: row for row in csv.DictReader(handle)}
+    assert dropped["train/NORMAL/IM-9999-0001.jpeg"]["kept_case"] == f"normal_{normal[0].stem}"
+    assert dropped["train/PNEUMONIA/person9999_virus_1.jpeg"]["why"] == "conflicting labels"
+    assert len(list((out / "imagesTs").iterdir())) == 2 and (out / "labelsTs.csv").is_file()
+    assert json.loads((out / "dataset.json").read_text())["classes"] == ["normal", "pneumonia"]
+    assert run_cli("datasets", "check", out).returncode == 0
+
+    three = get_recipe("KermanyPneumonia3").convert(src, tmp_path / "Dataset008_KermanyPneumonia3")
+    with (three.output / "labelsTr.csv").open() as handle:
+        labels = {row["case"]: row["label"] for row in csv.DictReader(handle)}
+    assert labels[f"pneumonia_{chosen[0].stem}"] == "bacterial" and labels[f"pneumonia_{chosen[3].stem}"] == "viral"
+    assert set(labels.values()) == {"normal", "bacterial", "viral"}
+
+
+def test_kermany_pneumonia_full_training_split_drops_its_26_duplicates(shared_data, tmp_path):
+    out = tmp_path / "Dataset007_KermanyPneumonia"
+    summary = get_recipe("KermanyPneumonia").convert(shared_data / "xray-pneumonia-kermany-train", out)
+    assert len(summary.skipped) == 26 and summary.num_training == 5216 - 26
+    with (out / "labelsTr.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    patients = {}
+    for row in rows:
+        patients.setdefault(row["group"], set()).add(row["label"])
+    assert all(len(labels) == 1 for labels in patients.values())  # a patient's images share one class
+    report = check_dataset(out)
+    assert report.ok(), [str(p) for p in report.errors[:3]]
