@@ -34,11 +34,11 @@ def _counting_progress(description: str):
 
 
 def _report_conversion(summary) -> None:
-    console.print(f"wrote {summary.output}: {summary.num_training} training cases, {summary.num_test} test cases")
+    console.print(f"wrote {summary.output}: {summary.num_training} training cases, {summary.num_test} test cases", soft_wrap=True, highlight=False)
     if summary.skipped:
         console.print(f"[yellow]skipped {len(summary.skipped)} source case(s):[/yellow]")
         for source, reason in summary.skipped:
-            console.print(f"  {reason}" if source in reason else f"  {source}: {reason}")
+            console.print(f"  {reason}" if source in reason else f"  {source}: {reason}", soft_wrap=True, highlight=False)  # a file name is never broken
 
 
 def _refuse_taken_id(output: Path) -> None:
