@@ -30,8 +30,9 @@ MIN_DICE = 0.999
 
 
 def cache_folder() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "medseg" / "runtime_choice"
+    from medseg.inference.openvino_runtime import cache_root  # the user's medseg cache, beside OpenVINO's conversions
+
+    return cache_root().parent / "runtime_choice"
 
 
 def candidates(compiles: bool, options) -> list[str]:

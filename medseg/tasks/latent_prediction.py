@@ -85,10 +85,10 @@ def _autoencoder(folder, device: torch.device):
     return autoencoder
 
 
-def _graphs(folder, folds: list[str], checkpoint: str, device: torch.device) -> list[LatentGraph]:
+def _graphs(folder, folds: list[str], checkpoint: str, device: torch.device, autoencoder=None) -> list[LatentGraph]:
     from medseg.models.registry import build_model
 
-    autoencoder = _autoencoder(folder, device)
+    autoencoder = autoencoder or _autoencoder(folder, device)
     graphs = []
     for fold in folds:
         mapper = build_model(mapper_architecture(folder.configuration, autoencoder), 3, 2)
@@ -122,8 +122,9 @@ def latent_onnx_graph(folder, checkpoint: str):
     from medseg.inference.onnx_export import ExportGraph
 
     side = folder.configuration.patch_size[0]
+    autoencoder = _autoencoder(folder, torch.device("cpu"))  # loaded and checked once, shared by every fold's graph
     return ExportGraph(
-        build=lambda fold: _graphs(folder, [fold], checkpoint, torch.device("cpu"))[0].eval(),
+        build=lambda fold: _graphs(folder, [fold], checkpoint, torch.device("cpu"), autoencoder)[0].eval(),
         example=torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(0)) * 2 - 1,
         output_channels=folder.plans.num_classes, values="class probabilities",
     )
