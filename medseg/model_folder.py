@@ -7,6 +7,7 @@
     card.json             the model card (medseg.model_card): use, licence, data, metrics, weight checksums
     input_profile.json    what the training images looked like, to check inputs (medseg.audit.input_profile)
     calibration.json      expected Dice per structure and review thresholds, fitted by cross-validation
+    probability_calibration.json   a classifier's temperature and test-time-view choice, fitted by cross-validation
     crossval_summary.json the pooled cross-validation report
     fold_K/               checkpoint_{latest,best,final}.pt, log.json, progress.png, validation/
 
@@ -198,10 +199,13 @@ class ModelFolder:
         return read_profile(self.path)
 
     def calibration(self) -> dict | None:
-        """The expected Dice's calibration, fitted by cross-validation (medseg.audit.calibration)."""
+        """What cross-validation fitted for auditing its predictions: a segmentation model's expected
+        Dice per structure (medseg.audit.calibration), a classifier's probability temperature
+        (medseg.audit.probability_calibration, ``"kind": "temperature"``)."""
         from medseg.audit.calibration import read_calibration
+        from medseg.audit.probability_calibration import read_probability_calibration
 
-        return read_calibration(self.path)
+        return read_calibration(self.path) or read_probability_calibration(self.path)
 
     # ---------------------------------------------------------------------- cross-validation results
     def scoring(self) -> dict:

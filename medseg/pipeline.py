@@ -202,6 +202,11 @@ def _fingerprint_and_plan(
     planned_precision = plans.planner.get("precision", "float32")
     if plans.planner.get("mode") == "time" and planned_precision != precision:
         log(f"  the plans were sized for {planned_precision} training steps, training runs in {precision}: --replan to size for it")
+    for name, configuration in plans.configurations.items():  # e.g. pretraining's image sources: never silently the old ones
+        differing = [key for key, value in (plan_settings or {}).items() if key in configuration.training and configuration.training[key] != value]
+        if differing:
+            shown = "; ".join(f"{key} planned {configuration.training[key]!r}, asked {plan_settings[key]!r}" for key in differing)
+            raise MedsegError(f"{plans_file} ({name}) was planned with other settings ({shown}): add --replan to plan again")
     planned = {c.architecture["name"] for c in plans.configurations.values()}
     options = plans.planner.get("model_options", {})
     if planned != {experiment.spec.family} or options != experiment.spec.options:

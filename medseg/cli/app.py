@@ -121,6 +121,12 @@ def print_report_tables(task, reports: dict) -> None:
         for row in rows:
             table.add_row(*row)
         console.print(table)
+        calibration = report.get("calibration")
+        if isinstance(calibration, dict) and calibration.get("kind") == "temperature":  # a classifier's
+            from medseg.audit.probability_calibration import calibration_lines
+
+            for line in calibration_lines(calibration):
+                console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 def main() -> None:

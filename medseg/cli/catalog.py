@@ -57,7 +57,11 @@ def describe(
 
 def calibration_lines(calibration: dict) -> list[str]:
     """A calibration's quality as a person reads it: per structure, how well its expected Dice finds
-    the poor out-of-fold cases against the plain baseline, and its error."""
+    the poor out-of-fold cases against the plain baseline, and its error (a classifier's: its temperature)."""
+    if calibration.get("kind") == "temperature":
+        from medseg.audit.probability_calibration import calibration_lines as temperature_lines
+
+        return temperature_lines(calibration)
     lines = [f"calibration: expected Dice from the {calibration['feature']}, a review below each structure's threshold "
              f"(poor: Dice under {calibration['poor_dice']})"]
     for name, fitted in calibration["labels"].items():
@@ -119,28 +123,32 @@ app.add_typer(models_app, name="models")
 
 
 @app.command()
-def calibrate(model: Path = typer.Argument(..., help="A medseg model folder.")) -> None:
+def calibrate(model: Path = typer.Argument(..., help="A medseg model folder, or an nnU-Net v2 one whose validation kept its probabilities (--npz).")) -> None:
     """Write what a model folder needs to audit its predictions (also for folders trained before
     medseg kept it): input_profile.json (the training images' spacing, size, orientation and
     intensities, which `medseg predict --qc` checks every input against) and calibration.json (the
     expected Dice per structure and its review threshold, fitted on the cross-validation's
-    out-of-fold predictions; folds validated before are predicted again for it)."""
-    from medseg.model_folder import ModelFolder
+    out-of-fold predictions; folds validated before are predicted again for it). An nnU-Net v2
+    folder is calibrated from its own validation (summary.json and the --npz probabilities); a
+    classifier gets its temperature and test-time-view choice (probability_calibration.json)."""
+    from medseg.model_folders import open_model_folder
     from medseg.pipeline import refit_input_profile
     from medseg.tasks.registry import get_task
 
-    folder = ModelFolder.open(model)
-    written, source = refit_input_profile(folder)
-    console.print(f"wrote {written} (from {source})", highlight=False, markup=False)
+    folder = open_model_folder(model)
+    if folder.info.extra.get("source") == "nnunetv2":  # its profile is read from its dataset_fingerprint.json at prediction
+        console.print("input profile: nnU-Net's dataset_fingerprint.json (spacing and cropped sizes), read when predicting", highlight=False, markup=False)
+    else:
+        written, source = refit_input_profile(folder)
+        console.print(f"wrote {written} (from {source})", highlight=False, markup=False)
     task = get_task(folder.info.task)
     if task.calibrate is None:
         console.print(f"no calibration: {task.name} models have no expected-quality calibration", highlight=False, markup=False)
         return
-    calibration = task.calibrate(folder, lambda line: console.print(line, highlight=False, markup=False))
+    calibration = task.calibrate(folder, lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
     if calibration is None:
-        console.print(f"no calibration: {folder.path} was not cross-validated (plan-and-train writes crossval_summary.json)", highlight=False, markup=False)
         return
-    console.print(f"wrote {folder.path / 'calibration.json'}", highlight=False, markup=False)
+    console.print(f"wrote {calibration.get('path') or folder.path / 'calibration.json'}", highlight=False, markup=False)
     for line in calibration_lines(calibration):
         console.print(line, highlight=False, markup=False)
 

@@ -37,6 +37,12 @@ def evaluate(
 
         report = evaluate_predictions(predictions, references, dataset_json, output)
         print_report_tables(task_for_dataset(CLASSIFICATION_LAYOUT), {"evaluation": report})
+        if "transfer" in report:
+            transfer = report["transfer"]
+            console.print(
+                f"another dataset's model: scored on the classes both name ({', '.join(transfer['shared_classes'])}), "
+                f"{transfer['model_classes_ignored']} of its classes ignored", highlight=False, soft_wrap=True, markup=False,
+            )
         return
 
     from medseg.data.layout import parse_labels

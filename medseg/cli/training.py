@@ -197,7 +197,7 @@ def plan_and_train(
     print_report_tables(experiment.task, {f"{name} cross-validation": report for name, report in reports.items()})
 
 
-def _pretrain(dataset, model, time_budget, epochs, iterations, learning_rate, test_images, replan, device, workers, extra_images=()) -> Path:
+def _pretrain(dataset, model, time_budget, epochs, iterations, learning_rate, test_images, replan, device, workers, extra_images=(), pretrained=None, precision="float32") -> Path:
     """Plan and train a pretraining family on fold 'all'; returns its fold folder."""
     from medseg.errors import MedsegError
     from medseg.experiment import Experiment, TrainingBudget
@@ -213,11 +213,11 @@ def _pretrain(dataset, model, time_budget, epochs, iterations, learning_rate, te
         raise MedsegError("give the pretraining a budget: --time-budget MIN or --epochs N")
     if run_dataset_check(folder, strict=False, workers=workers) is None:
         raise typer.Exit(1)
-    options = training_options(epochs, iterations, learning_rate, None, None, None, device, False, 0)
-    settings = {"include_test": test_images, **({"extra_images": [str(p) for p in extra_images]} if extra_images else {})}
+    options = training_options(epochs, iterations, learning_rate, None, None, None, device, False, 0, pretrained, precision)
+    settings = {"include_test": test_images, "extra_images": [str(Path(p).resolve()) for p in extra_images]}
     run_plan_and_train(
         experiment, None, ["all"], options, TrainingBudget(per_run_minutes=time_budget), replan=replan, workers=workers,
-        log=lambda m: console.print(m, highlight=False, markup=False), plan_settings=settings,
+        log=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True), plan_settings=settings,
     )
     return experiment.model_folder_path("2d") / "fold_all"
 
@@ -231,13 +231,16 @@ def pretrain(
     iterations: int = typer.Option(250, "--iterations-per-epoch"),
     learning_rate: Optional[float] = typer.Option(None, "--learning-rate"),
     test_images: bool = typer.Option(True, "--test-images/--no-test-images", help="Learn from the unlabelled imagesTs too (labels are never used)."),
+    images: list[Path] = typer.Option([], "--images", help="More image folders to learn from (repeatable; colour turned to grayscale for a grayscale dataset)."),
+    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Continue from this encoder.pt (an earlier run's, or another dataset's of the same width, depth and patch); the decoder starts fresh."),
     replan: bool = typer.Option(False, "--replan", help="Fingerprint and plan again even if plans exist."),
     device: Optional[str] = typer.Option(None, "--device"),
     workers: Optional[int] = typer.Option(None, "--workers"),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
 ) -> None:
     """Self-supervised pretraining on a dataset's images (labels unused): writes the encoder that
     `plan-and-train --model vit --pretrained ENCODER` fine-tunes, and reconstruction PNGs per epoch."""
-    fold = _pretrain(dataset, model, time_budget, epochs, iterations, learning_rate, test_images, replan, device, workers)
+    fold = _pretrain(dataset, model, time_budget, epochs, iterations, learning_rate, test_images, replan, device, workers, images, pretrained, precision)
     if (fold / "encoder.pt").is_file():
         console.print(f"encoder: {fold / 'encoder.pt'}\nfine-tune: medseg plan-and-train --dataset {dataset} --model vit --pretrained {fold / 'encoder.pt'}", highlight=False, markup=False, soft_wrap=True)
     else:

@@ -3,6 +3,7 @@ z-scored per channel, float16 on disk (one .npz per case), prepared again when t
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -29,19 +30,69 @@ def prepare_image(array: np.ndarray, size: list[int], source: str = "the image")
 
 
 def _signature(configuration) -> dict:
-    return {"input_size": list(configuration.patch_size), "normalization": configuration.normalization, "version": 1}
+    signature = {"input_size": list(configuration.patch_size), "normalization": configuration.normalization, "version": 1}
+    extra = configuration.training.get("extra_images")
+    return {**signature, "extra_images": extra} if extra else signature  # classifiers' signatures unchanged
+
+
+EXTRA_PREFIX = "extra__"  # images from --images folders (pretraining): never a dataset case id
+EXTRA_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii.gz", ".nii", ".nrrd", ".mha")
+LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL converts RGB to L
+
+
+def extra_image_files(folders: list[str]) -> list[Path]:
+    """Every image file under the --images folders, sorted; a folder that is missing or holds none is refused."""
+    files = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise MedsegError(f"--images {folder}: not a folder")
+        found = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(EXTRA_SUFFIXES))
+        if not found:
+            raise MedsegError(f"--images {folder}: no images in it ({', '.join(EXTRA_SUFFIXES)})")
+        files += found
+    return files
+
+
+def extra_targets(folder: Path, extra_folders: list[str]) -> list[tuple[Path, Path]]:
+    """(image file, its .npz in ``folder``) for every file under the --images folders, the .npz named
+    by the file's path, size and modification time (an edited image is prepared again); .npz files
+    of images no longer there are removed."""
+    targets = []
+    for path in extra_image_files(extra_folders):
+        status = path.stat()
+        key = hashlib.sha1(f"{path.resolve()}|{status.st_size}|{status.st_mtime_ns}".encode()).hexdigest()[:20]
+        targets.append((path, folder / f"{EXTRA_PREFIX}{key}.npz"))
+    wanted = {target.name for _, target in targets}
+    for stale in folder.glob(f"{EXTRA_PREFIX}*.npz"):
+        if stale.name not in wanted:
+            stale.unlink()
+    return targets
+
+
+def with_channels(array: np.ndarray, channels: int, source: str) -> np.ndarray:
+    """array: (C, H, W) of an extra image -> (channels, H, W): colour to grayscale (luminance) for a
+    grayscale dataset; anything else that differs is refused, naming the file."""
+    if array.shape[0] == channels:
+        return array
+    if channels == 1 and array.shape[0] in (3, 4):
+        return np.tensordot(np.asarray(LUMINANCE, dtype=np.float32), array[:3].astype(np.float32), axes=1)[None]
+    raise MedsegError(f"{source}: {array.shape[0]} channel(s); the dataset's images have {channels}")
 
 
 def _preprocess_case(job) -> str | None:
-    case, target, size = job
+    """job: (a dataset case, or an extra image file, its .npz, the input size, the dataset's channels)."""
+    source, target, size, channels = job
     from medseg.data.cases import load_case_images
+    from medseg.io import read_image
 
+    name = str(source) if isinstance(source, Path) else str(source.images[0])
     try:
-        image = prepare_image(load_case_images(case).array, size, str(case.images[0]))
+        array = with_channels(read_image(source).array, channels, name) if isinstance(source, Path) else load_case_images(source).array
+        image = prepare_image(array, size, name)
     except MedsegError as error:
         return str(error)
     except Exception as error:
-        return f"{case.images[0]}: unreadable ({type(error).__name__}: {error})"
+        return f"{name}: unreadable ({type(error).__name__}: {error})"
     with atomic_path(target) as temporary:
         with open(temporary, "wb") as handle:
             np.savez(handle, image=image.astype(np.float16))
@@ -79,12 +130,15 @@ def case_targets(description, folder: Path, include_test: bool) -> list[tuple]:
 
 
 def preprocess(description, plans, configuration, folder: Path, workers, progress) -> tuple[int, int]:
-    """Every training image (and the test images, when the plan includes them) at the input size."""
+    """Every training image (and the test images, and the --images files, when the plan includes
+    them) at the input size."""
     from medseg.parallel import map_parallel
 
     fresh_folder(folder, _signature(configuration))
     targets = case_targets(description, folder, bool(configuration.training.get("include_test")))
-    jobs = [(case, target, configuration.patch_size) for case, target in targets if not target.is_file()]
+    targets += extra_targets(folder, configuration.training.get("extra_images", []))
+    channels = description.num_channels
+    jobs = [(case, target, configuration.patch_size, channels) for case, target in targets if not target.is_file()]
     errors = [e for e in map_parallel(_preprocess_case, jobs, workers, progress) if e]
     if errors:
         raise DatasetError(f"{len(errors)} image(s) could not be preprocessed: " + "; ".join(errors[:5]))
@@ -97,7 +151,7 @@ def preprocessed_cases(data_folder: Path, plans, configuration) -> list[str]:
     signature_file = data_folder / "signature.json"
     if signature_file.is_file() and json.loads(signature_file.read_text()) != _signature(configuration):
         raise MedsegError(f"{data_folder}: preprocessed for another plan; rerun `medseg preprocess`")
-    return sorted(p.stem for p in data_folder.glob("*.npz") if not p.name.startswith(".") and not p.stem.startswith(TEST_PREFIX))
+    return sorted(p.stem for p in data_folder.glob("*.npz") if not p.name.startswith(".") and not p.stem.startswith((TEST_PREFIX, EXTRA_PREFIX)))
 
 
 def load_images(data_folder: Path, case_ids: list[str], key: str = "image") -> torch.Tensor:

@@ -29,8 +29,6 @@ from medseg.training.schedules import warmup_then_cosine
 TASK = "autoencoder_pretraining"
 CPU_SIDE, GPU_SIDE, MIN_SIDE = 128, 256, 32
 CPU_AUTOENCODER = {"block_out_channels": [16, 32, 64, 64], "norm_num_groups": 8}  # 1.0 M parameters
-EXTRA_PREFIX = "extra__"  # images from --images folders: never a dataset case id
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 def square_plans(fingerprint_file, description, request: PlanRequest, side: int, batch: int, architecture: dict, training: dict, labels: dict):
@@ -110,26 +108,13 @@ def _prepare_image_file(job) -> str | None:
     return None
 
 
-def extra_image_files(folders: list[str]) -> list[Path]:
-    files = []
-    for folder in map(Path, folders):
-        if not folder.is_dir():
-            raise MedsegError(f"--images {folder}: not a folder")
-        found = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
-        if not found:
-            raise MedsegError(f"--images {folder}: no images in it ({', '.join(IMAGE_SUFFIXES)})")
-        files += found
-    return files
-
-
 def preprocess(description, plans, configuration, folder: Path, workers, progress) -> tuple[int, int]:
     from medseg.parallel import map_parallel
 
     images2d.fresh_folder(folder, signature(configuration, TASK))
     side = configuration.patch_size[0]
     targets = images2d.case_targets(description, folder, bool(configuration.training.get("include_test")))
-    for index, path in enumerate(extra_image_files(configuration.training.get("extra_images", []))):
-        targets.append((path, folder / f"{EXTRA_PREFIX}{index:06d}.npz"))
+    targets += images2d.extra_targets(folder, configuration.training.get("extra_images", []))
     jobs = [(source, target, side) for source, target in targets if not target.is_file()]
     errors = [e for e in map_parallel(_prepare_image_file, jobs, workers, progress) if e]
     if errors:

@@ -2,8 +2,10 @@
 
 ``medseg pretrain --dataset NAME --model mae_vit`` plans like the classifier (the same input side
 and patch, so the encoder fits the classifier that fine-tunes it), preprocesses the training images
-and, unless ``--no-test-images``, the unlabelled test images too, and trains on all of them (fold
-"all": there is nothing to cross-validate). Augmentation is MAE's: a random resized crop of 0.5-1.0
+and, unless ``--no-test-images``, the unlabelled test images too, plus every image under the
+``--images`` folders (colour turned to grayscale for a grayscale dataset), and trains on all of
+them (fold "all": there is nothing to cross-validate). ``--pretrained ENCODER`` continues from an
+encoder (another dataset's pretraining, or an earlier run) with a fresh decoder. Augmentation is MAE's: a random resized crop of 0.5-1.0
 of the image (and flips where the images allow them). After every epoch the run writes
 ``encoder.pt`` (what ``plan-and-train --model vit --pretrained PATH`` loads) and a reconstruction
 PNG (masked input | reconstruction | original, a row per image) so a user can watch it learn."""
@@ -35,6 +37,7 @@ def plan(fingerprint_file, description, request: PlanRequest):
     training = {
         "optimizer": "adamw", "learning_rate": 1e-3, "weight_decay": 0.05, "betas": [0.9, 0.95], "warmup_fraction": 0.05,
         "include_test": bool((request.settings or {}).get("include_test", True)),
+        "extra_images": [str(Path(p).resolve()) for p in (request.settings or {}).get("extra_images", [])],
     }
     return image_plans.image_plans(sized, description, request, {}, augmentation, training)
 
@@ -77,6 +80,7 @@ def reconstruction_png(path: Path, images: torch.Tensor, predicted: torch.Tensor
 
 class MaskedPretrainingRun:
     score_name, score_label = "neg_masked_loss", "-masked loss"
+    mixed_precision = True  # bf16 forward where --precision allows; the masked loss is computed in float32 (MaskedAutoencoder)
 
     def __init__(self, context: RunContext):
         from medseg.models.registry import build_model
@@ -88,8 +92,11 @@ class MaskedPretrainingRun:
         self.modules = {"network": self.network}
         if options.optimizer not in (None, "adamw"):
             raise MedsegError(f"the {TASK} task trains with adamw (got --optimizer {options.optimizer})")
-        if getattr(options, "pretrained", None):
-            raise MedsegError("--pretrained is for fine-tuning a classifier, not for pretraining")
+        self.pretrained = getattr(options, "pretrained", None)
+        if self.pretrained:  # continue from an encoder (another dataset's, or an earlier run's); the decoder starts fresh
+            from medseg.models.mae import load_encoder
+
+            load_encoder(self.network.encoder, Path(self.pretrained), len(context.plans.channel_names), self.network.settings)
         self.learning_rate = options.learning_rate or self.training["learning_rate"]
         groups = optimizers.parameter_groups(self.network, self.training["weight_decay"], 1.0)
         self.optimizers = {"network": torch.optim.AdamW(groups, self.learning_rate, betas=tuple(self.training.get("betas", (0.9, 0.95))))}
@@ -103,6 +110,7 @@ class MaskedPretrainingRun:
         return (
             f"pretraining {c.architecture['name']} (mask ratio {self.network.mask_ratio}), input {c.patch_size}, "
             f"batch {self.batch_size * self.context.world_size}, adamw lr {self.learning_rate:g}"
+            + (f", continuing from the encoder {self.pretrained}" if self.pretrained else "")
         )
 
     def batches(self, split: str, seed: int, background: bool):

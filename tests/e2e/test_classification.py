@@ -120,6 +120,18 @@ def test_classification_plan_train_predict_evaluate(tmp_path):
     thresholds = json.loads((folder / "thresholds.json").read_text())["thresholds"]
     assert set(thresholds) == {"square", "stripe"} and (folder / "roc.png").stat().st_size > 1000
     assert json.loads((folder / "model.json").read_text())["task"] == "classification"
+    # calibration: a temperature per class for both the plain and the test-time-view predictions
+    calibration = json.loads((folder / "probability_calibration.json").read_text())
+    assert calibration["kind"] == "temperature" and len(calibration["temperature"]["plain"]) == 2 and len(calibration["temperature"]["tta"]) == 2
+    assert calibration["tta"]["used"] == (calibration["tta"]["auc_tta"] > calibration["tta"]["auc_plain"]) and calibration["tta"]["views"] == 6
+    assert (folder / "fold_1" / "validation" / "predictions_tta.csv").is_file()
+    assert report["patients"]["patients"] == report["num_cases"] // 2  # two images per patient
+    assert "patients (mean of their images)" in result.stdout and "calibration: temperature" in result.stdout
+    described = run_cli("describe", folder, root=root, check=True)
+    assert "calibration: temperature" in described.stdout and "test-time augmentation (6 views)" in described.stdout
+    recalibrated = run_cli("calibrate", folder, root=root, check=True)
+    assert "probability_calibration.json" in recalibrated.stdout
+    assert json.loads((folder / "probability_calibration.json").read_text())["temperature"] == calibration["temperature"]
 
     out = tmp_path / "predictions"
     (raw / "imagesTs" / "broken_0000.png").write_bytes(b"not a png")
@@ -127,7 +139,8 @@ def test_classification_plan_train_predict_evaluate(tmp_path):
     assert predicted.returncode == 1 and "broken" in predicted.stderr + predicted.stdout  # one bad image, the rest written
     with open(out / "predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 10 and set(rows[0]) == {"case", "square", "stripe", "predicted"}
+    assert len(rows) == 10 and set(rows[0]) == {"case", "square", "stripe", "predicted", "review"}
+    assert all(row["review"] == "" for row in rows)  # images like the training ones: no input check fires
     assert all(0 <= float(row["square"]) <= 1 for row in rows)
     for row in rows:  # decisions follow the cross-validation thresholds
         assert ("square" in row["predicted"].split("|")) == (float(row["square"]) >= thresholds["square"])
@@ -135,6 +148,59 @@ def test_classification_plan_train_predict_evaluate(tmp_path):
     assert "AUC" in scored.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_cases"] == 10 and summary["mean"]["auc"] is not None
+    assert summary["patients"]["patients"] == 5 and summary["patients"]["max"]["mean"]["auc"] is not None
+
+    # input checks: a PNG at a tenth of the training size is flagged (warn) or refused, naming the field of view
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    Image.fromarray(np.full((3, 3), 90, np.uint8)).save(odd / "tiny_0000.png")
+    Image.fromarray(np.random.default_rng(1).integers(60, 160, (32, 32), dtype=np.uint8)).save(odd / "usual_0000.png")
+    run_cli("predict", "-i", odd, "-o", tmp_path / "odd_out", "-m", folder, root=root, check=True)
+    with open(tmp_path / "odd_out" / "predictions.csv") as handle:
+        reviews = {row["case"]: row["review"] for row in csv.DictReader(handle)}
+    assert "field of view 3 mm" in reviews["tiny"] and reviews["usual"] == ""
+    refused = run_cli("predict", "-i", odd, "-o", tmp_path / "odd_refused", "-m", folder, "--qc", "refuse", root=root)
+    assert refused.returncode == 1 and "tiny: refused by the input checks" in " ".join(refused.stderr.split())
+    with open(tmp_path / "odd_refused" / "predictions.csv") as handle:
+        assert [row["case"] for row in csv.DictReader(handle)] == ["usual"]  # the other case is written
+
+    # transfer: another dataset naming one of the model's classes (multi-class, another case of letters)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "dataset.json").write_text(json.dumps({
+        "name": "Other", "task": "classification", "classes": ["normal", "Stripe"], "multi_label": False,
+        "channel_names": {"0": "X-ray"}, "numTraining": 0, "file_ending": ".png",
+    }))
+    with open(raw / "labelsTs.csv") as handle, open(other / "labels.csv", "w", newline="") as written:
+        writer = csv.writer(written)
+        writer.writerow(["case", "label"])
+        writer.writerows([row["case"], "Stripe" if row["stripe"] == "1" else "normal"] for row in csv.DictReader(handle))
+    moved = run_cli("evaluate", out / "predictions.csv", other / "labels.csv", "-j", other / "dataset.json", "-o", other / "summary.json", root=root, check=True)
+    assert "scored on the classes both name (Stripe)" in " ".join(moved.stdout.split())
+    transfer = json.loads((other / "summary.json").read_text())
+    assert list(transfer["per_class"]) == ["Stripe"] and transfer["transfer"]["model_classes_ignored"] == 1
+    assert transfer["per_class"]["Stripe"]["auc"] == pytest.approx(summary["per_class"]["stripe"]["auc"])  # the same images and labels
+    (other / "dataset.json").write_text((other / "dataset.json").read_text().replace('"Stripe"', '"cat"'))
+    (other / "labels.csv").write_text((other / "labels.csv").read_text().replace("Stripe", "cat"))
+    unrelated = run_cli("evaluate", out / "predictions.csv", other / "labels.csv", "-j", other / "dataset.json", root=root)
+    assert unrelated.returncode == 1 and "share no name" in " ".join(unrelated.stderr.split())
+
+    # predict divides each fold's logits by the plain predictions' temperature (--no-tta: no views)
+    def fold0(name: str) -> np.ndarray:
+        target = tmp_path / name
+        run_cli("predict", "-i", raw / "imagesTs" / "imgTs000_0000.png", "-o", target, "-m", folder, "--folds", "0", "--no-tta", root=root, check=True)
+        with open(target / "predictions.csv") as handle:
+            return np.array([[float(row[c]) for c in ("square", "stripe")] for row in csv.DictReader(handle)])
+
+    calibrated_plain = fold0("calibrated")
+    (folder / "probability_calibration.json").rename(folder / "set_aside.json")
+    raw_plain = fold0("uncalibrated")
+    (folder / "set_aside.json").rename(folder / "probability_calibration.json")
+    from medseg.audit.probability_calibration import calibrated
+
+    assert calibrated_plain == pytest.approx(calibrated(raw_plain, calibration["temperature"]["plain"], True), abs=2e-6)
+    refused = run_cli("predict", "-i", raw / "imagesTs", "-o", tmp_path / "axes", "-m", folder, "--tta-axes", "0", root=root)
+    assert refused.returncode == 1 and "a classifier takes --tta or --no-tta" in " ".join(refused.stderr.split())
 
     rows.pop()  # a labelled case without a prediction: no mean over the rest
     with open(out / "partial.csv", "w", newline="") as handle:
@@ -259,6 +325,36 @@ def test_pretrain_then_fine_tune_from_the_cli(tmp_path):
     assert wrong.returncode == 1 and "encoder.pt: the encoder does not fit this model" in message and "width 32 vs 48" in message
     refused = run_cli("predict", "-i", raw / "imagesTs", "-o", tmp_path / "out", "-m", folder, root=root)
     assert refused.returncode == 1 and "--pretrained" in refused.stderr
+
+    # another dataset's pretraining continues from that encoder and learns from extra folders (colour made grayscale)
+    other = root / "raw" / "Dataset065_More"
+    _synthetic_dataset(other, num_train=6, num_test=0)
+    extra = tmp_path / "more_xrays"
+    (extra / "nested").mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    for index in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(extra / f"colour{index}.jpg")
+    Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(extra / "nested" / "gray.png")
+    spec = "mae_vit[width=32,depth=2,heads=2,decoder_width=16,decoder_depth=1]"
+    continued = run_cli(
+        "pretrain", "--dataset", "Dataset065_More", "--model", spec, "--images", extra, "--pretrained", encoder, "--no-test-images",
+        "--epochs", "1", "--iterations-per-epoch", "2", root=root, check=True,
+    )
+    assert f"continuing from the encoder {encoder}" in continued.stdout
+    more = next((root / "preprocessed" / "Dataset065_More").glob("medsegPlans_mae_vit*_2d"))
+    assert len(list(more.glob("extra__*.npz"))) == 4 and len(list(more.glob("*.npz"))) == 10
+    with np.load(next(more.glob("extra__*.npz"))) as content:
+        assert content["image"].shape == (1, 32, 32)  # the dataset's one channel, at its input size
+    (extra / "broken.png").write_bytes(b"not an image")
+    broken = run_cli("pretrain", "--dataset", "Dataset065_More", "--model", spec, "--images", extra, "--no-test-images", "--epochs", "1", root=root)
+    assert broken.returncode == 1 and "broken.png" in broken.stderr
+    elsewhere = run_cli("pretrain", "--dataset", "Dataset065_More", "--model", spec, "--no-test-images", "--epochs", "1", root=root)
+    assert elsewhere.returncode == 1 and "add --replan" in " ".join(elsewhere.stderr.split())  # not silently the planned images
+    mismatched = run_cli(
+        "pretrain", "--dataset", "Dataset065_More", "--model", "mae_vit[width=48,depth=2,heads=2,decoder_width=16,decoder_depth=1]",
+        "--pretrained", encoder, "--no-test-images", "--epochs", "1", "--iterations-per-epoch", "1", root=root,
+    )
+    assert mismatched.returncode == 1 and "width 32 vs 48" in " ".join(mismatched.stderr.split())
 
 
 @pytest.mark.parametrize("reach_main", [False, True])

@@ -305,3 +305,36 @@ def test_a_damaged_nnunet_folder_is_named(nnunet_model, tmp_path):
     image = work / "raw" / DATASET / "imagesTr" / "case_000_0000.nii.gz"
     result = run_cli("predict", "-m", copy, "-i", image, "-o", tmp_path / "out")
     assert result.returncode != 0 and "checkpoint_final.pth" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_nnunet_folder_is_calibrated_from_its_own_validation(nnunet_model, tmp_path):
+    """`medseg calibrate` on an nnU-Net folder: without saved probabilities it says input checks only;
+    after `nnUNetv2_train --val --npz` it fits calibration.json from nnU-Net's validation, and predict
+    writes the expected Dice."""
+    import shutil
+
+    source_work, source_model = nnunet_model
+    work = tmp_path / "work"
+    shutil.copytree(source_work, work, symlinks=True)
+    model = work / source_model.relative_to(source_work)
+    shutil.rmtree(model / "fold_0" / "validation", ignore_errors=True)
+    without = run_cli("calibrate", model, check=True)
+    said = " ".join(without.stdout.split())
+    assert "no calibration: fold 0 has no validation" in said and "input checks only" in said and not (model / "calibration.json").exists()
+
+    env = dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"), nnUNet_results=str(work / "results"),
+               nnUNet_compile="false", nnUNet_n_proc_DA="0")
+    trainer = Path(sys.executable).parent / "nnUNetv2_train"
+    validated = subprocess.run([str(trainer), "991", "3d_fullres", "0", "--val", "--npz", "-device", "cpu"], capture_output=True, text=True, env=env, timeout=600)
+    assert validated.returncode == 0, validated.stdout[-3000:] + validated.stderr[-3000:]
+    summary = json.loads((model / "fold_0" / "validation" / "summary.json").read_text())
+    fitted = run_cli("calibrate", model, check=True)
+    assert "fitting on nnU-Net's validation" in fitted.stdout and (model / "calibration.json").is_file()
+    calibration = json.loads((model / "calibration.json").read_text())
+    label = next(iter(calibration["labels"]))
+    assert calibration["labels"][label]["cases"] == len(summary["metric_per_case"])  # every held-out case, this label
+
+    inputs = _resampled_case(work)
+    run_cli("predict", "-m", model, "-i", inputs, "-o", tmp_path / "out", "--no-tta", check=True)
+    entry = json.loads((tmp_path / "out" / "manifest.jsonl").read_text().splitlines()[0])
+    assert entry["expected_dice"] and label in entry["expected_dice"], entry

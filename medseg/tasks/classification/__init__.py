@@ -12,10 +12,16 @@ Stages, as the pipeline runs them:
 - training: AdamW with warm-up and cosine decay, layer-wise learning-rate decay when the family
   numbers its layers (ViT), validation score = mean ROC AUC (from additive score histograms);
 - final validation: every held-out image predicted, probabilities in ``validation/predictions.csv``;
-- cross-validation: out-of-fold predictions pooled; per-class thresholds (Youden's J) picked on them
-  and stored in the model folder (``thresholds.json``) for prediction; AUC, F1, balanced accuracy,
-  sensitivity and specificity per class and mean; ROC plot ``roc.png``;
-- predict: ``predictions.csv`` with a probability per class and the predicted classes."""
+  (and through the test-time views, ``predictions_tta.csv``);
+- cross-validation: out-of-fold predictions pooled; the test-time views kept when they raise the
+  AUC; a temperature fitted on them (``probability_calibration.json``); per-class thresholds
+  (Youden's J) picked on the calibrated probabilities and stored in the model folder
+  (``thresholds.json``) for prediction; AUC, F1, balanced accuracy, sensitivity and specificity per
+  class and mean, per image and per patient (mean / max of a patient's images) where the table has
+  a group column; ROC plot ``roc.png``;
+- predict: ``predictions.csv`` with a probability per class (views and temperature as the
+  cross-validation chose), the predicted classes, and ``review``: the input checks' findings
+  against the training images (medseg.audit.input_checks; ``--qc refuse`` fails such a case)."""
 
 from medseg.tasks.image_plans import fingerprint
 from medseg.preprocessing.images2d import preprocess, preprocessed_cases, prepare_image
@@ -23,7 +29,7 @@ from medseg.tasks.capabilities import CLASS_SCORES, CROSSVAL
 from medseg.tasks.classification.planning import plan
 from medseg.tasks.classification.predictor import load_classifier_predictor
 from medseg.tasks.classification.predictions_csv import PREDICTIONS_CSV
-from medseg.tasks.classification.report import crossval, evaluate_predictions, model_info, report_rows, report_score
+from medseg.tasks.classification.report import calibrate, crossval, evaluate_predictions, model_info, report_rows, report_score
 from medseg.tasks.classification.run import GRADIENT_CLIP, TASK, ClassificationRun, split_keys
 from medseg.tasks.registry import Task, register_task
 
@@ -46,5 +52,6 @@ register_task(
         report_rows=report_rows,
         report_score=report_score,
         split_keys=split_keys,
+        calibrate=calibrate,
     )
 )

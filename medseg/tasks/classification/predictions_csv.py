@@ -13,6 +13,8 @@ from medseg.errors import MedsegError
 
 
 PREDICTIONS_CSV = "predictions.csv"
+REVIEW_COLUMN = "review"  # predict's input-check findings: a reason to look at the case, empty when none
+TTA_PREDICTIONS_CSV = "predictions_tta.csv"  # validation only: the same images through the test-time views
 
 
 def _text(value) -> str:
@@ -21,10 +23,12 @@ def _text(value) -> str:
 
 def write_predictions_csv(
     path: Path, case_ids: list[str], probabilities: np.ndarray, classes: list[str], targets: np.ndarray | None = None,
-    multi_label: bool = True, thresholds: dict[str, float] | None = None,
+    multi_label: bool = True, thresholds: dict[str, float] | None = None, reviews: list[str] | None = None,
 ) -> None:
-    """case, one probability column per class, then the predicted classes (and the targets, for validation)."""
+    """case, one probability column per class, then the predicted classes (and the targets, for
+    validation; and ``review``, the input checks' findings per case, empty when none fired)."""
     header = ["case", *classes, "predicted"] + ([f"target:{name}" for name in classes] if targets is not None else [])
+    header += [REVIEW_COLUMN] if reviews is not None else []
     with atomic_path(path) as temporary:
         with open(temporary, "w", newline="") as handle:
             writer = csv.writer(handle)
@@ -40,6 +44,8 @@ def write_predictions_csv(
                 if targets is not None:
                     target = targets[index] if multi_label else np.eye(len(classes), dtype=int)[int(targets[index])]
                     line += [str(int(v)) for v in target]
+                if reviews is not None:
+                    line.append(reviews[index])
                 writer.writerow(line)
 
 
@@ -67,3 +73,15 @@ def read_predictions_csv(path: Path, classes: list[str]) -> tuple[list[str], np.
     with_targets = all(f"target:{name}" in rows[0] for name in classes)
     targets = np.array([[int(row[f"target:{name}"]) for name in classes] for row in rows]) if with_targets else None
     return [row["case"] for row in rows], probabilities, targets, decisions
+
+
+def predicted_classes(path: Path) -> list[str]:
+    """The class columns of a predictions file, in order (its header less case, predicted, target:*)."""
+    try:
+        with open(path, newline="") as handle:
+            header = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise MedsegError(f"{path}: cannot read ({error})") from None
+    if "case" not in header or "predicted" not in header:
+        raise MedsegError(f"{path}: not a predictions file (expected columns case, one per class, predicted)")
+    return [name for name in header if name not in ("case", "predicted", REVIEW_COLUMN) and not name.startswith("target:")]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from medseg.atomic import write_json_atomic
 from medseg.errors import DatasetError, MedsegError
 from medseg.preprocessing.images2d import load_images
-from medseg.tasks.classification.predictions_csv import PREDICTIONS_CSV, _text, write_predictions_csv
+from medseg.tasks.classification.predictions_csv import PREDICTIONS_CSV, TTA_PREDICTIONS_CSV, _text, write_predictions_csv
 from medseg.tasks.registry import RunContext
 from medseg.training.optimizers import ADAMW_GRADIENT_CLIP, parameter_groups
 from medseg.training.schedules import warmup_then_cosine
@@ -46,12 +46,7 @@ def labels_table(description):
 def split_keys(description, case_ids: list[str]) -> tuple[dict[str, str], dict[str, str]]:
     """(group per case from a group/patient column, stratum per case: its class, or its rarest positive class)."""
     table = labels_table(description)
-    groups = {}
-    for case in case_ids:
-        extra = {k.lower(): v for k, v in table.extra.get(case, {}).items()}
-        group = next((extra[c].strip() for c in GROUP_COLUMNS if (extra.get(c) or "").strip()), "")
-        if group:
-            groups[case] = group
+    groups = groups_from_table(table, case_ids)
     classes = description.classes
     if description.multi_label:
         counts = np.sum([table.targets[c] for c in case_ids if c in table.targets], axis=0)
@@ -62,6 +57,17 @@ def split_keys(description, case_ids: list[str]) -> tuple[dict[str, str], dict[s
     else:
         strata = {case: classes[table.targets[case]] for case in case_ids if case in table.targets}
     return groups, strata
+
+
+def groups_from_table(table, case_ids) -> dict[str, str]:
+    """case -> patient, from a labels table's group/patient column (cases without one are left out)."""
+    groups = {}
+    for case in case_ids:
+        extra = {k.lower(): v for k, v in table.extra.get(case, {}).items()}
+        group = next((extra[c].strip() for c in GROUP_COLUMNS if (extra.get(c) or "").strip()), "")
+        if group:
+            groups[case] = group
+    return groups
 
 
 def classes_of(plans) -> list[str]:
@@ -233,19 +239,23 @@ class ClassificationRun:
         known = [a for a in aucs if a is not None]
         return (float(np.mean(known)) if known else 0.5), {"auc": [None if a is None else round(a, 4) for a in aucs]}
 
-    def predict_cases(self, case_ids: list[str]) -> np.ndarray:
-        """(N, K) probabilities of preprocessed cases, without augmentation."""
+    def predict_cases(self, case_ids: list[str], transforms=None) -> np.ndarray:
+        """(N, K) probabilities of preprocessed cases: the image alone, or averaged over test-time views."""
+        from medseg.tasks.classification.test_time import predict_views
+
         images = load_images(self.context.data_folder, case_ids)
+        transforms = transforms or [("identity", None)]
         self.network.eval()
         outputs = []
         with torch.no_grad():
             for start in range(0, len(case_ids), 64):
                 batch = images[start : start + 64].float().to(self.context.device)
-                outputs.append(self.probabilities(self.network(batch)).float().cpu().numpy())
+                outputs.append(predict_views(self.network, batch, transforms, self.probabilities).cpu().numpy())
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)))
 
     def final_validation(self) -> dict:
         from medseg.evaluation.classification import classification_report
+        from medseg.tasks.classification.test_time import view_transforms
 
         context = self.context
         probabilities = self.predict_cases(context.val_cases)
@@ -253,8 +263,16 @@ class ClassificationRun:
         folder = context.fold_folder / "validation"
         folder.mkdir(parents=True, exist_ok=True)
         write_predictions_csv(folder / PREDICTIONS_CSV, context.val_cases, probabilities, self.classes, targets=targets, multi_label=self.multi_label)
+        # the same cases through the test-time views: the cross-validation decides whether predict uses them
+        transforms = view_transforms(context.configuration.augmentation)
+        viewed = self.predict_cases(context.val_cases, transforms)
+        write_predictions_csv(folder / TTA_PREDICTIONS_CSV, context.val_cases, viewed, self.classes, targets=targets, multi_label=self.multi_label)
         report = classification_report(probabilities, targets, self.classes, self.multi_label)
         report["thresholds_picked_on"] = "this fold's validation predictions (optimistic for thresholded metrics)"
+        report["tta"] = {"views": len(transforms), "mean_auc": classification_report(viewed, targets, self.classes, self.multi_label)["mean"]["auc"]}
         write_json_atomic(folder / "summary.json", report)
-        context.log(f"fold validation: mean AUC {_text(report['mean']['auc'])} over {len(context.val_cases)} cases")
+        context.log(
+            f"fold validation: mean AUC {_text(report['mean']['auc'])} over {len(context.val_cases)} cases "
+            f"({_text(report['tta']['mean_auc'])} with {len(transforms)} test-time views)"
+        )
         return report

@@ -201,9 +201,16 @@ def crossval(folder, folds) -> dict:
 
 
 def calibrate(folder, log) -> dict | None:
+    """`medseg calibrate`: medseg's folders from their cross-validation, nnU-Net's from their own validation."""
     from medseg.tasks.segmentation.evaluation.crossval import recalibrate
+    from medseg.tasks.segmentation.evaluation.nnunet_calibration import calibrate_nnunet_folder
 
-    return recalibrate(folder, log)
+    if folder.info.extra.get("source") == "nnunetv2":
+        return calibrate_nnunet_folder(folder, log)
+    calibration = recalibrate(folder, log)
+    if calibration is None:
+        log(f"no calibration: {folder.path} was not cross-validated (plan-and-train writes crossval_summary.json)")
+    return calibration
 
 
 def _number(value) -> str:
