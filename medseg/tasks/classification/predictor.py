@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from medseg.errors import MedsegError
+from medseg.precision import autocast, resolve_precision
 from medseg.preprocessing.images2d import prepare_image
 from medseg.audit.probability_calibration import calibrated, read_probability_calibration
 from medseg.tasks.classification.predictions_csv import PREDICTIONS_CSV, write_predictions_csv
@@ -31,13 +32,14 @@ def load_thresholds(folder) -> dict[str, float] | None:
 class ClassifierPredictor:
     """A classifier's predictor: the folds' networks in memory, their probabilities averaged."""
 
-    def __init__(self, model_folder, networks: list, device: torch.device, folds=("memory",), tta: bool = True):
-        """tta: the test-time views where the cross-validation found they raise the AUC (False: never)."""
+    def __init__(self, model_folder, networks: list, device: torch.device, folds=("memory",), tta: bool = True, precision: str = "float32"):
+        """tta: the test-time views where the cross-validation found they raise the AUC (False: never);
+        precision: the forward's (float32, or bfloat16 autocast)."""
         self.model_folder, self.folds, self.device = model_folder, list(folds), device
         self.networks = [n.to(device).eval() for n in networks]
         self.classes, self.multi_label = classes_of(model_folder.plans), _multi_label(model_folder)
         self.channels = len(model_folder.plans.channel_names)
-        self.precision = "float32"
+        self.precision = precision
         self.calibration = read_probability_calibration(model_folder.path)
         use_views = bool(tta and self.calibration and self.calibration.get("tta", {}).get("used"))
         self.transforms = view_transforms(model_folder.configuration.augmentation) if use_views else [("identity", None)]
@@ -60,7 +62,8 @@ class ClassifierPredictor:
 
     def _fold_probabilities(self, network, prepared: torch.Tensor) -> torch.Tensor:
         """prepared: (1, C, H, W) -> (1, K) on the CPU."""
-        averaged = predict_views(network, prepared, self.transforms, self._raw).cpu()
+        with autocast(self.device, self.precision):
+            averaged = predict_views(network, prepared, self.transforms, self._raw).cpu()
         if self.temperature is None:
             return averaged
         return torch.from_numpy(calibrated(averaged.numpy(), self.temperature, self.multi_label)).float()
@@ -122,4 +125,6 @@ def load_classifier_predictor(folder, options) -> ClassifierPredictor:
         network = build_model(folder.configuration.architecture, channels, len(classes))
         network.load_state_dict(folder.load_module_states(fold, options.checkpoint)["network"])
         networks.append(network)
-    return ClassifierPredictor(folder, networks, device, folds, tta=bool(options.mirror))
+    # gradient-routed (HAG) classifiers train in float32: they predict in it too
+    precision = resolve_precision(options.precision, device) if not folder.configuration.training.get("gradient_routing") else "float32"
+    return ClassifierPredictor(folder, networks, device, folds, tta=bool(options.mirror), precision=precision)

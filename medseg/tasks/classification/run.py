@@ -240,14 +240,18 @@ class ClassificationRun:
         return (float(np.mean(known)) if known else 0.5), {"auc": [None if a is None else round(a, 4) for a in aucs]}
 
     def predict_cases(self, case_ids: list[str], transforms=None) -> np.ndarray:
-        """(N, K) probabilities of preprocessed cases: the image alone, or averaged over test-time views."""
+        """(N, K) probabilities of preprocessed cases: the image alone, or averaged over test-time
+        views; in the precision the run trained in (what predict's --precision auto gives too)."""
+        from medseg.precision import autocast, resolve_precision
         from medseg.tasks.classification.test_time import predict_views
 
         images = load_images(self.context.data_folder, case_ids)
         transforms = transforms or [("identity", None)]
+        device = self.context.device
+        precision = resolve_precision(getattr(self.context.options, "precision", "float32"), device) if self.mixed_precision else "float32"
         self.network.eval()
         outputs = []
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, precision):
             for start in range(0, len(case_ids), 64):
                 batch = images[start : start + 64].float().to(self.context.device)
                 outputs.append(predict_views(self.network, batch, transforms, self.probabilities).cpu().numpy())
