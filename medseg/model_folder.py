@@ -105,6 +105,17 @@ def check_info_values(info: ModelInfo, source: Path) -> None:
         raise MedsegError(f"{source}: extra = {info.extra!r}: expected an object")
 
 
+def read_json_object(path: Path) -> dict:
+    """A JSON object from a model folder's file (medseg's, nnU-Net's, a bundle's), or an error naming it."""
+    try:
+        content = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise MedsegError(f"{path}: unreadable ({error})") from None
+    if not isinstance(content, dict):
+        raise MedsegError(f"{path}: expected a JSON object")
+    return content
+
+
 REQUIRED_INFO = ("configuration", "model", "dataset_name", "raw_folder", "preprocessed_folder", "file_ending", "labels")
 
 

@@ -1,5 +1,5 @@
 """Every kind of model folder medseg runs, behind one registry of readers: medseg's own
-(model.json beside plans.json) and nnU-Net v2's trained folders. A reader says how to recognise
+(model.json beside plans.json), nnU-Net v2's trained folders and MONAI bundles. A reader says how to recognise
 its folders and opens them as a ``ModelFolder``; a new format (a plug-in's, or another tool's
 weights) is one more registered reader, and every surface that takes ``-m`` reads it."""
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from medseg.ensemble_folder import EnsembleModelFolder, is_ensemble_folder
 from medseg.errors import MedsegError
 from medseg.model_folder import ModelFolder
+from medseg.monai_bundle_folder import MonaiBundleFolder, is_monai_bundle
 from medseg.nnunet_model_folder import NnunetModelFolder, is_nnunet_model_folder
 from medseg.registry import Registry
 
@@ -54,4 +55,7 @@ register_reader(ModelFolderReader("medseg", "a medseg model folder (no model.jso
 register_reader(ModelFolderReader("nnunet_v2", "an nnU-Net v2 one (plans.json + dataset.json)", is_nnunet_model_folder, NnunetModelFolder.open))
 register_reader(ModelFolderReader(
     "ensemble", "an ensemble of model folders (ensemble.json)", is_ensemble_folder, lambda path: EnsembleModelFolder.open(path, open_model_folder),
+))
+register_reader(ModelFolderReader(
+    "monai_bundle", "a MONAI bundle (configs/inference.json + configs/metadata.json)", is_monai_bundle, MonaiBundleFolder.open,
 ))

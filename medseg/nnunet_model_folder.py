@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from medseg.errors import MedsegError
-from medseg.model_folder import ModelFolder, ModelInfo, check_info_values
+from medseg.model_folder import ModelFolder, ModelInfo, check_info_values, read_json_object
 from medseg.planning.plans import ConfigurationPlan, Plans
 from medseg.planning.plans_checks import check_plans_values
 
@@ -54,16 +54,6 @@ def is_nnunet_model_folder(path: Path) -> bool:
     if not isinstance(configurations, dict):
         return False
     return any(isinstance(c, dict) and "network_class_name" in c.get("architecture", {}) for c in configurations.values())
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise MedsegError(f"{path}: unreadable ({error})") from None
-    if not isinstance(content, dict):
-        raise MedsegError(f"{path}: expected a JSON object")
-    return content
 
 
 def _configuration_name(path: Path, plans: dict) -> str:
@@ -320,8 +310,8 @@ class NnunetModelFolder(ModelFolder):
     @classmethod
     def open(cls, path: Path) -> "NnunetModelFolder":
         path = Path(path)
-        plans = _read_json(path / "plans.json")
-        dataset = _read_json(path / "dataset.json")
+        plans = read_json_object(path / "plans.json")
+        dataset = read_json_object(path / "dataset.json")
         name = _configuration_name(path, plans)
         translated = translate_plans(plans, dataset, name, path / "plans.json")
         info = ModelInfo(

@@ -85,6 +85,8 @@ def run_plan(
         spec.family, experiment.plans_name, memory_gb, step_seconds, training_seconds, settings, spec.options or None, plan_settings, precision,
     )
     plans = task.plan(experiment.fingerprint_file, experiment.description, request)
+    if plan_settings and "input_size" in plan_settings:
+        plans.planner["input_size"] = plan_settings["input_size"]  # asked for: a reused plan must have been asked the same
     plans.save(experiment.plans_file)
     experiment.plans = plans
     return plans
@@ -202,6 +204,9 @@ def _fingerprint_and_plan(
     planned_precision = plans.planner.get("precision", "float32")
     if plans.planner.get("mode") == "time" and planned_precision != precision:
         log(f"  the plans were sized for {planned_precision} training steps, training runs in {precision}: --replan to size for it")
+    asked = (plan_settings or {}).get("input_size")
+    if asked is not None and plans.planner.get("input_size") != asked:
+        raise MedsegError(f"{plans_file} was planned without --input-size {asked} (input size {plans.planner.get('input_size', 'chosen by the planner')}): add --replan to plan again")
     for name, configuration in plans.configurations.items():  # e.g. pretraining's image sources: never silently the old ones
         differing = [key for key, value in (plan_settings or {}).items() if key in configuration.training and configuration.training[key] != value]
         if differing:

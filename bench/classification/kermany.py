@@ -7,7 +7,10 @@ patient-grouped folds and their validations), one arm per classifier, JSON out.
         [--name NAME]
 
 Arms (each in its own MEDSEG_ROOT over one converted copy of the images):
-- resnet18, vit, or any classification family or spec: `plan-and-train --model ARM`;
+- resnet18, vit, or any classification family or spec: `plan-and-train --model ARM`; ``SPEC@SIDE``
+  (e.g. ``vit[patch=8]@96``) adds `--input-size SIDE`: the plan search over sides, widths and patches;
+  ``SPEC~KEY=JSON`` plans first (`medseg plan`, one fold's share of the minutes) and sets the plan's
+  training KEY (e.g. ``hag_cnn~gradient_routing=false``: the gated network without routing);
 - mae_vit: MAE pretraining (`pretrain --model mae_vit`, the dataset's images, labels unused) for
   --pretrain-share of the minutes, then the ViT fine-tuned from that encoder in the rest, with the
   plans of the vit arm (same input size and batch) when that arm ran first: equal total budget.
@@ -66,12 +69,25 @@ def summarise(folder: Path, seconds: float) -> dict:
 
 
 def run_arm(arm: str, args, work: Path, dataset: str, results: dict) -> dict:
-    root = arm_root(work, arm.replace("[", "_").replace("]", "").replace(",", "_").replace("=", "-"), dataset)
+    root = arm_root(work, arm.replace("[", "_").replace("]", "").replace(",", "_").replace("=", "-").replace("@", "_side").replace("~", "_"), dataset)
     start = time.perf_counter()
     common = ["--dataset", dataset, "--folds", args.folds]
     if arm != "mae_vit":
-        medseg("plan-and-train", *common, "--model", arm, "--time-budget", args.minutes, root=root)
-        family = arm.split("[")[0]
+        arm, _, change = arm.partition("~")  # SPEC~KEY=VALUE: the plan's training block changed (e.g. gradient_routing=false)
+        spec, _, side = arm.partition("@")  # SPEC@SIDE: plan-and-train --input-size SIDE (the plan search)
+        sized = ["--input-size", side] if side else []
+        named = []
+        if change:
+            named = ["--plans-name", "benchPlans"]
+            medseg("fingerprint", dataset, root=root)
+            medseg("plan", dataset, "--model", spec, *named, "--time-budget", args.minutes / len(args.folds.split(",")), *sized, root=root)
+            plans_file = root / "preprocessed" / dataset / "benchPlans.json"
+            plans = json.loads(plans_file.read_text())
+            key, _, value = change.partition("=")
+            plans["configurations"]["2d"]["training"][key] = json.loads(value)
+            plans_file.write_text(json.dumps(plans, indent=1))
+        medseg("plan-and-train", *common, "--model", spec, "--time-budget", args.minutes, *sized, *named, root=root)
+        family = spec.split("[")[0]
         return summarise(next((root / "results" / dataset).glob(f"{family}__*__2d")), time.perf_counter() - start)
     shutil.rmtree(root / "results" / dataset, ignore_errors=True)  # a rerun pretrains again
     pretrain_minutes = args.minutes * args.pretrain_share

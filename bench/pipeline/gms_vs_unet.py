@@ -45,6 +45,33 @@ def fold_dice(folder: Path, folds: list[str]) -> dict[str, float]:
     return {fold: json.loads((folder / f"fold_{fold}" / "validation" / "summary.json").read_text())["foreground_mean"]["dice"] for fold in folds}
 
 
+def case_dice(folder: Path, folds: list[str]) -> dict[str, float]:
+    """Each held-out image's foreground Dice (mean over labels), over the folds."""
+    values = {}
+    for fold in folds:
+        for case, labels in json.loads((folder / f"fold_{fold}" / "validation" / "summary.json").read_text())["per_case"].items():
+            values[case] = sum(v["dice"] for v in labels.values()) / len(labels)
+    return values
+
+
+def paired_against_unet(folders: dict[str, Path], folds: list[str]) -> dict:
+    """Per image, each GMS arm against the U-Net: the mean difference, wins and losses, and the
+    Wilcoxon signed-rank p-value (the same held-out images)."""
+    from scipy.stats import wilcoxon
+
+    unet = case_dice(folders["unet"], folds)
+    paired = {}
+    for arm, folder in folders.items():
+        if arm == "unet":
+            continue
+        ours = case_dice(folder, folds)
+        cases = sorted(unet)
+        differences = [ours[c] - unet[c] for c in cases]
+        paired[arm] = {"images": len(cases), "mean_difference": round(sum(differences) / len(cases), 4), "wins": sum(d > 0 for d in differences),
+                       "losses": sum(d < 0 for d in differences), "wilcoxon_p": float(wilcoxon([ours[c] for c in cases], [unet[c] for c in cases]).pvalue)}
+    return paired
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=30.0, help="total training minutes for each method")
@@ -86,6 +113,10 @@ def main():
         seconds["unet"] = medseg("plan-and-train", "--dataset", DATASET, "--model", "unet", "-c", "2d", "--folds", args.folds, "--time-budget-per-run", per_fold, root=root)
         dice = fold_dice(root / "results" / DATASET / "unet__medsegPlans__2d", folds)
         report["unet"] = {"minutes_per_fold": per_fold, "fold_dice": dice, "mean_dice": round(sum(dice.values()) / len(dice), 4)}
+    folders = {"gms": root / "results" / DATASET / "gms__medsegPlans_gms__2d", "gms_taef2": root / "taef2" / "results" / DATASET / "gms__medsegPlans_gms__2d",
+               "unet": root / "results" / DATASET / "unet__medsegPlans__2d"}
+    if "unet" in arms and len(arms) > 1:
+        report["paired_per_image"] = paired_against_unet({arm: folders[arm] for arm in arms}, folds)
     report["wall_seconds"] = seconds
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

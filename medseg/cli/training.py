@@ -13,6 +13,11 @@ from medseg.cli.app import (
 )
 from medseg.cli.datasets import run_dataset_check
 
+INPUT_SIZE_HELP = (
+    "2D image tasks (classifiers, MAE / autoencoder pretraining, GMS): the square side images are resized to, instead of the planner's "
+    "choice (a multiple of a ViT's patch or a CNN's stride of 32); the CPU plan then sizes only the batch."
+)
+
 
 DEMO_TIME_BUDGET_MINUTES = 12.0
 
@@ -42,6 +47,7 @@ def plan(
     ),
     preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
     precision: str = typer.Option("auto", "--precision", help="CPU planning: time training steps in this precision (as `train --precision`; auto resolved here)."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help=INPUT_SIZE_HELP),
 ) -> None:
     """Plan configurations (2d, 3d_fullres, 3d_lowres) from the fingerprint."""
     import torch
@@ -52,7 +58,7 @@ def plan(
 
     experiment = Experiment.open(raw_folder_of(dataset), model_for(model, preset), plans_name)
     precision = resolve_precision(precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    plans = run_plan(experiment, memory_gb, step_seconds, time_budget * 60 if time_budget else None, preset, precision=precision)
+    plans = run_plan(experiment, memory_gb, step_seconds, time_budget * 60 if time_budget else None, preset, precision=precision, plan_settings=input_settings(input_size))
     for name, c in plans.configurations.items():
         console.print(f"{name}: patch {c.patch_size} batch {c.batch_size} spacing {[round(s, 4) for s in c.spacing]} strides {c.architecture['kwargs'].get('strides')}")
     console.print(f"wrote {experiment.plans_file} ({plans.planner})")
@@ -165,6 +171,8 @@ def plan_and_train(
     pretrained: Optional[Path] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
     autoencoder: Optional[Path] = typer.Option(None, "--autoencoder", help=AUTOENCODER_HELP),
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+    plans_name: Optional[str] = typer.Option(None, "--plans-name", help=PLANS_NAME_HELP + " An existing plans file of that name is used as it is (edited by hand, as nnU-Net's -p), unless --replan."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help=INPUT_SIZE_HELP),
 ) -> None:
     """Run the whole self-configuring pipeline and print the cross-validation table.
 
@@ -187,14 +195,24 @@ def plan_and_train(
     check = run_dataset_check(folder, strict=False, workers=workers, fingerprint=fingerprinting)  # one pass: the fingerprint keeps what it read
     if check is None:
         raise typer.Exit(1)
-    experiment = Experiment.open(folder, model_for(model, preset), check=check)
+    experiment = Experiment.open(folder, model_for(model, preset), plans_name, check=check)
     pretrained = starting_weights(experiment, pretrained, autoencoder)
     options = training_options(epochs, iterations, learning_rate, optimizer, None, None, device, True, 0, pretrained, precision)
     reports = run_plan_and_train(
         experiment, configurations or None, [f.strip() for f in folds.split(",") if f.strip()], options, budget, memory_gb, replan=replan,
-        workers=workers, log=lambda m: console.print(m, highlight=False), preset=preset,
+        workers=workers, log=lambda m: console.print(m, highlight=False), preset=preset, plan_settings=input_settings(input_size),
     )
     print_report_tables(experiment.task, {f"{name} cross-validation": report for name, report in reports.items()})
+
+
+def input_settings(input_size: int | None) -> dict | None:
+    if input_size is None:
+        return None
+    if input_size <= 0:
+        from medseg.errors import MedsegError
+
+        raise MedsegError(f"--input-size {input_size}: expected a side in pixels")
+    return {"input_size": input_size}
 
 
 def _pretrain(dataset, model, time_budget, epochs, iterations, learning_rate, test_images, replan, device, workers, extra_images=(), pretrained=None, precision="float32") -> Path:

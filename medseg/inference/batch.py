@@ -224,7 +224,7 @@ def process_case(predictor, case: InputCase, output: Path, formats, context: Out
 
 
 NO_PROFILE_NOTE = ("inputs not checked: the model folder keeps no input profile (trained before input checks, "
-                   "or an nnU-Net folder without dataset_fingerprint.json)")
+                   "an nnU-Net folder without dataset_fingerprint.json, or a MONAI bundle)")
 
 
 def check_case_input(image: MedicalImage, case: InputCase, context: OutputContext, entry: dict) -> str | None:

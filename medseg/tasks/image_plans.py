@@ -92,6 +92,13 @@ def _input_side(median_shape, patch: int) -> int:
     return max(MIN_PATCHES_PER_SIDE * patch, side // patch * patch)
 
 
+def _requested_side(wanted: int, patch: int, model: str) -> int:
+    """--input-size for a family that splits its input into ``patch`` (a ViT's patch, a CNN's stride)."""
+    if wanted < MIN_PATCHES_PER_SIDE * patch:
+        raise MedsegError(f"--input-size {wanted}: {model} needs at least {MIN_PATCHES_PER_SIDE} x its patch/stride {patch} = {MIN_PATCHES_PER_SIDE * patch} pixels")
+    return wanted // patch * patch
+
+
 def measure_step_seconds(architecture: dict, in_channels: int, num_classes: int, batch: int, repeats: int = 2) -> float:
     """Seconds of one AdamW training step of the planned network on this CPU."""
     from medseg.models.registry import build_model
@@ -114,9 +121,11 @@ def measure_step_seconds(architecture: dict, in_channels: int, num_classes: int,
 
 def _size_for_time(
     architecture: dict, channels: int, classes: int, num_cases: int, step_seconds: float, training_seconds: float | None, patch: int,
+    may_shrink: bool = True,
 ):
-    """Halve the batch (to 16), then shrink the input side, until a measured step fits ``step_seconds``
-    and the run's budget passes over the training images at least MIN_PASSES times."""
+    """Halve the batch (to 16), then shrink the input side (unless the user chose it), until a
+    measured step fits ``step_seconds`` and the run's budget passes over the training images at
+    least MIN_PASSES times."""
     kwargs = architecture["kwargs"]
     batch, measured = PREFERRED_BATCH, []
     while True:
@@ -124,7 +133,7 @@ def _size_for_time(
         measured.append({"input_size": list(kwargs["input_size"]), "batch": batch, "step_seconds": round(seconds, 4)})
         passes = training_seconds / (seconds / batch) / max(num_cases, 1) if training_seconds else math.inf
         side = kwargs["input_size"][0]
-        can_shrink = side > MIN_PATCHES_PER_SIDE * patch
+        can_shrink = may_shrink and side > MIN_PATCHES_PER_SIDE * patch
         if seconds > step_seconds and batch > 2 * MIN_BATCH and passes >= MIN_PASSES:
             batch //= 2
             continue
@@ -150,7 +159,8 @@ def size_image_plan(fingerprint_file, description, request: PlanRequest) -> dict
     options = dict(request.model_options or {})
     uses_patches = "patch" in family.options  # a ViT: the side is a multiple of its patch; a CNN: of its total stride
     patch = int(options.get("patch", 8 if min(median_shape) <= 96 else 16)) if uses_patches else CNN_STRIDE
-    side = _input_side(median_shape, patch)
+    wanted = {**(request.preset or {}), **(request.settings or {})}.get("input_size")  # --input-size: the side is the user's
+    side = _input_side(median_shape, patch) if wanted is None else _requested_side(int(wanted), patch, request.model)
     architecture = {"name": family.name, "kwargs": {"input_size": [side, side], **({"patch": patch} if uses_patches else {}), **options}}
     outputs = max(len(description.classes), 1)
     preset = request.preset or {}
@@ -158,7 +168,7 @@ def size_image_plan(fingerprint_file, description, request: PlanRequest) -> dict
         batch, planner = GPU_BATCH, {"mode": "memory"}
     else:
         step_seconds = request.step_seconds or preset.get("step_seconds") or CPU_STEP_SECONDS
-        batch, measured = _size_for_time(architecture, channels, outputs, len(fingerprint.case_ids), step_seconds, request.training_seconds, patch)
+        batch, measured = _size_for_time(architecture, channels, outputs, len(fingerprint.case_ids), step_seconds, request.training_seconds, patch, wanted is None)
         planner = {"mode": "time", "step_seconds": step_seconds, "training_seconds": request.training_seconds, "measured": measured}
     planner.update(model=family.name, **({"model_options": options} if options else {}))
     return {

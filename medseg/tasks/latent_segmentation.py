@@ -1,8 +1,9 @@
 """The latent-segmentation task (GMS): segment in the latent space of a frozen autoencoder.
 
 An image and its mask are both encoded by the autoencoder (the mask as a 3-channel image); the
-``gms`` mapper learns image latent -> mask latent. Loss: latent MSE plus Dice on the decoded mask
-(gradients through the frozen decoder), on the three finest deep-supervision outputs; the input is
+``gms`` mapper learns image latent -> mask latent. Loss: latent MSE on the three finest
+deep-supervision outputs plus Dice on the decoded mask (gradients through the frozen decoder) on
+the three (a GPU plan, as GMS) or on the finest only (a CPU plan); bf16 where --precision allows; the input is
 the image latent's mean or, half the time, a sample (mean + sigma * noise). AdamW with warm-up and
 cosine decay. Images are resized to the plan's square side (128 on a CPU, 224 on a GPU as GMS) and
 the predicted mask back to the image's size. One foreground label as GMS, or up to seven: each
@@ -40,6 +41,16 @@ from medseg.training.schedules import warmup_then_cosine
 TASK = "latent_segmentation"
 GPU_SIDE = 224  # GMS's input size
 SUPERVISED_OUTPUTS = 3  # the finest deep-supervision outputs in the loss, as GMS
+# The plan's loss and augmentation choices (its "training" block; older plans lack them and read
+# these): the weights of the latent MSE and of the decoded Dice, on how many of the supervised
+# outputs the Dice is taken through the decoder (GMS: all three; each one is a decode and its
+# backward, most of a CPU step), and the flips the training images are also encoded under
+# ("h", "v", "hv": encoded once and cached; latents of a flipped image are not flipped latents).
+LOSS_DEFAULTS = {"latent_loss_weight": 1.0, "dice_loss_weight": 1.0, "dice_outputs": SUPERVISED_OUTPUTS, "flips": []}
+FLIPS = {"h": (-1,), "v": (-2,), "hv": (-2, -1)}
+# A CPU plan takes the Dice on the finest output only: on Kvasir-SEG fold 0 with TAEF2, 5 minutes in
+# bf16, it trained 344 steps instead of 170 and scored 0.744 instead of 0.676 (bench/pipeline/gms_tries.py).
+CPU_DICE_OUTPUTS = 1
 
 
 def plan(fingerprint_file, description, request: PlanRequest):
@@ -51,10 +62,14 @@ def plan(fingerprint_file, description, request: PlanRequest):
             f"{description.folder.name} has {dict(description.labels)}"
         )
     settings = {**(request.preset or {}), **(request.settings or {})}
-    if torch.cuda.is_available() or request.memory_gb is not None:
+    gpu = torch.cuda.is_available() or request.memory_gb is not None
+    if gpu:
         settings.setdefault("input_size", GPU_SIDE)
     side = pretraining.planned_side(fingerprint_file, PlanRequest(**{**request.__dict__, "settings": settings}), request.model)
-    training = {"optimizer": "adamw", "learning_rate": 2e-3, "weight_decay": 1e-4, "warmup_fraction": 0.05, "latent_input_sampling": 0.5}
+    training = {
+        "optimizer": "adamw", "learning_rate": 2e-3, "weight_decay": 1e-4, "warmup_fraction": 0.05, "latent_input_sampling": 0.5, **LOSS_DEFAULTS,
+        "dice_outputs": SUPERVISED_OUTPUTS if gpu else CPU_DICE_OUTPUTS,
+    }
     architecture = {"name": request.model, "kwargs": dict(request.model_options or {})}
     return pretraining.square_plans(fingerprint_file, description, request, side, 8, architecture, training, dict(description.labels))
 
@@ -139,13 +154,17 @@ def fit_scaling_if_needed(autoencoder, data_folder: Path, case_ids: list[str], d
 
 
 @torch.no_grad()
-def encode_cases(autoencoder, data_folder: Path, case_ids: list[str], device: torch.device, num_classes: int = 2, batch: int = 16) -> dict[str, torch.Tensor]:
-    """Image latent mean and log-variance, mask latent mean, and the labels, per case (in order); cached
-    in ``data_folder`` per autoencoder (its weights' digest), case list and label count."""
+def encode_cases(
+    autoencoder, data_folder: Path, case_ids: list[str], device: torch.device, num_classes: int = 2, batch: int = 16, flip: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Image latent mean and log-variance, mask latent mean, and the labels, per case (in order), of the
+    images as they are or ``flip``ped (a key of FLIPS); cached in ``data_folder`` per autoencoder (its
+    weights' digest), case list, label count and flip."""
     from medseg.models.autoencoders import folder_digest
 
     labels = f"|{num_classes}" if num_classes > 2 else ""  # binary masks are drawn as before: their caches stay valid
-    key = hashlib.sha256((folder_digest(autoencoder) + "|" + ",".join(case_ids) + labels).encode()).hexdigest()[:16]
+    flipped = f"|flip {flip}" if flip else ""
+    key = hashlib.sha256((folder_digest(autoencoder) + "|" + ",".join(case_ids) + labels + flipped).encode()).hexdigest()[:16]
     cache = data_folder / f"latents_{key}.pt"
     if cache.is_file():
         return torch.load(cache, weights_only=True)
@@ -154,6 +173,8 @@ def encode_cases(autoencoder, data_folder: Path, case_ids: list[str], device: to
         chosen = case_ids[first : first + batch]
         images = images2d.load_images(data_folder, chosen).float().to(device)
         masks = images2d.load_images(data_folder, chosen, "mask").float()[:, None].to(device)
+        if flip:
+            images, masks = images.flip(FLIPS[flip]), masks.flip(FLIPS[flip])
         mean, logvar = autoencoder.encode(images)
         parts["image_mean"].append(mean.cpu())
         parts["image_logvar"].append(logvar.cpu())
@@ -165,6 +186,20 @@ def encode_cases(autoencoder, data_folder: Path, case_ids: list[str], device: to
     with atomic_path(cache) as temporary:
         torch.save(latents, temporary)
     return latents
+
+
+def loss_settings(training: dict, plans_source) -> dict:
+    """The plan's loss and flip settings (LOSS_DEFAULTS where an older plan lacks them), checked."""
+    settings = {key: training.get(key, default) for key, default in LOSS_DEFAULTS.items()}
+    unknown = [f for f in settings["flips"] if f not in FLIPS] if isinstance(settings["flips"], list) else [settings["flips"]]
+    if unknown:
+        raise MedsegError(f"{plans_source}: training.flips must list some of {', '.join(FLIPS)} (got {settings['flips']!r})")
+    if settings["dice_outputs"] not in range(0, SUPERVISED_OUTPUTS + 1):
+        raise MedsegError(f"{plans_source}: training.dice_outputs must be 0 to {SUPERVISED_OUTPUTS} (got {settings['dice_outputs']!r})")
+    for key in ("latent_loss_weight", "dice_loss_weight"):
+        if not isinstance(settings[key], (int, float)) or settings[key] < 0:
+            raise MedsegError(f"{plans_source}: training.{key} must be a number >= 0 (got {settings[key]!r})")
+    return settings
 
 
 def soft_dice_loss(probability: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -198,14 +233,21 @@ class LatentSegmentationRun:
         self.batch_size = max(1, (options.batch_size or configuration.batch_size) // context.world_size)
         self.num_classes = context.plans.num_classes
         self.index = {case: i for i, case in enumerate(cases)}
-        self.latents = encode_cases(self.autoencoder, context.data_folder, cases, context.device, self.num_classes)
+        self.losses = loss_settings(self.training, context.model_folder.path)
+        variants = [encode_cases(self.autoencoder, context.data_folder, cases, context.device, self.num_classes, flip=flip) for flip in [None, *self.losses["flips"]]]
+        self.latents = {name: torch.cat([v[name] for v in variants]) for name in variants[0]}  # row: variant * cases + case
+        self.variants = len(variants)
+
+    mixed_precision = True  # bf16 forward where --precision allows (the frozen decoder too); both losses are computed in float32
 
     def describe(self) -> str:
         c, parameters = self.context.configuration, sum(p.numel() for p in self.network.parameters()) / 1e6
         return (
             f"training gms ({parameters:.2f} M parameters) in the latent space of {self.autoencoder.folder} "
             f"({c.patch_size[0]}x{c.patch_size[1]} -> {self.latents['image_mean'].shape[-1]}x{self.latents['image_mean'].shape[-1]}), "
-            f"batch {self.batch_size * self.context.world_size}, adamw lr {self.learning_rate:g}"
+            f"batch {self.batch_size * self.context.world_size}, adamw lr {self.learning_rate:g}, loss {self.losses['latent_loss_weight']:g} x latent MSE + "
+            f"{self.losses['dice_loss_weight']:g} x Dice through the decoder on {self.losses['dice_outputs']} output(s)"
+            + (f", flips {'/'.join(self.losses['flips'])}" if self.losses["flips"] else "")
         )
 
     def batches(self, split: str, seed: int, background: bool):
@@ -213,32 +255,35 @@ class LatentSegmentationRun:
         rows = torch.tensor([self.index[c] for c in cases])
         generator = torch.Generator().manual_seed(seed)
         sampling = self.training.get("latent_input_sampling", 0.5) if split == "train" else 0.0
+        variants = self.variants if split == "train" else 1  # validation sees the images as they are
         while True:
             chosen = rows[torch.randint(len(rows), (self.batch_size,), generator=generator)]
+            chosen = chosen + len(self.index) * torch.randint(variants, (self.batch_size,), generator=generator)
             mean, logvar = self.latents["image_mean"][chosen], self.latents["image_logvar"][chosen]
             sampled = torch.rand(len(chosen), 1, 1, 1, generator=generator) < sampling
             noise = torch.randn(mean.shape, generator=generator) * torch.exp(0.5 * logvar)
             yield torch.where(sampled, mean + noise, mean), self.latents["mask_latent"][chosen], self.latents["mask"][chosen].float()
 
-    def _losses(self, outputs: list[torch.Tensor], target_latent: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """labels (B, 1, H, W) -> latent MSE and the soft Dice of the decoded labels, summed over the outputs."""
-        latent = sum(F.mse_loss(o, target_latent) for o in outputs)
+    def _losses(self, outputs: list[torch.Tensor], target_latent: torch.Tensor, labels: torch.Tensor, dice_outputs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """labels (B, 1, H, W) -> latent MSE summed over the outputs, and the soft Dice of the decoded
+        labels summed over the first ``dice_outputs``; both in float32 (the forward may be bf16)."""
+        latent = sum(F.mse_loss(o.float(), target_latent.float()) for o in outputs)
         one_hot = F.one_hot(labels[:, 0].long(), self.num_classes).permute(0, 3, 1, 2).float()[:, 1:]
-        dice = sum(soft_dice_loss(decoded_probabilities(self.autoencoder.decode(o), self.num_classes)[:, 1:], one_hot) for o in outputs)
+        dice = sum(soft_dice_loss(decoded_probabilities(self.autoencoder.decode(o).float(), self.num_classes)[:, 1:], one_hot) for o in outputs[:dice_outputs])
         return latent, dice
 
     def batch_loss(self, batch, models) -> torch.Tensor:
-        """Latent MSE + Dice through the frozen decoder, on the finest outputs."""
+        """Latent MSE + Dice through the frozen decoder, on the finest outputs, weighted as planned."""
         z, target_latent, mask = (t.to(self.context.device, non_blocking=True) for t in batch)
-        latent, dice = self._losses(models["network"](z)[:SUPERVISED_OUTPUTS], target_latent, mask)
-        return latent + dice
+        latent, dice = self._losses(models["network"](z)[:SUPERVISED_OUTPUTS], target_latent, mask, self.losses["dice_outputs"])
+        return self.losses["latent_loss_weight"] * latent + self.losses["dice_loss_weight"] * dice
 
     def val_step(self, batch, models) -> tuple[float, np.ndarray]:
         """-> loss and (3, K-1) pooled true positive, false positive, false negative pixel counts per label."""
         device = self.context.device
         z, target_latent, labels = (t.to(device) for t in batch)
         output = models["network"](z)[0]
-        latent, dice = self._losses([output], target_latent, labels)
+        latent, dice = self._losses([output], target_latent, labels, 1)
         predicted, reference = decoded_probabilities(self.autoencoder.decode(output), self.num_classes).argmax(1), labels[:, 0].long()
         counts = np.zeros((3, self.num_classes - 1))
         for value in range(1, self.num_classes):

@@ -418,3 +418,26 @@ def test_every_classifier_family_trains_from_the_cli(tmp_path, model):
     folder = next((root / "results" / "Dataset065_Families").glob(f"{model.split('[')[0]}__*__2d"))
     run_cli("predict", "-i", raw / "imagesTs", "-o", tmp_path / "out", "-m", folder, root=root, check=True)
     assert (tmp_path / "out" / "predictions.csv").is_file()
+
+
+def test_input_size_is_the_users_side(tmp_path):
+    """--input-size fixes a 2D image task's side (the CPU plan then sizes the batch alone); a plan made
+    for another side is not reused silently; the segmentation planner, which sizes patches itself,
+    refuses it."""
+    from tests.e2e.test_gms import DATASET as DISKS, disks_dataset
+
+    root = tmp_path / "root"
+    _synthetic_dataset(root / "raw" / "Dataset063_Sides", multi_label=False, num_train=12, num_test=2)
+    run_cli("fingerprint", "Dataset063_Sides", root=root, check=True)
+    run_cli("plan", "Dataset063_Sides", "--model", TINY_VIT, "--input-size", "50", root=root, check=True)
+    plans = json.loads((root / "preprocessed" / "Dataset063_Sides" / f"{PLANS}.json").read_text())
+    assert plans["configurations"]["2d"]["patch_size"] == [48, 48] and plans["planner"]["input_size"] == 50  # a multiple of the patch (8)
+    refused = run_cli("plan-and-train", "--dataset", "Dataset063_Sides", "--model", TINY_VIT, "--input-size", "64", "--folds", "0", "--epochs", "1", root=root)
+    assert refused.returncode != 0 and "was planned without --input-size 64 (input size 50): add --replan" in " ".join(refused.stderr.split())
+    too_small = run_cli("plan", "Dataset063_Sides", "--model", TINY_VIT, "--input-size", "16", root=root)
+    assert too_small.returncode != 0 and "--input-size 16: vit needs at least 4 x its patch/stride 8 = 32 pixels" in " ".join(too_small.stderr.split())
+
+    disks_dataset(root / "raw" / DISKS, cases=4, side=32)
+    run_cli("fingerprint", DISKS, root=root, check=True)
+    segmentation = run_cli("plan", DISKS, "--model", "unet", "--input-size", "64", root=root)
+    assert segmentation.returncode != 0 and "--input-size is for the 2D image tasks" in " ".join(segmentation.stderr.split())

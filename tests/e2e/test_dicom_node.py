@@ -118,9 +118,9 @@ def wait_for(condition, seconds: float, message: str):
     raise AssertionError(message)
 
 
-def storescu(files: list[Path], port: int, calling: str, called: str) -> subprocess.CompletedProcess:
+def storescu(files: list[Path], port: int, calling: str, called: str, *options: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [require_program("storescu", "dcmtk"), "-aet", calling, "-aec", called, "127.0.0.1", str(port), *map(str, files)],
+        [require_program("storescu", "dcmtk"), *options, "-aet", calling, "-aec", called, "127.0.0.1", str(port), *map(str, files)],
         capture_output=True, text=True, timeout=120,
     )
 

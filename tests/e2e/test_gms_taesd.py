@@ -100,12 +100,83 @@ def test_gms_trains_and_predicts_in_taef2_latent_space(tmp_path):
     assert predicted.spatial_shape == (48, 48) and set(np.unique(predicted.array)) <= {0, 1}
     assert_every_surface_predicts_as_torch(root, folder, image, predicted.array, tmp_path)
 
-    # the kept weights changed outside medseg: refused by name, nothing written
-    with open(kept / "taef2_decoder.pth", "ab") as handle:
+    # the kept weights changed outside medseg (in a copy of the folder): refused by name, nothing written
+    tampered = tmp_path / "tampered" / folder.name
+    shutil.copytree(folder, tampered)
+    with open(tampered / "autoencoder" / "taef2_decoder.pth", "ab") as handle:
         handle.write(b"\0")
-    refused = run_cli("predict", "-i", image, "-o", tmp_path / "out2", "-m", folder, root=root)
+    refused = run_cli("predict", "-i", image, "-o", tmp_path / "out2", "-m", tampered, root=root)
     assert refused.returncode != 0 and "taef2_decoder.pth: changed since the model was trained" in refused.stderr
     assert not (tmp_path / "out2" / "case_000.png").exists()
+
+    assert_the_dicom_node_returns_a_seg(folder, image, predicted.array, tmp_path)
+
+
+VL_ENDOSCOPIC_IMAGE = "1.2.840.10008.5.1.4.1.1.77.1.1.1"
+
+
+def endoscopy_dicom(png, target) -> None:
+    """The PNG as one RGB VL Endoscopic Image (no patient geometry, no frame of reference), as an
+    endoscopy system stores a frame."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    rgb = np.moveaxis(read_image(png).array, 0, -1).astype(np.uint8)  # (Y, X, 3)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID = VL_ENDOSCOPIC_IMAGE, generate_uid(), ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = VL_ENDOSCOPIC_IMAGE, meta.MediaStorageSOPInstanceUID
+    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()
+    dataset.PatientName, dataset.PatientID, dataset.PatientBirthDate, dataset.PatientSex = "Disk^Test", "GMS-1", "19700101", "O"
+    dataset.StudyDate, dataset.StudyTime, dataset.StudyID, dataset.AccessionNumber, dataset.ReferringPhysicianName = "20261207", "120000", "1", "A1", ""
+    dataset.Modality, dataset.SeriesNumber, dataset.InstanceNumber, dataset.Manufacturer = "ES", 1, 1, "test"
+    dataset.ImageType, dataset.LossyImageCompression = ["ORIGINAL", "PRIMARY"], "00"
+    dataset.Rows, dataset.Columns = rgb.shape[:2]
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation, dataset.PlanarConfiguration = 3, "RGB", 0
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 8, 8, 7, 0
+    dataset.PixelData = rgb.tobytes()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    dataset.save_as(target, enforce_file_format=True)
+
+
+def assert_the_dicom_node_returns_a_seg(folder, png, expected: np.ndarray, tmp_path) -> None:
+    """A GMS model behind `medseg dicom-node`: an RGB endoscopy frame sent with dcmtk's storescu comes
+    back to a real Orthanc as a DICOM SEG whose segment equals `medseg predict`'s label map."""
+    import httpx
+    from pydicom import dcmread
+
+    from tests.conftest import free_port, require_peer
+    from tests.e2e.test_dicom_node import Node, Orthanc, storescu, wait_for
+    from tests.e2e.test_hospital_inference import dciodvfy_errors
+
+    require_peer("pynetdicom")
+    assert (expected == 1).any(), "the test model predicts no disk: train it longer"
+    frame = tmp_path / "endoscopy" / "frame.dcm"
+    endoscopy_dicom(png, frame)
+    node_port = free_port()
+    (tmp_path / "orthanc").mkdir()
+    orthanc = Orthanc(tmp_path / "orthanc", node_port)
+    node = Node(folder, tmp_path / "node", node_port, "--quiet-seconds", "1", "--send-to", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}")
+    try:
+        sent = storescu([frame], node_port, "ENDOSCOPE", "MEDSEG", "-R")  # -R: propose the file's own SOP class (not in storescu's default list)
+        assert sent.returncode == 0, sent.stderr
+        wait_for(lambda: orthanc.series_of_modality("SEG") or node.events("failed"), 240, f"no SEG reached Orthanc; node log: {node.events()}")
+        assert not node.events("failed"), node.events("failed")
+        [seg_series] = orthanc.series_of_modality("SEG")
+        response = httpx.get(f"{orthanc.url}/instances/{seg_series['Instances'][0]}/file", timeout=30)
+        response.raise_for_status()
+    finally:
+        node.stop()
+        orthanc.stop()
+    (tmp_path / "seg.dcm").write_bytes(response.content)
+    seg = dcmread(tmp_path / "seg.dcm")
+    source = dcmread(frame)
+    assert dciodvfy_errors(tmp_path / "seg.dcm") == []
+    assert "PixelMeasuresSequence" not in seg.SharedFunctionalGroupsSequence[0]  # the frame has no pixel spacing: none is claimed
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["disk"]
+    assert np.array_equal(seg.pixel_array.reshape(expected.shape[-2:]) > 0, expected.reshape(expected.shape[-2:]) == 1)
 
 
 def _states(checkpoint) -> dict:
@@ -172,6 +243,34 @@ def test_multi_class_gms_trains_and_predicts_every_label(tmp_path):
     assert len(predicted) == 8 and set(np.unique(np.concatenate([p.ravel() for p in predicted]))) == {0, 1, 2}
     probabilities = np.load(next((tmp_path / "out").glob("*.probabilities.npz")))
     assert next(iter(probabilities.values())).shape[0] == 3
+
+
+@needs_taef2
+def test_an_edited_plans_file_sets_gms_losses_and_flips(tmp_path):
+    """`plan-and-train --plans-name` trains from a plans file edited by hand: the Dice on one output,
+    a lighter latent loss and flipped copies of the training images (their own latent caches);
+    a value the task cannot use is refused naming the plans file."""
+    root = tmp_path / "root"
+    disks_dataset(root / "raw" / DATASET, cases=6, side=48)
+    run_cli("fingerprint", DATASET, root=root, check=True)
+    run_cli("plan", DATASET, "--model", "gms", "--plans-name", "editedPlans", root=root, check=True)
+    plans_file = root / "preprocessed" / DATASET / "editedPlans.json"
+    plans = json.loads(plans_file.read_text())
+    training = plans["configurations"]["2d"]["training"]
+    assert training["dice_outputs"] == (3 if torch.cuda.is_available() else 1) and training["flips"] == []  # GMS's own loss on a GPU; a CPU's fewer decodes
+    training.update({"dice_outputs": 1, "latent_loss_weight": 0.5, "flips": ["h", "hv"]})
+    plans_file.write_text(json.dumps(plans))
+    train = ("plan-and-train", "--dataset", DATASET, "--model", "gms", "--plans-name", "editedPlans", "--folds", "0", "--epochs", "1", "--iterations-per-epoch", "2", "--autoencoder", TAEF2)
+    trained = run_cli(*train, root=root)
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
+    assert "0.5 x latent MSE + 1 x Dice through the decoder on 1 output(s), flips h/hv" in " ".join(trained.stdout.split())
+    assert len(list((root / "preprocessed" / DATASET / "editedPlans_2d").glob("latents_*.pt"))) == 3  # as they are, flipped h, flipped hv
+
+    training["flips"] = ["diagonal"]
+    plans_file.write_text(json.dumps(plans))
+    (root / "results" / DATASET / "gms__editedPlans__2d" / "fold_0" / "checkpoint_final.pt").unlink()
+    refused = run_cli(*train, root=root)
+    assert refused.returncode != 0 and "training.flips must list some of h, v, hv (got ['diagonal'])" in " ".join(refused.stderr.split())
 
 
 def assert_every_surface_predicts_as_torch(root, folder, image, expected: np.ndarray, tmp_path) -> None:

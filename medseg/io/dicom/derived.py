@@ -97,9 +97,10 @@ def write_dicom_seg(
                 display_color=hd.color.CIELabColor.from_rgb(*label_colour(value)),
             )
         )
+    source_images, invented_measures = _as_highdicom_reads(sources.datasets)
     try:
         segmentation = hd.seg.Segmentation(
-            source_images=sources.datasets, pixel_array=segment_map, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            source_images=source_images, pixel_array=segment_map, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=SERIES_NUMBER_SEG,
             sop_instance_uid=hd.UID(), instance_number=1, manufacturer=algorithm.manufacturer,
             manufacturer_model_name=algorithm.name[:64], software_versions=algorithm.version, device_serial_number="0",
@@ -108,9 +109,38 @@ def write_dicom_seg(
         )
     except (ValueError, TypeError, AttributeError, KeyError) as error:
         raise MedsegError(f"cannot build a DICOM SEG for {target.name}: {error}") from None
+    if invented_measures:  # the SEG of an image without a frame of reference needs no pixel measures: none is claimed
+        for shared in segmentation.get("SharedFunctionalGroupsSequence", []):
+            if "PixelMeasuresSequence" in shared:
+                del shared.PixelMeasuresSequence
+    if "FrameOfReferenceUID" not in segmentation and "PatientOrientation" not in segmentation:
+        # General Image: Patient Orientation (type 2C) is required without a patient frame; the source's, or empty (unknown)
+        segmentation.PatientOrientation = sources.datasets[0].get("PatientOrientation", "")
     with atomic_path(target) as temporary:
         segmentation.save_as(temporary)
     return target
+
+
+def _as_highdicom_reads(datasets: list) -> tuple[list, bool]:
+    """highdicom reads a source whose IOD allows several frames (VL Endoscopic, Video, ...) as an
+    enhanced multi-frame object, with functional groups; a projection image with one frame and none
+    of them (as endoscopy systems store a frame) gets them on a copy: one frame, its pixel spacing,
+    or a placeholder that is removed from the SEG again. -> the sources, and whether it was invented."""
+    import copy
+
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    if len(datasets) != 1 or any(k in datasets[0] for k in ("ImagePositionPatient", "SharedFunctionalGroupsSequence", "NumberOfFrames")):
+        return datasets, False
+    source = copy.deepcopy(datasets[0])
+    measures = Dataset()
+    measures.PixelSpacing = list(source.get("PixelSpacing", [1, 1]))
+    shared = Dataset()
+    shared.PixelMeasuresSequence = Sequence([measures])
+    source.NumberOfFrames = 1
+    source.SharedFunctionalGroupsSequence = Sequence([shared])
+    return [source], "PixelSpacing" not in datasets[0]
 
 
 def write_rtstruct(

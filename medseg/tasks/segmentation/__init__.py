@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medseg.errors import MedsegError
 from medseg.tasks.capabilities import CROSSVAL, LABEL_MAPS, ONNX, OPENVINO, PATCH_PLANNING, RAY
 from medseg.tasks.registry import PlanRequest, RunContext, Task, register_task
 from medseg.training.optimizers import DEFAULT_LR, make_optimizer
@@ -138,6 +139,8 @@ def plan(fingerprint_file, description, request: PlanRequest):
     from medseg.planning.fingerprint import Fingerprint
     from medseg.tasks.segmentation.planning.planner import plan_experiment
 
+    if (request.settings or {}).get("input_size"):
+        raise MedsegError(f"--input-size is for the 2D image tasks (classifiers, pretraining, GMS); {request.model} plans its own patch size")
     fingerprint = Fingerprint.load(fingerprint_file)
     budget = default_budget(
         request.model, request.memory_gb, request.step_seconds, training_seconds=request.training_seconds, preset=request.preset,
@@ -179,8 +182,13 @@ def model_info(configuration) -> dict:
 
 def load_predictor(folder, options):
     from medseg.ensemble_folder import EnsembleModelFolder
+    from medseg.monai_bundle_folder import MonaiBundleFolder
     from medseg.tasks.segmentation.inference.predictor import load_predictor as load
 
+    if isinstance(folder, MonaiBundleFolder):
+        from medseg.tasks.segmentation.inference.bundle_predictor import load_bundle_predictor
+
+        return load_bundle_predictor(folder, options)
     if isinstance(folder, EnsembleModelFolder):
         from medseg.tasks.segmentation.inference.ensemble_predictor import load_ensemble_predictor
 
@@ -207,6 +215,9 @@ def calibrate(folder, log) -> dict | None:
 
     if folder.info.extra.get("source") == "nnunetv2":
         return calibrate_nnunet_folder(folder, log)
+    if folder.info.extra.get("source") == "monai_bundle":
+        log(f"no calibration: {folder.path} is a MONAI bundle (no cross-validation medseg can read); predict runs without an expected Dice")
+        return None
     calibration = recalibrate(folder, log)
     if calibration is None:
         log(f"no calibration: {folder.path} was not cross-validated (plan-and-train writes crossval_summary.json)")
