@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench" / "kernels"))
 sys.path.insert(0, str(REPO / "bench" / "pipeline"))
 from common import machine_info  # noqa: E402
-from gms_vs_unet import DATASET, SHARED, medseg  # noqa: E402
+from gms_vs_unet import DATASET, SHARED, head_commit, medseg  # noqa: E402
 
 # name -> (model spec, preset, precision, changes to the plan's training block, what it tests)
 TRIES = {
@@ -47,7 +47,7 @@ def main():
     args = parser.parse_args()
     root = args.work
     raw = root / "raw" / DATASET
-    report = {"machine": machine_info(), "command": "python bench/pipeline/gms_tries.py " + " ".join(sys.argv[1:]), "dataset": DATASET, "fold": 0,
+    report = {"commit": head_commit(), "machine": machine_info(), "command": "python bench/pipeline/gms_tries.py " + " ".join(sys.argv[1:]), "dataset": DATASET, "fold": 0,
               "autoencoder": "TAEF2 (../shared/data/ae-natural-taef2), frozen", "minutes_each": args.minutes, "tries": {}}
     if args.out.is_file():  # a rerun adds to what an earlier run measured
         report["tries"] = json.loads(args.out.read_text()).get("tries", {})
@@ -76,6 +76,7 @@ def main():
             "what": what, "model": spec, "preset": preset, "precision": log["precision"], "training_changes": changes, "side": configuration["patch_size"][0],
             "dice": round(json.loads((fold / "validation" / "summary.json").read_text())["foreground_mean"]["dice"], 4),
             "iterations": log["state"]["iteration"], "epochs": log["state"]["epoch"], "wall_seconds": round(time.perf_counter() - started, 1),
+            "commit": report["commit"],  # a rerun keeps earlier tries: each says what code it ran
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")

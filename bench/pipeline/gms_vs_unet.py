@@ -31,6 +31,11 @@ SHARED = Path(os.environ.get("MEDSEG_SHARED_DATA", REPO.parent / "shared" / "dat
 DATASET = "Dataset003_KvasirSEG"
 
 
+def head_commit() -> str | None:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return done.stdout.strip() or None
+
+
 def medseg(*args, root: Path) -> float:
     """Run the CLI, streaming its output; returns wall seconds (fails loudly)."""
     started = time.perf_counter()
@@ -90,7 +95,7 @@ def main():
     arms = args.arms.split(",")
     ae_minutes = args.minutes * args.ae_share
     per_fold = args.minutes / len(folds)
-    report = {"machine": machine_info(), "command": "python bench/pipeline/gms_vs_unet.py " + " ".join(sys.argv[1:]), "dataset": DATASET, "budget_minutes_each": args.minutes}
+    report = {"commit": head_commit(), "machine": machine_info(), "command": "python bench/pipeline/gms_vs_unet.py " + " ".join(sys.argv[1:]), "dataset": DATASET, "budget_minutes_each": args.minutes}
     if "gms" in arms:
         gms_per_fold = (args.minutes - ae_minutes) / len(folds)
         seconds["pretrain_ae"] = medseg("pretrain-ae", "--dataset", DATASET, "--time-budget", ae_minutes, root=root)
