@@ -82,7 +82,7 @@ def test_gms_trains_and_predicts_in_taef2_latent_space(tmp_path):
     wrong = run_cli("plan-and-train", "--dataset", DATASET, "--model", "unet", "--folds", "0", "--epochs", "1", "--autoencoder", TAEF2, root=root)
     assert wrong.returncode != 0 and "--autoencoder is for models that segment in an autoencoder's latent space" in wrong.stderr
     trained = run_cli(
-        "plan-and-train", "--dataset", DATASET, "--model", "gms", "--folds", "0", "--epochs", "1", "--iterations-per-epoch", "2", "--autoencoder", TAEF2, root=root,
+        "plan-and-train", "--dataset", DATASET, "--model", "gms", "--folds", "0", "--epochs", "2", "--iterations-per-epoch", "10", "--autoencoder", TAEF2, root=root,
     )
     assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
     folder = root / "results" / DATASET / "gms__medsegPlans_gms__2d"
