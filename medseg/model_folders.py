@@ -1,5 +1,6 @@
 """Every kind of model folder medseg runs, behind one registry of readers: medseg's own
-(model.json beside plans.json), nnU-Net v2's trained folders and MONAI bundles. A reader says how to recognise
+(model.json beside plans.json), nnU-Net v2's trained folders and MONAI bundles; and TotalSegmentator
+tasks, named rather than found in a folder (`-m total`, `-m WEIGHTS_DIR/total`). A reader says how to recognise
 its folders and opens them as a ``ModelFolder``; a new format (a plug-in's, or another tool's
 weights) is one more registered reader, and every surface that takes ``-m`` reads it."""
 
@@ -15,6 +16,7 @@ from medseg.model_folder import ModelFolder
 from medseg.monai_bundle_folder import MonaiBundleFolder, is_monai_bundle
 from medseg.nnunet_model_folder import NnunetModelFolder, is_nnunet_model_folder
 from medseg.registry import Registry
+from medseg.totalsegmentator_folder import TotalSegmentatorFolder, totalseg_spec
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,9 @@ def open_model_folder(path: Path) -> ModelFolder:
     path = Path(path)
     if not path.is_dir():
         installed = installed_model(str(path)) if len(path.parts) == 1 else None
+        totalseg = totalseg_spec(path) if installed is None else None
+        if totalseg is not None:
+            return TotalSegmentatorFolder.open(*totalseg)
         if installed is None:
             hint = f" nor a model installed in {models_root()} (medseg models installed)" if len(path.parts) == 1 else ""
             raise MedsegError(f"{path}: no such model folder{hint}")

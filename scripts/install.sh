@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install medseg into ./.venv: torch's CPU build first (pinned), then medseg with its extras under
 # the same pin. Extras via MEDSEG_EXTRAS (default "dev"; e.g. "dev,peers,dicom,serve"; "peers"
-# adds nnunetv2, the reference the plan-equality tests and benchmarks compare against).
+# adds nnunetv2 and TotalSegmentator, the references the equality tests and benchmarks compare against).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python_bin=${PYTHON:-python3}
@@ -15,8 +15,9 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[${extras}]"
 if [[ ",${extras}," == *",peers,"* ]]; then
   # nnunetv2's declared dependencies would pull torchvision/timm (broken on CPU): install it bare
+  # TotalSegmentator likewise (its own deps add torchvision, vtk, fury...): the reference for medseg's -m TASK
   .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps \
-    "nnunetv2==2.8.1" "dynamic-network-architectures==0.4.4"
+    "nnunetv2==2.8.1" "dynamic-network-architectures==0.4.4" "TotalSegmentator==2.18.0"
 fi
 if [[ ",${extras}," == *",dicom,"* ]]; then
   # RTSTRUCT writer; its opencv-python requirement is met by opencv-python-headless (the dicom extra)

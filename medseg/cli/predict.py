@@ -19,7 +19,9 @@ def predict(
     output: Path = typer.Option(..., "-o", "--output", help="Output folder (outputs and manifest.jsonl)."),
     model: Path = typer.Option(
         ..., "-m", "--model",
-        help="Model folder: medseg's (results/DatasetXXX/unet__medsegPlans__3d_fullres) or nnU-Net v2's (nnUNetTrainer__nnUNetPlans__3d_fullres).",
+        help="Model folder: medseg's (results/DatasetXXX/unet__medsegPlans__3d_fullres), nnU-Net v2's (nnUNetTrainer__nnUNetPlans__3d_fullres), "
+        "a MONAI bundle, an installed model's name, or a TotalSegmentator task (total, total_mr, lung_vessels, ...: its weights where TotalSegmentator "
+        "keeps them, or WEIGHTS_DIR/TASK).",
     ),
     formats: Optional[str] = typer.Option(
         None, "--format", help="Comma-separated outputs: label (the model's file format, default), nifti, png, dicom-seg, rtstruct, overlay, slices, measurements (per-structure volume, components, box, intensities; the batch also gets measurements.csv).",
@@ -53,6 +55,10 @@ def predict(
     ),
     backend: str = typer.Option("local", "--backend", help="local, or ray: cases spread over a Ray cluster (--workers: actors, default CPUs/2)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (HOST:PORT or auto) [default: start a local Ray]."),
+    fast: bool = typer.Option(False, "--fast", help="TotalSegmentator tasks (-m total, -m total_mr): the 3 mm model instead of the 1.5 mm parts."),
+    roi_subset: Optional[str] = typer.Option(
+        None, "--roi-subset", help="TotalSegmentator tasks: only these structures (comma-separated class names); only the parts that hold them run, on a crop around them.",
+    ),
 ) -> None:
     """Apply a trained model folder (medseg's, or an nnU-Net v2 one) to images (fold ensemble);
     segmentations come out in their original geometry."""
@@ -70,6 +76,7 @@ def predict(
     options = PredictorOptions(
         folds=folds.split(",") if folds else None, checkpoint=checkpoint, device=device, overlap=overlap, mirror=mirror,
         windows_per_batch=windows_per_batch, runtime=runtime, precision=precision, backend=backend, address=address,
+        fast=fast, roi_subset=[name.strip() for name in roi_subset.split(",") if name.strip()] if roi_subset else None,
     )
     predictor = open_predictor(model, options, surface="medseg predict")
     if getattr(predictor, "runtime_choice", None):

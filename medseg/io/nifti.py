@@ -13,6 +13,23 @@ from medseg.io.image import MedicalImage
 from medseg.io.limits import check_claimed_size
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_REVERSED_AXES = np.eye(4)
+_REVERSED_AXES[:3, :3] = np.eye(3)[::-1]
+
+
+def nifti_affine(affine_lps: np.ndarray) -> np.ndarray:
+    """A medseg image's (Z, Y, X) -> LPS affine as NIfTI's (x, y, z) -> RAS one (and back: the map is its own inverse)."""
+    return _RAS_TO_LPS @ np.asarray(affine_lps, dtype=np.float64) @ _REVERSED_AXES
+
+
+def as_nifti_voxels(image: MedicalImage) -> tuple[np.ndarray, np.ndarray]:
+    """A 3D image's first channel as NIfTI holds it: voxels (x, y, z) and their RAS affine."""
+    return np.transpose(image.array[0], (2, 1, 0)), nifti_affine(image.affine)
+
+
+def from_nifti_voxels(data: np.ndarray, affine_ras: np.ndarray, metadata: dict | None = None) -> MedicalImage:
+    """data: (x, y, z) voxels with their RAS affine -> a one-channel medseg image."""
+    return MedicalImage.from_affine(np.ascontiguousarray(np.transpose(data, (2, 1, 0)))[None], nifti_affine(affine_ras), metadata)
 
 
 def _unpacked_size(path: Path, enough: int) -> int:
@@ -76,10 +93,7 @@ def read_nifti(path: Path) -> MedicalImage:
         raise ImageReadError(path, f"expected a 3D image (optionally with channels), got shape {data.shape}")
     # (x, y, z, c) -> (c, z, y, x)
     array = np.ascontiguousarray(np.transpose(data, (3, 2, 1, 0)))
-    affine_lps = _RAS_TO_LPS @ nifti.affine
-    reversed_axes = np.eye(4)
-    reversed_axes[:3, :3] = np.eye(3)[::-1]
-    image = MedicalImage.from_affine(array, affine_lps @ reversed_axes, {"source_format": "nifti"})
+    image = MedicalImage.from_affine(array, nifti_affine(nifti.affine), {"source_format": "nifti"})
     if not np.all(np.isfinite(image.affine)):
         raise ImageReadError(path, "NIfTI header has a non-finite affine")
     return image
@@ -103,9 +117,7 @@ def write_nifti(image: MedicalImage, path: Path) -> None:
         data = data[..., 0]
     if data.dtype == np.bool_:
         data = data.astype(np.uint8)
-    reversed_axes = np.eye(4)
-    reversed_axes[:3, :3] = np.eye(3)[::-1]
-    affine_ras = _RAS_TO_LPS @ affine @ reversed_axes
+    affine_ras = nifti_affine(affine)
     nifti = nib.Nifti1Image(np.ascontiguousarray(data), affine_ras)
     nifti.header.set_qform(affine_ras, code=1)
     nifti.header.set_sform(affine_ras, code=1)

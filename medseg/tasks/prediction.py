@@ -36,6 +36,8 @@ class PredictorOptions:
     precision: str = "auto"  # float32, bfloat16 (bf16 autocast forward) or auto (medseg.tasks.segmentation.inference.predictor)
     backend: str = "local"  # or "ray": cases spread over a Ray cluster (medseg.inference.ray_backend)
     address: str | None = None  # the Ray cluster (None: a local one started for the batch)
+    fast: bool = False  # a TotalSegmentator task's 3 mm model (medseg.totalsegmentator_folder)
+    roi_subset: list[str] | None = None  # a TotalSegmentator task's structures to segment (only the parts that hold them run)
 
 
 @dataclass
@@ -110,6 +112,8 @@ def open_predictor(model, options: PredictorOptions | None = None, needs: Iterab
 
         model = onnx_export_folder(model)  # the export is a model folder of its own
     folder = model if isinstance(model, ModelFolder) else open_model_folder(Path(model))
+    if (options.fast or options.roi_subset) and folder.info.extra.get("source") != "totalsegmentator":
+        raise MedsegError(f"{folder.path}: --fast and --roi-subset are for TotalSegmentator tasks (-m total, -m total_mr, ...)")
     task = get_task(folder.info.task)
     if task.predictor is None:
         why = task.instead(folder.path) if task.instead else "its task does not predict"

@@ -184,7 +184,12 @@ def load_predictor(folder, options):
     from medseg.ensemble_folder import EnsembleModelFolder
     from medseg.monai_bundle_folder import MonaiBundleFolder
     from medseg.tasks.segmentation.inference.predictor import load_predictor as load
+    from medseg.totalsegmentator_folder import TotalSegmentatorFolder
 
+    if isinstance(folder, TotalSegmentatorFolder):
+        from medseg.tasks.segmentation.inference.totalseg_predictor import load_totalseg_predictor
+
+        return load_totalseg_predictor(folder, options)
     if isinstance(folder, MonaiBundleFolder):
         from medseg.tasks.segmentation.inference.bundle_predictor import load_bundle_predictor
 
