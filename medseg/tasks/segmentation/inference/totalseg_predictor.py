@@ -59,6 +59,7 @@ class TotalsegPredictor:
         model_folder.model(self.mode)  # refused now when the task has no such model
         self.roi_subset = self._checked_subset(options.roi_subset)
         self._predictors: dict[tuple[int, str], object] = {}
+        self._rough: TotalSegmentatorFolder | None = None  # the rough task's folder, opened once for every case
         self.folds = [f"Dataset{part.dataset:03d}" for part in self._parts(model_folder, self.mode)]
         self.precision = options.precision
 
@@ -127,7 +128,9 @@ class TotalsegPredictor:
     def _rough_model(self) -> tuple[TotalSegmentatorFolder, str]:
         """The whole-body model a crop is found with: 3 mm for MR and robust crops, else 6 mm."""
         task = self.model_folder.task
-        rough = self.model_folder if task.name == task.rough_task else TotalSegmentatorFolder.open(self.model_folder.weights, task.rough_task)
+        if self._rough is None:
+            self._rough = self.model_folder if task.name == task.rough_task else TotalSegmentatorFolder.open(self.model_folder.weights, task.rough_task)
+        rough = self._rough
         robust = task.robust_crop or task.modality == "MR"
         return rough, "fast" if robust else "fastest"
 
