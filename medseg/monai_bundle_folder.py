@@ -15,6 +15,7 @@ from pathlib import Path
 from medseg.errors import MedsegError
 from medseg.model_folder import ModelFolder, ModelInfo, check_info_values, read_json_object
 from medseg.planning.plans import ConfigurationPlan, Plans
+from medseg.torch_files import load_plain
 
 CONFIGS = ("configs/inference.json", "configs/inference.yaml", "configs/inference.yml")
 METADATA = "configs/metadata.json"
@@ -103,11 +104,7 @@ class MonaiBundleFolder(ModelFolder):
         import torch
 
         path = self.checkpoint_path(fold, checkpoint)
-        try:
-            content = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - pickled objects, truncated files: named
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise MedsegError(f"{path}: not a state dict medseg loads without running code ({first})") from None
+        content = load_plain(path, "state dict")
         states = content.get("model", content) if isinstance(content, dict) else None
         if not isinstance(states, dict) or not all(isinstance(v, torch.Tensor) for v in states.values()):
             raise MedsegError(f"{path}: expected a state dict (parameter name -> tensor), or one under 'model'")

@@ -22,6 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from medseg.errors import MedsegError
+from medseg.torch_files import load_plain
 from medseg.model_folder import ModelFolder, ModelInfo, check_info_values, read_json_object
 from medseg.planning.plans import ConfigurationPlan, Plans
 from medseg.planning.plans_checks import check_plans_values
@@ -271,7 +272,6 @@ def load_nnunet_checkpoint(path: Path) -> dict:
     """An nnU-Net .pth checkpoint, unpickled with torch's weights-only loader (tensors and plain
     values; nnU-Net's training log adds numpy scalars, which are allowed and nothing else)."""
     import numpy as np
-    import torch
 
     allowed = [np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.float32)), type(np.dtype(np.int64))]
     try:
@@ -285,20 +285,7 @@ def load_nnunet_checkpoint(path: Path) -> dict:
         allowed.append(scalar2)
     except ImportError:  # pragma: no cover
         pass
-    try:
-        with torch.serialization.safe_globals(allowed):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise MedsegError(f"{path}: no such checkpoint") from None
-    except Exception as error:  # truncated zip, pickled objects beyond plain values
-        text = str(error).strip()
-        if "weights_only" in text or "Unsupported global" in text:  # torch's advice to unpickle anyway is not ours to give
-            raise MedsegError(
-                f"{path}: holds Python objects besides tensors and plain values; medseg loads checkpoints without running code, "
-                "so it refuses this one (re-save it with torch.save(checkpoint) from plain tensors and values)"
-            ) from None
-        message = text.splitlines()[0] if text else type(error).__name__
-        raise MedsegError(f"{path}: not a loadable nnU-Net checkpoint ({message})") from None
+    checkpoint = load_plain(path, "nnU-Net checkpoint", allowed)
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise MedsegError(f"{path}: not an nnU-Net checkpoint (no network_weights)")
     return checkpoint

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medseg.errors import MedsegError
+from medseg.torch_files import load_plain
 
 ENCODER_SUFFIX, DECODER_SUFFIX = "_encoder.pth", "_decoder.pth"
 SCALING_FILE = "latent_scaling.json"
@@ -128,10 +129,7 @@ def _weights_file(folder: Path, suffix: str) -> Path:
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - pickle, zip and I/O errors alike: the file is named
-        raise MedsegError(f"{path}: unreadable state dict ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+    state = load_plain(path, "state dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise MedsegError(f"{path}: not a state dict of tensors")
     return state

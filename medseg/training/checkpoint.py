@@ -6,7 +6,6 @@ run code when it is loaded. Anything else in a file is refused, naming it."""
 
 from __future__ import annotations
 
-import pickle
 import random
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 
 from medseg.atomic import atomic_path
 from medseg.errors import MedsegError
+from medseg.torch_files import load_plain
 
 
 def rng_state() -> dict:
@@ -38,23 +38,7 @@ def save_checkpoint(path: Path, content: dict) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    if not path.is_file():
-        raise MedsegError(f"{path}: no such checkpoint")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
-            raise MedsegError(
-                f"{path}: holds Python objects besides tensors and plain values (written by an earlier medseg, or not a "
-                "medseg checkpoint); medseg loads checkpoints without running code, so it refuses this one"
-            ) from None
-        raise MedsegError(f"{path}: unreadable checkpoint ({type(error).__name__}: {_first_line(error)})") from None
-    except Exception as error:
-        raise MedsegError(f"{path}: unreadable checkpoint ({type(error).__name__}: {_first_line(error)})") from None
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [""])[0]
+    return load_plain(path, "checkpoint")
 
 
 def module_states(content: dict, path: Path) -> dict[str, dict]:

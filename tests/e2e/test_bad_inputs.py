@@ -231,7 +231,7 @@ def test_predict_reads_a_dicom_folder_as_one_series(trained, shared_data, tmp_pa
     assert (tmp_path / "out_mixed" / "stray.nii.gz").is_file()
 
 
-@pytest.mark.parametrize("defect", ["garbage", "unsafe", "not_json", "missing_keys"])
+@pytest.mark.parametrize("defect", ["garbage", "garbage_pickle", "unsafe", "not_json", "missing_keys"])
 def test_damaged_model_folder_is_refused(trained, tmp_path, defect):
     import torch
 
@@ -241,6 +241,8 @@ def test_damaged_model_folder_is_refused(trained, tmp_path, defect):
     checkpoint = folder / "fold_0" / "checkpoint_final.pt"
     if defect == "garbage":
         checkpoint.write_bytes(os.urandom(2000))
+    elif defect == "garbage_pickle":  # a pickle header with an unknown protocol: torch warns before it refuses
+        checkpoint.write_bytes(b"\x80\x4b" + np.random.default_rng(0).bytes(2000))
     elif defect == "unsafe":  # a pickle that would run code under weights_only=False
         torch.save({"network": {}, "payload": np.zeros(3)}, checkpoint)
     elif defect == "not_json":
@@ -248,7 +250,7 @@ def test_damaged_model_folder_is_refused(trained, tmp_path, defect):
     else:
         (folder / "model.json").write_text(json.dumps({"model": "unet"}))
     result = run_cli("predict", "-i", root / "raw" / DATASET / "imagesTr" / "demo_000_0000.nii.gz", "-o", tmp_path / "out", "-m", folder, root=root)
-    _assert_clear_error(result, "checkpoint_final.pt" if defect in ("garbage", "unsafe") else "model.json")
+    _assert_clear_error(result, "checkpoint_final.pt" if defect in ("garbage", "garbage_pickle", "unsafe") else "model.json")
     _single_error_line(result)
     if defect == "unsafe":
         assert "without running code" in result.stderr

@@ -60,7 +60,7 @@ def test_taesd_folders_that_do_not_fit_are_refused_by_name(tmp_path):
     with pytest.raises(MedsegError, match=r"x_encoder.pth: tensor 3.conv.2.weight has shape \[64, 64, 1, 1\]; the TAESD layout expects \[64, 64, 3, 3\]"):
         load_taesd(broken)
     (broken / "x_encoder.pth").write_bytes(b"not a pickle")
-    with pytest.raises(MedsegError, match="x_encoder.pth: unreadable state dict"):
+    with pytest.raises(MedsegError, match="x_encoder.pth: not a PyTorch state dict"):
         load_taesd(broken)
     (broken / "x_encoder.pth").unlink()
     with pytest.raises(MedsegError, match=r"expected one \*_encoder.pth"):

@@ -144,5 +144,5 @@ def test_broken_bundles_are_refused_by_name(bundle, tmp_path):
 
     (bundle / "models" / "model.pt").write_bytes(b"not a checkpoint")
     refused = run_cli("predict", "-i", image, "-o", tmp_path / "out3", "-m", bundle)
-    assert refused.returncode != 0 and "model.pt: not a state dict medseg loads without running code" in " ".join(refused.stderr.split())
+    assert refused.returncode != 0 and "model.pt: not a PyTorch state dict" in " ".join(refused.stderr.split())
     assert not any((tmp_path / "out3").glob("*.nii.gz"))
