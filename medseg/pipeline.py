@@ -268,6 +268,8 @@ def run_plan_and_train(
     if len(chosen) > 1 and experiment.task.keeps_probabilities:
         options = replace(options, save_probabilities=True)  # the configuration search scores ensembles on them
     overheads = []  # minutes each run took beyond its training minutes
+    # before any run has finished: what the plan measured a run's final validation to cost (classifiers)
+    expected_overhead = float(plans.planner.get("validation_seconds") or 0.0) / 60
     for name, fold in runs:
         if finished(name, fold):
             log(f"{name} fold {fold}: already trained")
@@ -277,7 +279,7 @@ def run_plan_and_train(
             run_preprocess(experiment, [name], workers)
             log(f"preprocessing {name}: done")
         minutes = budget.run_minutes(
-            len(remaining) - len(overheads), (time.monotonic() - started) / 60, sum(overheads) / len(overheads) if overheads else 0.0
+            len(remaining) - len(overheads), (time.monotonic() - started) / 60, sum(overheads) / len(overheads) if overheads else expected_overhead
         )
         run_options = replace(
             options, time_budget_s=minutes * 60 if minutes else options.time_budget_s,

@@ -31,6 +31,9 @@ class ModelFamily:
     # memory planning: activations per sample (ndim -> count) that fit the reference GPU at its
     # reference batch; None: nnU-Net's plain U-Net values (medseg.tasks.segmentation.planning)
     memory_reference: dict[int, float] | None = None
+    # widths (widest first) the CPU time planner narrows the network through when the budget sees the
+    # training images too rarely (medseg.tasks.image_plans); (): the width stays as the family sets it
+    cpu_widths: tuple[int, ...] = ()
 
 
 MODELS: Registry[ModelFamily] = Registry("model")

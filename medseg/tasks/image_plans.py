@@ -119,18 +119,34 @@ def measure_step_seconds(architecture: dict, in_channels: int, num_classes: int,
     return (time.perf_counter() - start) / repeats
 
 
+def measure_forward_seconds(architecture: dict, in_channels: int, num_classes: int, batch: int, repeats: int = 2) -> float:
+    """Seconds of one inference forward pass of ``batch`` images through the planned network on this CPU."""
+    from medseg.models.registry import build_model
+
+    network = build_model(architecture, in_channels, num_classes).eval()
+    images = torch.randn(batch, in_channels, *architecture["kwargs"]["input_size"])
+    with torch.inference_mode():
+        network(images)  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            network(images)
+    return (time.perf_counter() - start) / repeats
+
+
 def _size_for_time(
     architecture: dict, channels: int, classes: int, num_cases: int, step_seconds: float, training_seconds: float | None, patch: int,
-    may_shrink: bool = True,
+    may_shrink: bool = True, widths: tuple[int, ...] = (),
 ):
-    """Halve the batch (to 16), then shrink the input side (unless the user chose it), until a
+    """Halve the batch (to 16), then shrink the input side (unless the user chose it), then narrow
+    the network through ``widths`` (the family's CPU widths, unless the user chose one), until a
     measured step fits ``step_seconds`` and the run's budget passes over the training images at
     least MIN_PASSES times."""
     kwargs = architecture["kwargs"]
     batch, measured = PREFERRED_BATCH, []
     while True:
         seconds = measure_step_seconds(architecture, channels, classes, batch)
-        measured.append({"input_size": list(kwargs["input_size"]), "batch": batch, "step_seconds": round(seconds, 4)})
+        width = {"width": kwargs["width"]} if "width" in kwargs else {}
+        measured.append({"input_size": list(kwargs["input_size"]), **width, "batch": batch, "step_seconds": round(seconds, 4)})
         passes = training_seconds / (seconds / batch) / max(num_cases, 1) if training_seconds else math.inf
         side = kwargs["input_size"][0]
         can_shrink = may_shrink and side > MIN_PATCHES_PER_SIDE * patch
@@ -138,7 +154,11 @@ def _size_for_time(
             batch //= 2
             continue
         if not can_shrink or (passes >= MIN_PASSES and seconds <= step_seconds):
-            return batch, measured
+            narrower = [w for w in widths if w < kwargs.get("width", widths[0] if widths else 0)]
+            if passes >= MIN_PASSES or not narrower:
+                return batch, measured
+            kwargs["width"] = narrower[0]  # a narrower network takes more steps in the same budget
+            continue
         smaller = max(MIN_PATCHES_PER_SIDE * patch, int(side * 0.8) // patch * patch)
         kwargs["input_size"] = [smaller, smaller]
 
@@ -168,7 +188,12 @@ def size_image_plan(fingerprint_file, description, request: PlanRequest) -> dict
         batch, planner = GPU_BATCH, {"mode": "memory"}
     else:
         step_seconds = request.step_seconds or preset.get("step_seconds") or CPU_STEP_SECONDS
-        batch, measured = _size_for_time(architecture, channels, outputs, len(fingerprint.case_ids), step_seconds, request.training_seconds, patch, wanted is None)
+        widths = () if "width" in options else family.cpu_widths  # a width in the model spec is the user's
+        if widths:
+            architecture["kwargs"]["width"] = widths[0]
+        batch, measured = _size_for_time(
+            architecture, channels, outputs, len(fingerprint.case_ids), step_seconds, request.training_seconds, patch, wanted is None, widths
+        )
         planner = {"mode": "time", "step_seconds": step_seconds, "training_seconds": request.training_seconds, "measured": measured}
     planner.update(model=family.name, **({"model_options": options} if options else {}))
     return {

@@ -441,3 +441,29 @@ def test_input_size_is_the_users_side(tmp_path):
     run_cli("fingerprint", DISKS, root=root, check=True)
     segmentation = run_cli("plan", DISKS, "--model", "unet", "--input-size", "64", root=root)
     assert segmentation.returncode != 0 and "--input-size is for the 2D image tasks" in " ".join(segmentation.stderr.split())
+
+
+def test_cpu_plan_narrows_the_cnn_when_the_budget_sees_the_images_too_rarely(tmp_path):
+    """At its smallest side (4 x its stride of 32) a ResNet that a budget would show each image only a
+    few times is planned at the family's narrower CPU width; a long budget keeps the full width, and a
+    width in the model spec is the user's."""
+    from medseg.models.resnet import CPU_WIDTHS
+
+    root = tmp_path / "root"
+    _synthetic_dataset(root / "raw" / "Dataset066_Widths", multi_label=False, num_train=12, num_test=2)
+    run_cli("fingerprint", "Dataset066_Widths", root=root, check=True)
+
+    def planned(model: str, minutes: str) -> dict:
+        run_cli("plan", "Dataset066_Widths", "--model", model, "--time-budget", minutes, "--plans-name", "widthPlans", root=root, check=True)
+        return json.loads((root / "preprocessed" / "Dataset066_Widths" / "widthPlans.json").read_text())
+
+    short = planned("resnet18", "0.01")  # under a second of training: far fewer than MIN_PASSES passes
+    assert short["configurations"]["2d"]["architecture"]["kwargs"]["width"] == CPU_WIDTHS[-1]
+    assert [m["width"] for m in short["planner"]["measured"]] == list(CPU_WIDTHS)
+    assert all(m["input_size"] == [128, 128] for m in short["planner"]["measured"])
+    assert short["planner"]["validation_seconds"] > 0  # a fold's final validation, taken off the first fold's training too
+    long = planned("resnet18", "6000")
+    assert long["configurations"]["2d"]["architecture"]["kwargs"]["width"] == CPU_WIDTHS[0]
+    chosen = planned("resnet18[width=48]", "0.01")
+    assert chosen["configurations"]["2d"]["architecture"]["kwargs"]["width"] == 48
+    assert [m["width"] for m in chosen["planner"]["measured"]] == [48]

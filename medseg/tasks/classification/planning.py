@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medseg.tasks.image_plans import image_plans, size_image_plan
+from medseg.tasks.image_plans import image_plans, measure_forward_seconds, size_image_plan
 from medseg.tasks.classification.run import WARMUP_FRACTION, labels_table
 from medseg.tasks.registry import PlanRequest
 
@@ -33,7 +33,23 @@ def plan(fingerprint_file, description, request: PlanRequest):
         # gradients also reach the main step (set false to keep the two passes apart)
         training.update(gradient_routing=True, gate_gradients_reach_main=True)
     labels = {name: index for index, name in enumerate(classes)}
-    return image_plans(sized, description, request, labels, augmentation_preset(description.num_channels), training)
+    augmentation = augmentation_preset(description.num_channels)
+    if sized["planner"]["mode"] == "time":
+        sized["planner"]["validation_seconds"] = round(validation_seconds(sized, description.num_channels, len(classes), augmentation), 3)
+    return image_plans(sized, description, request, labels, augmentation, training)
+
+
+def validation_seconds(sized: dict, channels: int, num_classes: int, augmentation: dict) -> float:
+    """One fold's final validation, measured ahead: its share of the training images through every
+    test-time view. A total budget takes it off each run's training from the first fold on (the
+    later folds otherwise pay for the first one's validation)."""
+    from medseg.tasks.classification.test_time import view_transforms
+    from medseg.training.splits import NUM_FOLDS
+
+    batch = sized["batch"]
+    per_image = measure_forward_seconds(sized["architecture"], channels, max(num_classes, 1), batch) / batch
+    cases = len(sized["fingerprint"].case_ids) / NUM_FOLDS
+    return cases * len(view_transforms(augmentation)) * per_image
 
 
 def has_gates(architecture: dict, in_channels: int, num_classes: int) -> bool:
