@@ -154,7 +154,7 @@ def _size_for_time(
             batch //= 2
             continue
         if not can_shrink or (passes >= MIN_PASSES and seconds <= step_seconds):
-            narrower = [w for w in widths if w < kwargs.get("width", widths[0] if widths else 0)]
+            narrower = [w for w in widths if w < kwargs.get("width", 0)]  # the caller set the widest
             if passes >= MIN_PASSES or not narrower:
                 return batch, measured
             kwargs["width"] = narrower[0]  # a narrower network takes more steps in the same budget
