@@ -22,10 +22,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from medseg.errors import MedsegError
-from medseg.torch_files import load_plain
 from medseg.model_folder import ModelFolder, ModelInfo, check_info_values, read_json_object
 from medseg.planning.plans import ConfigurationPlan, Plans
 from medseg.planning.plans_checks import check_plans_values
+from medseg.torch_files import load_plain
 
 NORMALIZATION_SCHEMES = {
     "ZScoreNormalization": "zscore",

@@ -99,13 +99,18 @@ def _requested_side(wanted: int, patch: int, model: str) -> int:
     return wanted // patch * patch
 
 
-def measure_step_seconds(architecture: dict, in_channels: int, num_classes: int, batch: int, repeats: int = 2) -> float:
-    """Seconds of one AdamW training step of the planned network on this CPU."""
+def _network_and_batch(architecture: dict, in_channels: int, num_classes: int, batch: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The planned network and a random batch (B, C, *input_size) to time it on."""
     from medseg.models.registry import build_model
 
     network = build_model(architecture, in_channels, num_classes)
+    return network, torch.randn(batch, in_channels, *architecture["kwargs"]["input_size"])
+
+
+def measure_step_seconds(architecture: dict, in_channels: int, num_classes: int, batch: int, repeats: int = 2) -> float:
+    """Seconds of one AdamW training step of the planned network on this CPU."""
+    network, images = _network_and_batch(architecture, in_channels, num_classes, batch)
     optimizer = torch.optim.AdamW(network.parameters(), 1e-4)
-    images = torch.randn(batch, in_channels, *architecture["kwargs"]["input_size"])
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -121,10 +126,8 @@ def measure_step_seconds(architecture: dict, in_channels: int, num_classes: int,
 
 def measure_forward_seconds(architecture: dict, in_channels: int, num_classes: int, batch: int, repeats: int = 2) -> float:
     """Seconds of one inference forward pass of ``batch`` images through the planned network on this CPU."""
-    from medseg.models.registry import build_model
-
-    network = build_model(architecture, in_channels, num_classes).eval()
-    images = torch.randn(batch, in_channels, *architecture["kwargs"]["input_size"])
+    network, images = _network_and_batch(architecture, in_channels, num_classes, batch)
+    network.eval()
     with torch.inference_mode():
         network(images)  # warm-up
         start = time.perf_counter()
