@@ -215,7 +215,7 @@ def input_settings(input_size: int | None) -> dict | None:
     return {"input_size": input_size}
 
 
-def _pretrain(dataset, model, time_budget, epochs, iterations, learning_rate, test_images, replan, device, workers, extra_images=(), pretrained=None, precision="float32") -> Path:
+def _pretrain(dataset, model, time_budget, epochs, iterations, learning_rate, test_images, replan, device, workers, extra_images=(), pretrained=None, precision="float32", input_size=None) -> Path:
     """Plan and train a pretraining family on fold 'all'; returns its fold folder."""
     from medseg.errors import MedsegError
     from medseg.experiment import Experiment, TrainingBudget
@@ -232,7 +232,7 @@ def _pretrain(dataset, model, time_budget, epochs, iterations, learning_rate, te
     if run_dataset_check(folder, strict=False, workers=workers) is None:
         raise typer.Exit(1)
     options = training_options(epochs, iterations, learning_rate, None, None, None, device, False, 0, pretrained, precision)
-    settings = {"include_test": test_images, "extra_images": [str(Path(p).resolve()) for p in extra_images]}
+    settings = {"include_test": test_images, "extra_images": [str(Path(p).resolve()) for p in extra_images], **(input_settings(input_size) or {})}
     run_plan_and_train(
         experiment, None, ["all"], options, TrainingBudget(per_run_minutes=time_budget), replan=replan, workers=workers,
         log=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True), plan_settings=settings,
@@ -251,6 +251,7 @@ def pretrain(
     test_images: bool = typer.Option(True, "--test-images/--no-test-images", help="Learn from the unlabelled imagesTs too (labels are never used)."),
     images: list[Path] = typer.Option([], "--images", help="More image folders to learn from (repeatable; colour turned to grayscale for a grayscale dataset)."),
     pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Continue from this encoder.pt (an earlier run's, or another dataset's of the same width, depth and patch); the decoder starts fresh."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="Pretrain at this image side (e.g. the classifier's planned side, so that pretraining and fine-tuning see one scale) instead of the side the budget plans."),
     replan: bool = typer.Option(False, "--replan", help="Fingerprint and plan again even if plans exist."),
     device: Optional[str] = typer.Option(None, "--device"),
     workers: Optional[int] = typer.Option(None, "--workers"),
@@ -258,7 +259,7 @@ def pretrain(
 ) -> None:
     """Self-supervised pretraining on a dataset's images (labels unused): writes the encoder that
     `plan-and-train --model vit --pretrained ENCODER` fine-tunes, and reconstruction PNGs per epoch."""
-    fold = _pretrain(dataset, model, time_budget, epochs, iterations, learning_rate, test_images, replan, device, workers, images, pretrained, precision)
+    fold = _pretrain(dataset, model, time_budget, epochs, iterations, learning_rate, test_images, replan, device, workers, images, pretrained, precision, input_size)
     if (fold / "encoder.pt").is_file():
         console.print(f"encoder: {fold / 'encoder.pt'}\nfine-tune: medseg plan-and-train --dataset {dataset} --model vit --pretrained {fold / 'encoder.pt'}", highlight=False, markup=False, soft_wrap=True)
     else:

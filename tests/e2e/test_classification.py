@@ -304,9 +304,10 @@ def test_pretrain_then_fine_tune_from_the_cli(tmp_path):
     _synthetic_dataset(raw, num_train=12, num_test=4)
     result = run_cli(
         "pretrain", "--dataset", "Dataset064_Pretrain", "--model", "mae_vit[width=32,depth=2,heads=2,decoder_width=16,decoder_depth=1]",
-        "--epochs", "2", "--iterations-per-epoch", "3", root=root, check=True,
+        "--epochs", "2", "--iterations-per-epoch", "3", "--input-size", "40", root=root, check=True,
     )
     folder = next((root / "results" / "Dataset064_Pretrain").glob("mae_vit__*__2d"))
+    assert json.loads((folder / "plans.json").read_text())["configurations"]["2d"]["patch_size"] == [40, 40]  # the side asked for
     encoder = folder / "fold_all" / "encoder.pt"
     assert encoder.is_file() and f"--pretrained {encoder}" in " ".join(result.stdout.split())
     assert (folder / "fold_all" / "reconstructions" / "epoch_0002.png").stat().st_size > 500
