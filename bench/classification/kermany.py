@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -92,7 +93,7 @@ def run_arm(arm: str, args, work: Path, dataset: str, results: dict) -> dict:
     root = arm_root(work, arm.replace("[", "_").replace("]", "").replace(",", "_").replace("=", "-").replace("@", "_side").replace("~", "_"), dataset)
     start = time.perf_counter()
     common = ["--dataset", dataset, "--folds", args.folds]
-    if arm.split("[")[0] != "mae_vit":
+    if re.split(r"[\[~@]", arm)[0] != "mae_vit":
         arm, _, change = arm.partition("~")  # SPEC~KEY=VALUE: the plan's training block changed (e.g. gradient_routing=false)
         spec, _, side = arm.partition("@")  # SPEC@SIDE: plan-and-train --input-size SIDE (the plan search)
         sized = ["--input-size", side] if side else []
