@@ -50,9 +50,9 @@ def paired(baseline: dict, other: dict, groups: dict[str, str], resamples: int, 
         drawn = np.concatenate([members[k] for k in rng.integers(len(members), size=len(members))])
         differences.append(roc_auc(second[drawn], truth[drawn]) - roc_auc(first[drawn], truth[drawn]))
     differences = np.array(differences)
+    before, after = roc_auc(first, truth), roc_auc(second, truth)
     return {
-        "cases": len(cases), "patients": len(members), "baseline_auc": roc_auc(first, truth), "other_auc": roc_auc(second, truth),
-        "difference": roc_auc(second, truth) - roc_auc(first, truth),
+        "cases": len(cases), "patients": len(members), "baseline_auc": before, "other_auc": after, "difference": after - before,
         "interval_95": [float(np.percentile(differences, 2.5)), float(np.percentile(differences, 97.5))],
         "share_other_not_above": float(np.mean(differences <= 0)),
     }
